@@ -1,0 +1,216 @@
+"""The `llmpy` command: subcommands, llm.c's short flags -> TrainConfig, one-line errors. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import traceback
+
+from llmpy.config import TrainConfig, load_config_file
+from llmpy.errors import LlmpyError
+
+# (short flag as llm.c's train_gpt2cu spells it, long option, TrainConfig field, type, help)
+TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
+    ("-i", "--train-data", "train_data", str, "train shards glob (llm.c .bin or .npy; comma-separate several)"),
+    ("-j", "--val-data", "val_data", str, "val shards glob ('' = no val loss)"),
+    ("-o", "--output-dir", "output_dir", str, "run directory: main.log, metrics.jsonl, checkpoints"),
+    ("-e", "--model", "model", str, "model descriptor (d6, d12, d24, d36, d48, dN, dNwC) or checkpoint to start from"),
+    ("-b", "--batch-size", "batch_size", int, "micro-batch size B per process"),
+    ("-t", "--seq-len", "seq_len", int, "sequence length T"),
+    ("-d", "--total-batch-size", "total_batch_size", int, "tokens per optimizer step (-1 = B*T*world, no accumulation)"),
+    ("-l", "--learning-rate", "learning_rate", float, "peak learning rate"),
+    ("-u", "--warmup-steps", "warmup_steps", int, "linear LR warmup steps"),
+    ("-q", "--final-lr-frac", "final_lr_frac", float, "final LR as a fraction of -l (1.0 = no decay)"),
+    ("-k", "--lr-schedule", "lr_schedule", str, "cosine | linear | constant | wsd"),
+    ("-c", "--weight-decay", "weight_decay", float, "AdamW weight decay on 2-D tensors"),
+    ("-x", "--max-steps", "max_steps", int, "optimizer steps (-1 = one epoch of -i)"),
+    ("-v", "--val-every", "val_every", int, "val loss every N steps (0 = never)"),
+    ("-m", "--val-max-steps", "val_max_steps", int, "val batches per evaluation (-1 = the whole split)"),
+    ("-s", "--sample-every", "sample_every", int, "sample text every N steps (0 = never)"),
+    ("-g", "--gen-tokens", "gen_tokens", int, "tokens to generate per sample"),
+    ("-h", "--hellaswag", "hellaswag", int, "HellaSwag eval at each val step (0/1)"),
+    ("-n", "--checkpoint-every", "checkpoint_every", int, "write a checkpoint every N steps (0 = only at the end)"),
+    ("-nk", "--checkpoint-keep", "checkpoint_keep", int, "keep only the newest K checkpoints (0 = keep all)"),
+    ("-nm", "--checkpoint-keep-every", "checkpoint_keep_every", int, "never delete checkpoints at multiples of M"),
+    ("-y", "--resume", "resume", int, "1 = continue the run in -o (append to its logs)"),
+    ("-z", "--zero-stage", "zero_stage", int, "data-parallel sharding: 0 DDP, 1 ZeRO-1, 3 FSDP"),
+    ("-r", "--recompute", "recompute", int, "activation recompute level (llm.c: 0 none, 1 GELU, 2 GELU+LayerNorm)"),
+    ("-sl", "--skip-loss-zscore", "skip_loss_zscore", float, "skip updates whose loss z-score exceeds this (0 = off)"),
+    ("-sg", "--skip-grad-zscore", "skip_grad_zscore", float, "skip updates whose grad-norm z-score exceeds this (0 = off)"),
+    ("-a", "--overfit-batch", "overfit_batch", int, "1 = train on the first batch only (debugging)"),
+    ("-f", "--tf32", "tf32", int, "TF32 matmuls for fp32 work (0/1)"),
+    (None, "--grad-clip", "grad_clip", float, "global grad-norm clip (0 = off)"),
+    (None, "--wsd-cooldown-frac", "wsd_cooldown_frac", float, "fraction of steps the wsd schedule spends decaying"),
+    (None, "--seed", "seed", int, "random seed"),
+    (None, "--device", "device", str, "auto | cpu | cuda | cuda:N"),
+    (None, "--dtype", "dtype", str, "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32"),
+    (None, "--compile", "compile", int, "torch.compile the model (-1 = on CUDA only, 0 off, 1 on)"),
+    (None, "--log-every", "log_every", int, "print a console line every N steps (main.log gets every step)"),
+    (None, "--sample-prompt", "sample_prompt", str, "prompt for samples during training ('' = <|endoftext|>)"),
+    (None, "--sample-top-k", "sample_top_k", int, "top-k for samples during training (0 = full distribution)"),
+    (None, "--tokenizer", "tokenizer", str, "path to gpt2.tiktoken (default: resolve automatically)"),
+]
+
+# llm.c flags with no counterpart here: accepted so its run scripts work, explained once.
+COMPAT_FLAGS = {
+    "-w": "fp32 master weights are always kept",
+    "-ge": "GELU fusion is left to torch.compile",
+}
+# llm.c's MPI/NCCL launch flags: llmpy is launched by torchrun instead.
+LAUNCH_FLAGS = ("-pn", "-pr", "-pg", "-pm", "-ps", "-pp")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """llm.c's flags and their long names; defaults are suppressed so a --config file can sit underneath."""
+    defaults = TrainConfig()
+    for short, long, field, kind, help_text in TRAIN_FLAGS:
+        names = [short, long] if short else [long]
+        parser.add_argument(
+            *names, dest=field, type=kind, default=argparse.SUPPRESS,
+            help=f"{help_text} (default: {getattr(defaults, field)!r})",
+        )
+    for flag, reason in COMPAT_FLAGS.items():
+        parser.add_argument(flag, dest=f"compat_{flag[1:]}", default=argparse.SUPPRESS, help=f"accepted, no effect: {reason}")
+    for flag in LAUNCH_FLAGS:
+        parser.add_argument(flag, dest=f"launch_{flag[1:]}", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--config", help="TOML or YAML file of long option names (flags on the command line win)")
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Merge defaults <- --config file <- command-line flags into one TrainConfig."""
+    values: dict = {}
+    field_names = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+    if getattr(args, "config", None):
+        from_file = load_config_file(args.config)
+        unknown = sorted(set(from_file) - field_names)
+        if unknown:
+            raise LlmpyError(f"--config {args.config}: unknown option(s) {', '.join(unknown)}")
+        values.update(from_file)
+    launch = [name for name in vars(args) if name.startswith("launch_")]
+    if launch:
+        raise LlmpyError(
+            f"-{launch[0][7:]}: llm.c's MPI launch flags are not used; launch several processes with "
+            "`torchrun --nproc_per_node=N -m llmpy train ...`"
+        )
+    values.update({k: v for k, v in vars(args).items() if k in field_names})
+    try:
+        config = TrainConfig(**values)
+    except TypeError as exc:
+        raise LlmpyError(f"bad training options: {exc}") from None
+    for name, value in list(values.items()):
+        expected = type(getattr(TrainConfig(), name))
+        if expected in (int, float) and not isinstance(value, (int, float)):
+            raise LlmpyError(f"--{name.replace('_', '-')}: expected a number, got {value!r}")
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from llmpy.train.build import build_trainer
+
+    for name in vars(args):
+        if name.startswith("compat_"):
+            print(f"note: -{name[7:]} accepted for llm.c compatibility; {COMPAT_FLAGS['-' + name[7:]]}")
+    config = train_config_from_args(args)
+    trainer = build_trainer(config)
+    trainer.fit()
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from llmpy.data import prepare
+
+    if args.source == "tinyshakespeare":
+        manifest = prepare.prepare_tinyshakespeare(args.out or "data/tinyshakespeare", input_path=args.input[0] if args.input else None)
+    else:
+        if not args.input:
+            raise LlmpyError("prepare text: give --input FILE [FILE ...] (.txt, .jsonl, .jsonl.gz, .parquet)")
+        manifest = prepare.prepare_text(
+            args.input, args.out or f"data/{args.name}", name=args.name, shard_size=args.shard_size,
+            val_inputs=args.val_input, val_tokens=args.val_tokens,
+        )
+    for shard in manifest["shards"]:
+        print(f"{shard['split']:5s} {shard['tokens']:>12,} tokens  {shard['file']}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from llmpy.sample import run_sample
+
+    return run_sample(
+        args.model, args.prompt, num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device,
+        tokenizer_path=args.tokenizer,
+    )
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from llmpy.quickstart import run_quickstart
+
+    run_quickstart(out_dir=args.out, steps=args.steps, device=args.device, data_dir=args.data)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmpy", description="Reproduce GPT-2 from scratch, the llm.c way, in PyTorch.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    quick = sub.add_parser("quickstart", help="prepare tiny Shakespeare, train a small GPT-2, sample from it")
+    quick.add_argument("--out", default="runs/quickstart", help="run directory (default: runs/quickstart)")
+    quick.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 200 on CPU, 300 on GPU)")
+    quick.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    quick.add_argument("--data", default=None, help="where to put the shards (default: the llmpy cache)")
+    quick.set_defaults(func=cmd_quickstart)
+
+    prep = sub.add_parser("prepare", help="tokenize a data set into llm.c token shards")
+    prep.add_argument("source", choices=["tinyshakespeare", "text"], help="what to prepare")
+    prep.add_argument("--input", nargs="+", help="local input file(s): .txt, .jsonl, .jsonl.gz, .parquet")
+    prep.add_argument("--val-input", nargs="+", help="(text) files for the val split")
+    prep.add_argument("--val-tokens", type=int, default=None, help="(text) tokens of leading documents for val")
+    prep.add_argument("--name", default="text", help="(text) shard name prefix")
+    prep.add_argument("--out", default=None, help="output directory (default: data/<name>)")
+    prep.add_argument("--shard-size", type=int, default=100_000_000, help="tokens per train shard")
+    prep.set_defaults(func=cmd_prepare)
+
+    train = sub.add_parser(
+        "train", add_help=False, allow_abbrev=False,
+        help="train a GPT-2 (llm.c's train_gpt2cu flags; --help for the list)",
+        description="Train GPT-2. Takes llm.c's train_gpt2cu flags with llm.c's meanings, long options, and --config.",
+    )
+    train.add_argument("--help", action="help", help="show this help and exit")
+    add_train_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+    sample = sub.add_parser("sample", help="generate text from a trained model")
+    sample.add_argument("--model", required=True, help="run directory or model_XXXXXXXX.pt checkpoint")
+    sample.add_argument("--prompt", default="", help="prompt text ('' = start from <|endoftext|>)")
+    sample.add_argument("--num-samples", type=int, default=1)
+    sample.add_argument("--max-new-tokens", type=int, default=128)
+    sample.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    sample.add_argument("--top-k", type=int, default=50, help="0 = off")
+    sample.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0 = off)")
+    sample.add_argument("--seed", type=int, default=1337)
+    sample.add_argument("--device", default="auto")
+    sample.add_argument("--tokenizer", default=None, help="path to gpt2.tiktoken")
+    sample.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except LlmpyError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"llmpy: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("llmpy: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

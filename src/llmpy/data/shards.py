@@ -1,0 +1,125 @@
+"""llm.c token shards: a 256 x int32 header (magic 20240520, version 1, token count) then uint16 tokens.
+
+Also reads build-nanogpt's `.npy` shards (a 1-D array of token ids).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+
+from llmpy.errors import LlmpyError
+
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+GPT2_VOCAB_SIZE = 50257
+LLMC_MODEL_MAGIC = 20240326  # llm.c's model checkpoint files, a common mix-up
+
+
+def write_shard(path: str | Path, tokens) -> None:
+    """Write tokens as an llm.c shard; the file appears complete or not at all (temp file + rename)."""
+    path = Path(path)
+    array = np.asarray(tokens)
+    if array.ndim != 1:
+        raise LlmpyError(f"{path}: tokens must be 1-D, got shape {array.shape}")
+    if array.size and (array.min() < 0 or array.max() >= GPT2_VOCAB_SIZE):
+        raise LlmpyError(f"{path}: token ids must be in [0, {GPT2_VOCAB_SIZE}), got {array.min()}..{array.max()}")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = (SHARD_MAGIC, SHARD_VERSION, array.size)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(header.tobytes())
+            handle.write(array.astype("<u2").tobytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_header(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise LlmpyError(f"{path}: no such shard file")
+    with open(path, "rb") as handle:
+        raw = handle.read(HEADER_BYTES)
+    if len(raw) < HEADER_BYTES:
+        raise LlmpyError(f"{path}: truncated shard ({len(raw)} bytes, the header alone is {HEADER_BYTES})")
+    header = np.frombuffer(raw, dtype="<i4")
+    if header[0] != SHARD_MAGIC:
+        hint = " (this is an llm.c MODEL file, not a token shard)" if header[0] == LLMC_MODEL_MAGIC else ""
+        raise LlmpyError(f"{path}: bad magic {header[0]}, expected {SHARD_MAGIC}: not an llm.c token shard{hint}")
+    if header[1] != SHARD_VERSION:
+        raise LlmpyError(f"{path}: unsupported shard version {header[1]}, expected {SHARD_VERSION}")
+    return header
+
+
+def shard_token_count(path: str | Path) -> int:
+    """Tokens in a shard, from its header alone (.bin) or the array shape (.npy)."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        return int(np.load(path, mmap_mode="r").shape[0])
+    return int(_read_header(path)[2])
+
+
+def _check_tokens(path: Path, tokens: np.ndarray) -> None:
+    if tokens.size and int(tokens.max()) >= GPT2_VOCAB_SIZE:
+        position = int(np.argmax(tokens >= GPT2_VOCAB_SIZE))
+        raise LlmpyError(
+            f"{path}: token id {int(tokens[position])} at position {position} is outside GPT-2's vocabulary "
+            f"(< {GPT2_VOCAB_SIZE}); the shard is corrupt or was made with another tokenizer"
+        )
+
+
+def _read_npy(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        tokens = np.load(path, mmap_mode="r" if mmap else None)
+    except Exception as exc:  # not an .npy file at all, or cut short
+        raise LlmpyError(f"{path}: cannot read as a .npy token shard ({exc})") from None
+    if tokens.ndim != 1:
+        raise LlmpyError(f"{path}: a .npy shard must be 1-D, got shape {tokens.shape}")
+    if tokens.dtype != np.uint16:
+        if not np.issubdtype(tokens.dtype, np.integer) or (tokens.size and (tokens.min() < 0 or tokens.max() > 65535)):
+            raise LlmpyError(f"{path}: .npy shard of dtype {tokens.dtype} does not hold uint16 token ids")
+        tokens = tokens.astype(np.uint16)
+    return tokens
+
+
+def read_shard(path: str | Path, *, mmap: bool = True, check_tokens: bool = True) -> np.ndarray:
+    """The tokens of an llm.c `.bin` or a `.npy` shard as uint16, memory-mapped by default, after validation."""
+    path = Path(path)
+    if path.suffix == ".npy":
+        tokens = _read_npy(path, mmap)
+    else:
+        count = int(_read_header(path)[2])
+        expected = HEADER_BYTES + 2 * count
+        actual = path.stat().st_size
+        if actual < expected:
+            raise LlmpyError(f"{path}: truncated shard: header says {count} tokens ({expected} bytes), file has {actual}")
+        if actual > expected:
+            raise LlmpyError(f"{path}: oversized shard: header says {count} tokens ({expected} bytes), file has {actual}")
+        if mmap:
+            tokens = np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(count,))
+        else:
+            with open(path, "rb") as handle:
+                handle.seek(HEADER_BYTES)
+                tokens = np.frombuffer(handle.read(), dtype="<u2")
+    if check_tokens:
+        _check_tokens(path, tokens)
+    return tokens
+
+
+def expand_shard_pattern(pattern: str) -> list[Path]:
+    """Shard files matching a glob (several may be comma-separated), sorted; an error naming it if none match."""
+    files: list[Path] = []
+    for part in (p.strip() for p in pattern.split(",")):
+        if part:
+            files.extend(Path(f) for f in sorted(glob.glob(os.path.expanduser(part))))
+    if not files:
+        raise LlmpyError(f"no shard files match {pattern!r}")
+    return files

@@ -1,0 +1,69 @@
+"""Where and in what precision a run executes: device choice, autocast, TF32, seeding."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from llmpy.errors import LlmpyError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The device and the precision every component of a run agrees on."""
+
+    device: torch.device
+    precision: str  # "bf16" (autocast, fp32 master weights) or "fp32"
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast for the forward pass; a no-op in fp32."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def synchronize(self) -> None:
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
+
+    def device_name(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.is_cuda else "cpu"
+
+
+def select_runtime(device: str = "auto", dtype: str = "auto", tf32: bool = True) -> Runtime:
+    """Resolve --device/--dtype: auto picks CUDA when present, bf16 on CUDA, fp32 on CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise LlmpyError(f"--device {device!r} is not a device torch knows ({exc})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise LlmpyError(f"--device {device}: CUDA is not available in this torch build / machine")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(dev)
+    if dtype == "auto":
+        dtype = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if dtype not in ("bf16", "fp32"):
+        raise LlmpyError(f"--dtype must be auto, bf16 or fp32, got {dtype!r}")
+    # TF32 for the fp32 matmuls that remain (llm.c's -f 1); harmless on CPU.
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    return Runtime(device=dev, precision=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) so a run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

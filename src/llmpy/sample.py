@@ -1,0 +1,49 @@
+"""`llmpy sample`: load a trained model and stream generated text to the terminal."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from llmpy.errors import LlmpyError
+from llmpy.infer import generate_tokens
+from llmpy.runtime import select_runtime
+from llmpy.tokenizer import get_tokenizer
+from llmpy.train.checkpoint import load_model
+
+
+def run_sample(
+    model_path: str, prompt: str, *, num_samples: int = 1, max_new_tokens: int = 128, temperature: float = 1.0,
+    top_k: int = 50, top_p: float = 1.0, seed: int = 1337, device: str = "auto", tokenizer_path: str | None = None,
+    out=sys.stdout,
+) -> int:
+    """Print `num_samples` continuations of `prompt`, token by token as they are generated."""
+    if num_samples < 1 or max_new_tokens < 0:
+        raise LlmpyError("sample: --num-samples must be >= 1 and --max-new-tokens >= 0")
+    runtime = select_runtime(device)
+    model, _ = load_model(model_path, map_location=runtime.device)
+    model.to(runtime.device).eval()
+    tokenizer = get_tokenizer(tokenizer_path)
+    prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_token]
+    if len(prompt_ids) >= model.config.block_size:
+        prompt_ids = prompt_ids[-(model.config.block_size - 1):]
+    generator = torch.Generator(device=runtime.device).manual_seed(seed)
+    for index in range(num_samples):
+        print(f"--- sample {index + 1}/{num_samples} ---", file=out)
+        out.write(prompt)
+        ids: list[int] = []
+        shown = ""
+        context = torch.tensor([prompt_ids], dtype=torch.long, device=runtime.device)
+        for token in generate_tokens(
+            model, context, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            generator=generator, autocast=runtime.autocast,
+        ):
+            ids.append(int(token[0]))
+            text = tokenizer.decode(ids)
+            if not text.endswith("\ufffd"):  # hold back a multi-byte character until it is complete
+                out.write(text[len(shown):])
+                out.flush()
+                shown = text
+        out.write(tokenizer.decode(ids)[len(shown):] + "\n")
+    return 0

@@ -1,0 +1,136 @@
+"""From one validated TrainConfig to a ready Trainer: model, loaders, optimizer, schedule, logger."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from llmpy.config import DESCRIPTOR_RE, GPT2_NAMES, ModelConfig, TrainConfig
+from llmpy.data.loader import TokenLoader
+from llmpy.errors import LlmpyError
+from llmpy.metrics.logger import RunLogger
+from llmpy.metrics.mfu import peak_flops, training_flops_per_token
+from llmpy.model import GPT
+from llmpy.runtime import Runtime, seed_everything, select_runtime
+from llmpy.train.checkpoint import completed_steps, load_model
+from llmpy.train.optim import LRSchedule, build_optimizer
+from llmpy.train.trainer import Trainer
+
+
+def build_model(spec: str, seq_len: int) -> GPT:
+    """`-e`: a descriptor (d12, gpt2-medium, ...) for a fresh GPT-2, or an llmpy checkpoint to start from."""
+    if DESCRIPTOR_RE.fullmatch(spec) or spec in GPT2_NAMES:
+        model = GPT(ModelConfig.from_descriptor(spec))
+    elif Path(spec).exists():
+        model, _ = load_model(spec)
+    else:
+        raise LlmpyError(
+            f"-e/--model {spec!r}: not a descriptor (d6, d12, d24, d36, d48, any dN) and no such checkpoint file"
+        )
+    if seq_len > model.config.block_size:
+        raise LlmpyError(f"-t/--seq-len {seq_len} exceeds the model's max positions {model.config.block_size}")
+    return model
+
+
+def load_tokenizer_for_samples(config: TrainConfig, print_fn) -> object | None:
+    """The tokenizer decodes samples only; a run can train without one, so failure is a warning."""
+    if config.sample_every <= 0:
+        return None
+    from llmpy.tokenizer import get_tokenizer
+
+    try:
+        return get_tokenizer(config.tokenizer or None)
+    except LlmpyError as exc:
+        print_fn(f"warning: sampling disabled, no GPT-2 tokenizer: {exc}")
+        return None
+
+
+def total_steps_for(config: TrainConfig, loader: TokenLoader, grad_accum_steps: int) -> int:
+    """-x steps, or (-x -1) as many full -d batches as one epoch of the training split holds."""
+    if config.max_steps > 0:
+        return config.max_steps
+    steps = loader.batches_per_epoch // grad_accum_steps
+    if steps == 0:
+        raise LlmpyError(
+            f"-i {config.train_data}: one epoch ({loader.batches_per_epoch} micro-batches) is shorter than one "
+            f"step of {grad_accum_steps} micro-batches; lower -d or add data"
+        )
+    return steps
+
+
+def check_options_available(config: TrainConfig, print_fn) -> None:
+    """Say plainly which accepted llm.c options this version does not act on, and refuse a resume it cannot do."""
+    if config.resume and config.output_dir and Path(config.output_dir).is_dir():
+        steps = completed_steps(Path(config.output_dir))
+        if steps:
+            raise LlmpyError(
+                f"-y 1: {config.output_dir} holds a checkpoint at step {steps[-1]}, but this version saves weights "
+                "only and cannot resume optimizer and data state exactly; use a new -o, or -y 0 to start over"
+            )
+    ignored = {
+        "-h 1 (HellaSwag during training)": config.hellaswag,
+        "-sl/-sg (outlier update skipping)": config.skip_loss_zscore or config.skip_grad_zscore,
+        "-r (activation recompute levels)": config.recompute not in (0, 1),
+    }
+    for what, given in ignored.items():
+        if given:
+            print_fn(f"note: {what} is not available in this version and is ignored")
+
+
+def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=print) -> Trainer:
+    """Construct every component from the config, print the run's header, and return the Trainer."""
+    world_size, rank = 1, 0
+    config.validate(world_size)
+    check_options_available(config, print_fn)
+    runtime = runtime or select_runtime(config.device, config.dtype, bool(config.tf32))
+    seed_everything(config.seed)
+    grad_accum_steps = config.grad_accum_steps(world_size)
+
+    raw_model = build_model(config.model, config.seq_len).to(runtime.device)
+    use_compile = config.compile == 1 or (config.compile == -1 and runtime.is_cuda)
+    model = torch.compile(raw_model) if use_compile else raw_model
+
+    train_loader = TokenLoader(config.train_data, config.batch_size, config.seq_len, rank, world_size)
+    val_loader = None
+    if config.val_data:
+        val_loader = TokenLoader(config.val_data, config.batch_size, config.seq_len, rank, world_size)
+    total_steps = total_steps_for(config, train_loader, grad_accum_steps)
+
+    optimizer = build_optimizer(raw_model, config.learning_rate, config.weight_decay)
+    schedule = LRSchedule(
+        max_lr=config.learning_rate, warmup_steps=config.warmup_steps, total_steps=total_steps,
+        final_lr_frac=config.final_lr_frac, schedule=config.lr_schedule, cooldown_frac=config.wsd_cooldown_frac,
+    )
+    logger = RunLogger(config.output_dir or None, enabled=rank == 0, resume=bool(config.resume))
+    num_params = raw_model.num_parameters()
+    flops = training_flops_per_token(raw_model.config, config.seq_len, num_params)
+    peak = peak_flops(runtime.device_name(), runtime.precision) if runtime.is_cuda else None
+
+    header = {
+        "device": runtime.device_name(), "precision": runtime.precision, "compile": use_compile,
+        "num_parameters": num_params, "model_config": raw_model.config.to_dict(),
+        "grad_accum_steps": grad_accum_steps, "total_steps": total_steps, "world_size": world_size,
+        "torch": str(torch.__version__), "argv": sys.argv,
+    }
+    print_fn(
+        f"model {config.model}: {raw_model.config.n_layer} layers, {raw_model.config.n_head} heads, "
+        f"{raw_model.config.n_embd} channels | num_parameters: {num_params:,}\n"
+        f"device {header['device']} ({runtime.precision}{', compiled' if use_compile else ''}) | B={config.batch_size} "
+        f"T={config.seq_len} | total batch {grad_accum_steps * config.tokens_per_micro_step(world_size):,} tokens "
+        f"=> grad accumulation {grad_accum_steps} | {total_steps} steps | "
+        f"train {train_loader.tokens_per_epoch:,} tokens/epoch"
+    )
+    if config.output_dir:
+        run_dir = Path(config.output_dir)
+        (run_dir / "config.json").write_text(json.dumps({"train": config.to_dict(), **header}, indent=2, default=str))
+        logger.log_event(0, "config", **header)
+
+    return Trainer(
+        config=config, model=model, raw_model=raw_model, optimizer=optimizer, schedule=schedule,
+        train_loader=train_loader, val_loader=val_loader, logger=logger, runtime=runtime, total_steps=total_steps,
+        grad_accum_steps=grad_accum_steps, flops_per_token=flops, peak_flops=peak,
+        tokenizer=load_tokenizer_for_samples(config, print_fn), print_fn=print_fn,
+    )

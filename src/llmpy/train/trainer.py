@@ -1,0 +1,160 @@
+"""The training loop: accumulate, clip, step, evaluate, sample, log, checkpoint. Orchestration only."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from llmpy.config import TrainConfig
+from llmpy.data.loader import TokenLoader
+from llmpy.eval.val_loss import evaluate_loss
+from llmpy.infer import generate
+from llmpy.metrics.logger import RunLogger
+from llmpy.metrics.mfu import mfu as model_flops_utilization
+from llmpy.model import GPT
+from llmpy.runtime import Runtime
+from llmpy.train.checkpoint import prune_checkpoints, save_model_checkpoint
+from llmpy.train.optim import LRSchedule, apply_learning_rate
+
+
+@dataclass
+class StepStats:
+    """What one optimizer step reports."""
+
+    step: int
+    loss: float
+    grad_norm: float
+    lr: float
+    seconds: float
+    tokens: int
+    skipped: bool = False
+
+
+@dataclass
+class Trainer:
+    """Runs `total_steps` optimizer steps of `model` over `train_loader`, llm.c style."""
+
+    config: TrainConfig
+    model: torch.nn.Module  # what runs the steps (maybe compiled)
+    raw_model: GPT  # the plain module: checkpoints and sampling
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    train_loader: TokenLoader
+    val_loader: TokenLoader | None
+    logger: RunLogger
+    runtime: Runtime
+    total_steps: int
+    grad_accum_steps: int
+    flops_per_token: float
+    peak_flops: float | None
+    tokenizer: object | None = None  # GPT2Tokenizer, for decoding samples
+    print_fn: callable = print
+    start_step: int = 0
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.grad_accum_steps * self.train_loader.batch_size * self.train_loader.seq_len * self.train_loader.world_size
+
+    def fit(self) -> dict:
+        """Train to the end; returns a summary (first/last val loss, last train loss, mean tok/s)."""
+        cfg = self.config
+        summary: dict = {"val_loss": {}, "train_loss": None}
+        throughput: list[float] = []
+        for step in range(self.start_step, self.total_steps + 1):
+            last_step = step == self.total_steps
+            if self.val_loader is not None and cfg.val_every > 0 and (step % cfg.val_every == 0 or last_step):
+                val_loss = evaluate_loss(self.model, self.val_loader, cfg.val_max_steps, self.runtime)
+                self.logger.log_val(step, val_loss)
+                summary["val_loss"][step] = val_loss
+                self.print_fn(f"val loss {val_loss:.4f}")
+            if cfg.sample_every > 0 and step > 0 and (step % cfg.sample_every == 0 or last_step):
+                self.sample(step)
+            if cfg.output_dir and cfg.checkpoint_every > 0 and step > 0 and step % cfg.checkpoint_every == 0 and not last_step:
+                self.save_checkpoint(step)
+            if last_step:
+                break
+            stats = self.train_step(step)
+            if step > self.start_step:  # the first step includes compilation and warm-up
+                throughput.append(stats.tokens / stats.seconds)
+            self.report(stats)
+            summary["train_loss"] = stats.loss
+        if cfg.output_dir:
+            self.save_checkpoint(self.total_steps)
+        summary["tokens_per_sec"] = sum(throughput) / len(throughput) if throughput else None
+        return summary
+
+    def save_checkpoint(self, step: int) -> None:
+        """Weights + configs for `step`, then rotation (-nk, -nm)."""
+        cfg = self.config
+        path = save_model_checkpoint(cfg.output_dir, step, self.raw_model, {"train_config": cfg.to_dict()})
+        prune_checkpoints(cfg.output_dir, cfg.checkpoint_keep, cfg.checkpoint_keep_every)
+        self.print_fn(f"checkpoint: {path}")
+
+    def train_step(self, step: int) -> StepStats:
+        """One optimizer step over grad_accum_steps micro-batches; a non-finite gradient skips the update."""
+        t0 = time.perf_counter()
+        self.model.train()
+        lr = self.schedule(step)
+        apply_learning_rate(self.optimizer, lr)
+        loss_sum = torch.zeros((), device=self.runtime.device)
+        if self.config.overfit_batch:
+            self.train_loader.reset()  # -a 1: the same first batch every step
+        for _ in range(self.grad_accum_steps):
+            x, y = self.train_loader.next_batch()
+            x = x.to(self.runtime.device, non_blocking=True)
+            y = y.to(self.runtime.device, non_blocking=True)
+            with self.runtime.autocast():
+                _, loss = self.model(x, y, return_logits=False)
+            loss = loss / self.grad_accum_steps  # grads of the mean over the whole -d batch
+            loss_sum += loss.detach()
+            loss.backward()
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)  # unclipped norm returned
+        grad_norm_value = grad_norm.item()  # one host sync per step, needed for logging anyway
+        skipped = not math.isfinite(grad_norm_value)
+        if not skipped:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value = loss_sum.item()
+        self.runtime.synchronize()
+        return StepStats(step, loss_value, grad_norm_value, lr, time.perf_counter() - t0, self.tokens_per_step, skipped)
+
+    def report(self, stats: StepStats) -> None:
+        """Console line like llm.c's, main.log line, and the full JSONL record."""
+        tokens_per_sec = stats.tokens / stats.seconds
+        mfu = model_flops_utilization(tokens_per_sec, self.flops_per_token, self.peak_flops)
+        extra = {"step_ms": stats.seconds * 1000, "tokens_per_sec": tokens_per_sec, "tokens": stats.tokens}
+        if mfu is not None:
+            extra["mfu"] = mfu
+        if stats.skipped:
+            extra["skipped"] = True
+        self.logger.log_train(stats.step, stats.loss, stats.lr, stats.grad_norm, **extra)
+        if self.config.log_every > 0 and (stats.step % self.config.log_every == 0 or stats.step + 1 == self.total_steps):
+            mfu_text = f" | {100 * mfu:4.1f}% {self.runtime.precision} MFU" if mfu is not None else ""
+            skip_text = " | SKIPPED (non-finite grad norm)" if stats.skipped else ""
+            self.print_fn(
+                f"step {stats.step + 1:5d}/{self.total_steps} | loss {stats.loss:.6f} | norm {stats.grad_norm:.4f} "
+                f"| lr {stats.lr:.2e} | {stats.seconds * 1000:.1f} ms{mfu_text} | {tokens_per_sec:,.0f} tok/s{skip_text}"
+            )
+
+    def sample(self, step: int) -> None:
+        """Generate -g tokens from <|endoftext|> (or --sample-prompt) and print/log them."""
+        if self.tokenizer is None:
+            return
+        cfg = self.config
+        prompt_ids = self.tokenizer.encode(cfg.sample_prompt) if cfg.sample_prompt else [self.tokenizer.eot_token]
+        prompt = torch.tensor([prompt_ids], dtype=torch.long, device=self.runtime.device)
+        # a private generator: sampling must not disturb the training RNG stream
+        generator = torch.Generator(device=self.runtime.device).manual_seed(cfg.seed + step)
+        self.raw_model.eval()
+        out = generate(
+            self.raw_model, prompt, cfg.gen_tokens, top_k=cfg.sample_top_k, generator=generator,
+            autocast=self.runtime.autocast,
+        )
+        self.raw_model.train()
+        text = self.tokenizer.decode(out[0, len(prompt_ids):].tolist())
+        self.print_fn(f"generating:\n---\n{cfg.sample_prompt}{text}\n---")
+        self.logger.log_event(step, "sample", text=cfg.sample_prompt + text)

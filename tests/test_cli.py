@@ -1,0 +1,96 @@
+"""CLI: llm.c's train_gpt2cu flags, long options, --config files, and one-line errors."""
+
+import shlex
+
+import pytest
+
+from llmpy.cli import build_parser, main, train_config_from_args
+from llmpy.errors import LlmpyError
+
+# llm.c's scripts/run_gpt2_124M.sh flags, verbatim
+LLMC_124M = (
+    'train -i "dev/data/fineweb10B/fineweb_train_*.bin" -j "dev/data/fineweb10B/fineweb_val_*.bin" '
+    '-o log124M -v 250 -s 20000 -g 144 -h 1 -b 64 -t 1024 -d 524288 -r 0 -z 1 -c 0.1 -l 0.0006 '
+    '-q 0.0 -u 700 -n 5000 -y 1 -e "d12"'
+)
+
+
+def parse(command: str):
+    return train_config_from_args(build_parser().parse_args(shlex.split(command)))
+
+
+def test_llmc_run_script_flags_map_to_config():
+    cfg = parse(LLMC_124M)
+    assert cfg.train_data == "dev/data/fineweb10B/fineweb_train_*.bin"
+    assert cfg.val_data == "dev/data/fineweb10B/fineweb_val_*.bin"
+    assert cfg.output_dir == "log124M"
+    assert (cfg.val_every, cfg.sample_every, cfg.gen_tokens, cfg.hellaswag) == (250, 20000, 144, 1)
+    assert (cfg.batch_size, cfg.seq_len, cfg.total_batch_size) == (64, 1024, 524288)
+    assert (cfg.recompute, cfg.zero_stage, cfg.weight_decay, cfg.learning_rate) == (0, 1, 0.1, 0.0006)
+    assert (cfg.final_lr_frac, cfg.warmup_steps, cfg.checkpoint_every, cfg.resume, cfg.model) == (0.0, 700, 5000, 1, "d12")
+    assert cfg.grad_accum_steps(world_size=8) == 1
+    assert cfg.grad_accum_steps(world_size=1) == 8
+
+
+def test_remaining_llmc_flags_and_negative_values():
+    cfg = parse("train -i x.bin -x -1 -m -1 -k wsd -nk 3 -nm 1000 -sl 5.0 -sg 4.5 -a 1 -f 0 -w 1 -ge 2")
+    assert (cfg.max_steps, cfg.val_max_steps, cfg.lr_schedule) == (-1, -1, "wsd")
+    assert (cfg.checkpoint_keep, cfg.checkpoint_keep_every) == (3, 1000)
+    assert (cfg.skip_loss_zscore, cfg.skip_grad_zscore, cfg.overfit_batch, cfg.tf32) == (5.0, 4.5, 1, 0)
+
+
+def test_long_options_equal_short_flags():
+    assert parse("train --train-data a.bin --batch-size 8 --seq-len 64 --learning-rate 1e-3") == parse(
+        "train -i a.bin -b 8 -t 64 -l 1e-3"
+    )
+
+
+def test_dash_h_is_hellaswag_and_help_is_long(capsys):
+    assert parse("train -i a.bin -h 1").hellaswag == 1
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["train", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "-sl SKIP_LOSS_ZSCORE" in out and "--total-batch-size" in out
+
+
+def test_config_file_toml_and_yaml_under_command_line(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('train-data = "t.bin"\nbatch_size = 16\nlearning_rate = 0.001\nlr-schedule = "linear"\n')
+    cfg = parse(f"train --config {toml} -b 32")
+    assert (cfg.train_data, cfg.batch_size, cfg.learning_rate, cfg.lr_schedule) == ("t.bin", 32, 0.001, "linear")
+    yaml_file = tmp_path / "run.yaml"
+    yaml_file.write_text("train_data: y.bin\nseq_len: 128\n")
+    cfg = parse(f"train --config {yaml_file}")
+    assert (cfg.train_data, cfg.seq_len) == ("y.bin", 128)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("bogus_option = 1\n", "unknown option(s) bogus_option"), ("batch_size = 'big'\n", "expected a number"),
+     ("batch_size = [\n", "cannot parse")],
+)
+def test_config_file_errors(tmp_path, content, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    with pytest.raises(LlmpyError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse(f"train --config {path}")
+
+
+def test_inconsistent_values_fail_fast():
+    with pytest.raises(LlmpyError, match="-d/--total-batch-size 1000 is not a positive multiple of B\\*T\\*world"):
+        parse("train -i a.bin -b 4 -t 64 -d 1000").validate()
+    with pytest.raises(LlmpyError, match="-k/--lr-schedule"):
+        parse("train -i a.bin -k triangle").validate()
+    with pytest.raises(LlmpyError, match="-i/--train-data"):
+        parse("train -b 4").validate()
+
+
+def test_errors_print_one_line_and_exit_2(capsys, tmp_path):
+    code = main(["train", "-i", str(tmp_path / "nothing_*.bin"), "-t", "2048", "-e", "d2"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("llmpy: error: ") and "\n" not in err
+    assert "-t/--seq-len 2048 exceeds the model's max positions 1024" in err
+    assert main(["train", "-i", "a.bin", "-pn", "2"]) == 2
+    assert "torchrun" in capsys.readouterr().err
