@@ -84,6 +84,11 @@ class Trainer:
         if cfg.output_dir:
             self.save_checkpoint(self.total_steps)
         summary["tokens_per_sec"] = sum(throughput) / len(throughput) if throughput else None
+        if summary["tokens_per_sec"]:
+            self.print_fn(f"mean throughput after the first step: {summary['tokens_per_sec']:,.0f} tok/s")
+        if self.runtime.is_cuda:
+            summary["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.runtime.device) / 2**30
+            self.print_fn(f"peak GPU memory allocated: {summary['peak_memory_gib']:.2f} GiB")
         return summary
 
     def save_checkpoint(self, step: int) -> None:
