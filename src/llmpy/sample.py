@@ -16,9 +16,10 @@ from llmpy.train.checkpoint import load_model
 def run_sample(
     model_path: str, prompt: str, *, num_samples: int = 1, max_new_tokens: int = 128, temperature: float = 1.0,
     top_k: int = 50, top_p: float = 1.0, seed: int = 1337, device: str = "auto", tokenizer_path: str | None = None,
-    out=sys.stdout,
+    out=None,
 ) -> int:
     """Print `num_samples` continuations of `prompt`, token by token as they are generated."""
+    out = out or sys.stdout
     if num_samples < 1 or max_new_tokens < 0:
         raise LlmpyError("sample: --num-samples must be >= 1 and --max-new-tokens >= 0")
     runtime = select_runtime(device)

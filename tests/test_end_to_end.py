@@ -1,0 +1,89 @@
+"""The commands a user runs: quickstart, prepare + train through the CLI, sample; checkpoint safety."""
+
+import shutil
+
+import pytest
+import torch
+
+from llmpy.cli import main
+from llmpy.errors import LlmpyError
+from llmpy.infer import filter_logits
+from llmpy.tokenizer import get_tokenizer
+from llmpy.train.checkpoint import completed_steps, load_model, prune_checkpoints, save_model_checkpoint
+
+
+@pytest.fixture()
+def cached_shakespeare(bpe_env, shared_data, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)
+    shutil.copy(shared_data / "tinyshakespeare.txt", cache / "tinyshakespeare.txt")
+    return cache
+
+
+def test_quickstart_runs_offline_and_learns(cached_shakespeare, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["quickstart", "--steps", "12", "--out", str(out), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "val loss: 10.8" in text and "First Citizen:" in text
+    assert (cached_shakespeare / "data" / "tinyshakespeare" / "manifest.json").is_file()
+    assert completed_steps(out) == [12]
+    lines = (out / "main.log").read_text().splitlines()
+    first_val = float(lines[0].split("tel:")[1])
+    last_val = float([l for l in lines if "tel:" in l][-1].split("tel:")[1])
+    assert last_val < first_val - 0.5
+
+
+def test_prepare_train_sample_through_the_cli(cached_shakespeare, tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["prepare", "tinyshakespeare", "--out", str(data)]) == 0
+    run = tmp_path / "run"
+    code = main(["train", "-i", str(data / "tinyshakespeare_train_*.bin"), "-j", str(data / "tinyshakespeare_val_*.bin"),
+                 "-o", str(run), "-e", "d2w64", "-b", "4", "-t", "32", "-x", "4", "-v", "2", "-m", "2", "-s", "4",
+                 "-g", "8", "-n", "2", "-nk", "1", "--device", "cpu", "--compile", "0", "-h", "1"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "num_parameters" in out and "generating:" in out and "-h 1 (HellaSwag during training) is not available" in out
+    assert completed_steps(run) == [4]  # -n 2 wrote step 2, -nk 1 kept only the newest
+    # greedy sampling equals an argmax loop over the model's own forward pass
+    model, _ = load_model(run)
+    tokenizer = get_tokenizer()
+    ids = tokenizer.encode("ROMEO:")
+    with torch.no_grad():
+        for _ in range(5):
+            logits, _ = model(torch.tensor([ids]))
+            ids.append(int(logits[0, -1].argmax()))
+    assert main(["sample", "--model", str(run), "--prompt", "ROMEO:", "--max-new-tokens", "5", "--temperature", "0",
+                 "--device", "cpu"]) == 0
+    assert tokenizer.decode(ids) in capsys.readouterr().out
+
+
+def test_checkpoint_rules(tmp_path):
+    from llmpy.config import ModelConfig
+    from llmpy.model import GPT
+
+    model = GPT(ModelConfig(n_layer=1, n_head=1, n_embd=64, block_size=16))
+    for step in (10, 20, 30, 40):
+        save_model_checkpoint(tmp_path, step, model)
+    (tmp_path / "DONE_00000040").unlink()  # a write that never finished
+    assert completed_steps(tmp_path) == [10, 20, 30]
+    assert prune_checkpoints(tmp_path, keep=1, keep_every=20) == [10]
+    assert completed_steps(tmp_path) == [20, 30]
+    loaded, payload = load_model(tmp_path)
+    assert payload["step"] == 30
+    torch.testing.assert_close(loaded.state_dict()["lm_head.weight"], model.state_dict()["lm_head.weight"])
+    broken = tmp_path / "model_00000030.pt"
+    broken.write_bytes(broken.read_bytes()[:1000])
+    with pytest.raises(LlmpyError, match="model_00000030.pt: not a readable llmpy checkpoint"):
+        load_model(tmp_path)
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    with pytest.raises(LlmpyError, match="empty_run: no complete checkpoint"):
+        load_model(empty)
+
+
+def test_top_k_and_top_p_filtering_by_hand():
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.15, 0.1]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    # top_p 0.7: 0.5 alone < 0.7, 0.5 + 0.25 reaches it -> keep two
+    assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.4)).tolist() == [[False, True, True, True]]

@@ -1,0 +1,106 @@
+"""prepare: EOT placement, token counts against an independent tiktoken encoding, splits, manifest, errors."""
+
+import gzip
+import hashlib
+import itertools
+import json
+
+import numpy as np
+import pytest
+import tiktoken
+from tiktoken.load import load_tiktoken_bpe
+
+from llmpy.data.prepare import prepare_text, prepare_tinyshakespeare
+from llmpy.data.shards import read_shard
+from llmpy.errors import LlmpyError
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+@pytest.fixture()
+def reference_encoding(bpe_env):
+    """A tiktoken Encoding built here from the ranks file, independently of llmpy's tokenizer module."""
+    return tiktoken.Encoding(name="ref", pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_bpe(str(bpe_env)),
+                             special_tokens={"<|endoftext|>": 50256})
+
+
+def write_jsonl_gz(path, texts):
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        for text in texts:
+            handle.write(json.dumps({"text": text, "id": "x"}) + "\n")
+    return path
+
+
+def expected_stream(encoding, texts):
+    return [t for text in texts for t in [50256, *encoding.encode_ordinary(text)]]
+
+
+def test_text_with_val_input_on_a_piece_of_the_corpus(reference_encoding, shared_data, tmp_path):
+    def first_docs(name, count):
+        with gzip.open(shared_data / "corpus" / name, "rt", encoding="utf-8") as handle:
+            return [json.loads(line)["text"] for line in itertools.islice(handle, count)]
+
+    train_texts, val_texts = first_docs("train_00.jsonl.gz", 40), first_docs("val_00.jsonl.gz", 5)
+    train_in = write_jsonl_gz(tmp_path / "train.jsonl.gz", train_texts)
+    val_in = write_jsonl_gz(tmp_path / "val.jsonl.gz", val_texts)
+    out = tmp_path / "shards"
+    manifest = prepare_text([train_in], out, name="corpus", shard_size=20_000, val_inputs=[val_in], quiet=True)
+
+    train_files = sorted(out.glob("corpus_train_*.bin"))
+    assert train_files[0].name == "corpus_train_000001.bin" and len(train_files) > 2
+    train = np.concatenate([read_shard(f) for f in train_files])
+    val = read_shard(out / "corpus_val_000000.bin")
+    assert train.tolist() == expected_stream(reference_encoding, train_texts)
+    assert val.tolist() == expected_stream(reference_encoding, val_texts)
+    assert int((train == 50256).sum()) == 40 and train[0] == 50256
+    assert all(len(read_shard(f)) == 20_000 for f in train_files[:-1])
+    for shard in manifest["shards"]:
+        assert hashlib.sha256((out / shard["file"]).read_bytes()).hexdigest() == shard["sha256"]
+    assert manifest["total_tokens"] == {"val": len(val), "train": len(train)}
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+
+
+def test_text_default_split_is_every_20th_document(reference_encoding, tmp_path):
+    texts = [f"Document number {i} says hello." for i in range(45)]
+    (tmp_path / "a.txt").write_text("A whole text file is one document.\n")
+    source = write_jsonl_gz(tmp_path / "docs.jsonl.gz", texts)
+    prepare_text([tmp_path / "a.txt", source], tmp_path / "out", quiet=True)
+    documents = ["A whole text file is one document.\n", *texts]
+    val = read_shard(tmp_path / "out" / "text_val_000000.bin").tolist()
+    train = read_shard(tmp_path / "out" / "text_train_000001.bin").tolist()
+    assert val == expected_stream(reference_encoding, documents[0::20])
+    assert train == expected_stream(reference_encoding, [d for i, d in enumerate(documents) if i % 20])
+    prepare_text([source], tmp_path / "lead", val_tokens=20, quiet=True)  # leading documents up to 20 tokens
+    lead_val = read_shard(tmp_path / "lead" / "text_val_000000.bin").tolist()
+    assert lead_val == expected_stream(reference_encoding, texts[:3])
+
+
+def test_text_errors_name_file_and_line(bpe_env, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": broken\n')
+    with pytest.raises(LlmpyError, match=r"bad.jsonl:2: not valid JSON"):
+        prepare_text([bad], tmp_path / "o1", quiet=True)
+    nofield = tmp_path / "nofield.jsonl"
+    nofield.write_text('{"body": "x"}\n')
+    with pytest.raises(LlmpyError, match=r"nofield.jsonl:1: no string field 'text'"):
+        prepare_text([nofield], tmp_path / "o2", quiet=True)
+    with pytest.raises(LlmpyError, match="missing.jsonl: no such input file"):
+        prepare_text([tmp_path / "missing.jsonl"], tmp_path / "o3", quiet=True)
+    (tmp_path / "data.csv").write_text("a,b\n")
+    with pytest.raises(LlmpyError, match="unsupported input type"):
+        prepare_text([tmp_path / "data.csv"], tmp_path / "o4", quiet=True)
+
+
+def test_tinyshakespeare_llmc_split(reference_encoding, shared_data, tmp_path):
+    manifest = prepare_tinyshakespeare(tmp_path, input_path=shared_data / "tinyshakespeare.txt")
+    val = read_shard(tmp_path / "tinyshakespeare_val_000000.bin")
+    train = read_shard(tmp_path / "tinyshakespeare_train_000001.bin")
+    # llm.c's tinyshakespeare.py reports 32,768 val and 305,260 train tokens for this file
+    assert (len(val), len(train)) == (32_768, 305_260)
+    text = (shared_data / "tinyshakespeare.txt").read_text()
+    sections = text.split("\n\n")
+    assert int((val == 50256).sum() + (train == 50256).sum()) == len(sections)
+    assert val[0] == 50256
+    stream = expected_stream(reference_encoding, [s + "\n\n" for s in sections[:-1]] + [sections[-1]])
+    assert np.concatenate([val, train]).tolist() == stream
+    assert manifest["source"]["sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
