@@ -1,23 +1,63 @@
-"""Shared fixtures: local copies of the GPT-2 BPE, tiny Shakespeare and the corpus from ../shared/data."""
+"""Shared fixtures: the GPT-2 BPE, tiny Shakespeare and the corpus, from ../shared/data when it exists, otherwise
+through llmpy's own offline resolution (env var / cache). Nothing is ever downloaded by a test."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+from llmpy.errors import LlmpyError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not (SHARED_DATA / "gpt2.tiktoken").is_file():
+    """The shared corpus directory (only ../shared/data has it)."""
+    if not (SHARED_DATA / "corpus").is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
 
 
+def _offline(resolve):
+    previous = os.environ.get("LLMPY_OFFLINE")
+    os.environ["LLMPY_OFFLINE"] = "1"
+    try:
+        return resolve()
+    except LlmpyError as exc:
+        pytest.skip(f"no local copy: {exc}")
+    finally:
+        if previous is None:
+            os.environ.pop("LLMPY_OFFLINE")
+        else:
+            os.environ["LLMPY_OFFLINE"] = previous
+
+
+@pytest.fixture(scope="session")
+def bpe_file() -> Path:
+    if (SHARED_DATA / "gpt2.tiktoken").is_file():
+        return SHARED_DATA / "gpt2.tiktoken"
+    from llmpy.tokenizer import resolve_bpe_file
+
+    return _offline(resolve_bpe_file)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_file() -> Path:
+    if (SHARED_DATA / "tinyshakespeare.txt").is_file():
+        return SHARED_DATA / "tinyshakespeare.txt"
+    from llmpy.config import default_cache_dir
+
+    cached = default_cache_dir() / "tinyshakespeare.txt"
+    if not cached.is_file():
+        pytest.skip("no local copy of tiny Shakespeare")
+    return cached
+
+
 @pytest.fixture()
-def bpe_env(shared_data, monkeypatch, tmp_path):
-    """Point llmpy at the local GPT-2 BPE and an empty cache; no downloads possible."""
-    monkeypatch.setenv("LLMPY_GPT2_BPE", str(shared_data / "gpt2.tiktoken"))
+def bpe_env(bpe_file, monkeypatch, tmp_path):
+    """Point llmpy at the local GPT-2 BPE and an empty cache, with downloads switched off."""
+    monkeypatch.setenv("LLMPY_GPT2_BPE", str(bpe_file))
     monkeypatch.setenv("LLMPY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LLMPY_OFFLINE", "1")
-    return shared_data / "gpt2.tiktoken"
+    return bpe_file

@@ -13,10 +13,10 @@ from llmpy.train.checkpoint import completed_steps, load_model, prune_checkpoint
 
 
 @pytest.fixture()
-def cached_shakespeare(bpe_env, shared_data, tmp_path):
+def cached_shakespeare(bpe_env, shakespeare_file, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir(exist_ok=True)
-    shutil.copy(shared_data / "tinyshakespeare.txt", cache / "tinyshakespeare.txt")
+    shutil.copy(shakespeare_file, cache / "tinyshakespeare.txt")
     return cache
 
 

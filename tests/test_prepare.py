@@ -91,13 +91,13 @@ def test_text_errors_name_file_and_line(bpe_env, tmp_path):
         prepare_text([tmp_path / "data.csv"], tmp_path / "o4", quiet=True)
 
 
-def test_tinyshakespeare_llmc_split(reference_encoding, shared_data, tmp_path):
-    manifest = prepare_tinyshakespeare(tmp_path, input_path=shared_data / "tinyshakespeare.txt")
+def test_tinyshakespeare_llmc_split(reference_encoding, shakespeare_file, tmp_path):
+    manifest = prepare_tinyshakespeare(tmp_path, input_path=shakespeare_file)
     val = read_shard(tmp_path / "tinyshakespeare_val_000000.bin")
     train = read_shard(tmp_path / "tinyshakespeare_train_000001.bin")
     # llm.c's tinyshakespeare.py reports 32,768 val and 305,260 train tokens for this file
     assert (len(val), len(train)) == (32_768, 305_260)
-    text = (shared_data / "tinyshakespeare.txt").read_text()
+    text = shakespeare_file.read_text()
     sections = text.split("\n\n")
     assert int((val == 50256).sum() + (train == 50256).sum()) == len(sections)
     assert val[0] == 50256

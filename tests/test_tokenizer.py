@@ -30,8 +30,10 @@ def test_known_ids_and_round_trip(bpe_env):
     assert 50256 not in tokenizer.encode("<|endoftext|>")
 
 
-def test_resolution_order(bpe_env, shared_data, tmp_path, monkeypatch):
-    assert resolve_bpe_file(shared_data / "gpt2.tiktoken") == shared_data / "gpt2.tiktoken"  # explicit path
+def test_resolution_order(bpe_env, tmp_path, monkeypatch):
+    explicit = tmp_path / "explicit.tiktoken"
+    explicit.write_bytes(bpe_env.read_bytes())
+    assert resolve_bpe_file(explicit) == explicit  # an explicit path wins over the environment
     assert resolve_bpe_file() == bpe_env  # $LLMPY_GPT2_BPE
     monkeypatch.delenv("LLMPY_GPT2_BPE")
     cached = tmp_path / "cache" / "gpt2.tiktoken"
