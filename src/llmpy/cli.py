@@ -40,6 +40,7 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
     ("-sg", "--skip-grad-zscore", "skip_grad_zscore", float, "skip updates whose grad-norm z-score exceeds this (0 = off)"),
     ("-a", "--overfit-batch", "overfit_batch", int, "1 = train on the first batch only (debugging)"),
     ("-f", "--tf32", "tf32", int, "TF32 matmuls for fp32 work (0/1)"),
+    (None, "--shuffle", "shuffle", int, "shuffle train shards and chunks each epoch, seeded (0 = sequential)"),
     (None, "--grad-clip", "grad_clip", float, "global grad-norm clip (0 = off)"),
     (None, "--wsd-cooldown-frac", "wsd_cooldown_frac", float, "fraction of steps the wsd schedule spends decaying"),
     (None, "--seed", "seed", int, "random seed"),
@@ -74,6 +75,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=f"compat_{flag[1:]}", default=argparse.SUPPRESS, help=f"accepted, no effect: {reason}")
     for flag in LAUNCH_FLAGS:
         parser.add_argument(flag, dest=f"launch_{flag[1:]}", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--no-shuffle", dest="shuffle", action="store_const", const=0, default=argparse.SUPPRESS,
+                        help="read train shards in order (same as --shuffle 0)")
     parser.add_argument("--config", help="TOML or YAML file of long option names (flags on the command line win)")
 
 

@@ -115,6 +115,7 @@ class TrainConfig:
     skip_loss_zscore: float = 0.0  # -sl
     skip_grad_zscore: float = 0.0  # -sg
     overfit_batch: int = 0  # -a
+    shuffle: int = 1  # shuffle train shards and chunks per epoch (0 = llm.c's sequential order)
     tf32: int = 1  # -f
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

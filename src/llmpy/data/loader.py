@@ -1,11 +1,16 @@
-"""Training batches from token shards with llm.c's semantics, resumable from a small state dict.
+"""Training batches from token shards: llm.c's rank slicing, seeded shuffling, exact resume.
 
-Each optimizer micro-step consumes one global chunk of world_size * B * T tokens from the current shard; rank r
-takes the r-th B*T slice of it (plus one token for the shifted targets). So N ranks together read every chunk
-once per epoch, exactly like one rank with an N times larger batch. Shards too short for a chunk are skipped.
+An epoch is a sequence of *chunks*, each the tokens of one optimizer step: grad_accum * world * B * T (+1 for the
+shifted targets). Micro-step m of rank r reads the slice starting at (m * world + r) * B * T. With accumulation 1
+this is llm.c's layout (a chunk of world*B*T tokens, rank r takes slice r). Shuffling permutes the order of shards
+and of chunks within each shard, per epoch, from (seed, epoch); since a chunk is one -d batch, runs with the same
+-d and T read the same tokens at every step whatever their world size and micro-batch. Shards too short for a
+chunk are skipped; the tail of a shard shorter than a chunk is not read.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
@@ -15,84 +20,104 @@ from llmpy.errors import LlmpyError
 
 
 class TokenLoader:
-    """Sequential (B, T) input/target batches over a shard glob; `state_dict()` pins the exact next batch."""
+    """(B, T) input/target batches for one rank; `state_dict()` pins exactly the next batch."""
 
-    def __init__(self, pattern: str, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, pattern: str, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, *,
+        grad_accum_steps: int = 1, shuffle: bool = False, seed: int = 0,
+    ):
         if not 0 <= rank < world_size:
             raise LlmpyError(f"rank {rank} is outside world size {world_size}")
         self.pattern = pattern
-        self.batch_size = batch_size
-        self.seq_len = seq_len
-        self.rank = rank
-        self.world_size = world_size
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.rank, self.world_size, self.grad_accum_steps = rank, world_size, grad_accum_steps
+        self.shuffle, self.seed = shuffle, seed
         self.files = expand_shard_pattern(pattern)
-        self.chunk_tokens = world_size * batch_size * seq_len
+        self.micro_tokens = batch_size * seq_len
+        self.chunk_tokens = grad_accum_steps * world_size * self.micro_tokens
         # validate every shard up front: a bad file should fail now, not hours into a run
-        self._chunks_per_shard = [self._chunks_in(len(read_shard(f))) for f in self.files]
+        lengths = [len(read_shard(f)) for f in self.files]
+        self._chunks_per_shard = [max(0, (n - 1) // self.chunk_tokens) for n in lengths]
         if sum(self._chunks_per_shard) == 0:
             raise LlmpyError(
-                f"{pattern}: no shard holds one batch of world*B*T+1 = {self.chunk_tokens + 1} tokens "
-                f"(largest has {max(len(read_shard(f, check_tokens=False)) for f in self.files)}); lower -b or -t"
+                f"{pattern}: no shard holds one step of grad_accum*world*B*T+1 = {self.chunk_tokens + 1} tokens "
+                f"(largest has {max(lengths)}); lower -b, -t or -d"
             )
+        self.data_seconds = 0.0  # host time spent producing batches, for the trainer's data_ms
         self._tokens: np.ndarray | None = None
         self.reset()
 
-    def _chunks_in(self, num_tokens: int) -> int:
-        return max(0, (num_tokens - 1) // self.chunk_tokens)
-
     @property
-    def batches_per_epoch(self) -> int:
-        """Global chunks (= micro-batches per rank) in one pass over all shards."""
+    def steps_per_epoch(self) -> int:
+        """Chunks (optimizer steps' worth of tokens) in one pass over all shards."""
         return sum(self._chunks_per_shard)
 
     @property
     def tokens_per_epoch(self) -> int:
-        return self.batches_per_epoch * self.chunk_tokens
+        return self.steps_per_epoch * self.chunk_tokens
 
     def reset(self) -> None:
-        """Back to the first chunk of the first shard, epoch 0."""
-        self.epoch = 0
-        self._load_shard(self._next_nonempty(0))
-        self.chunk = 0
+        """Back to the first batch of epoch 0."""
+        self._start_epoch(0)
 
-    def _next_nonempty(self, index: int) -> int:
-        while self._chunks_per_shard[index % len(self.files)] == 0:
-            index += 1
-        return index % len(self.files)
+    def _rng(self, epoch: int, salt: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, salt])
 
-    def _load_shard(self, index: int) -> None:
-        self.shard = index
-        self._tokens = read_shard(self.files[index], check_tokens=False)  # checked in __init__
+    def _start_epoch(self, epoch: int, shard_position: int = 0, chunk_position: int = 0, micro_step: int = 0) -> None:
+        self.epoch = epoch
+        order = [i for i, n in enumerate(self._chunks_per_shard) if n > 0]
+        if self.shuffle:
+            order = [order[i] for i in self._rng(epoch).permutation(len(order))]
+        self._shard_order = order
+        self._enter_shard(shard_position, chunk_position, micro_step)
+
+    def _enter_shard(self, shard_position: int, chunk_position: int = 0, micro_step: int = 0) -> None:
+        self.shard_position = shard_position
+        shard = self._shard_order[shard_position]
+        self._tokens = read_shard(self.files[shard], check_tokens=False)  # checked in __init__
+        count = self._chunks_per_shard[shard]
+        self._chunk_order = self._rng(self.epoch, 1 + shard).permutation(count) if self.shuffle else np.arange(count)
+        self.chunk_position, self.micro_step = chunk_position, micro_step
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next (x, y) pair, int64 (B, T) on the CPU; y is x shifted left by one token."""
+        """The next (x, y), int64 (B, T) CPU tensors (pinned when CUDA is present); y is x shifted by one."""
+        started = time.perf_counter()
         B, T = self.batch_size, self.seq_len
-        start = self.chunk * self.chunk_tokens + self.rank * B * T
+        chunk = int(self._chunk_order[self.chunk_position])
+        start = chunk * self.chunk_tokens + (self.micro_step * self.world_size + self.rank) * self.micro_tokens
         window = torch.from_numpy(self._tokens[start: start + B * T + 1].astype(np.int64))
-        x = window[:-1].view(B, T)
-        y = window[1:].view(B, T)
+        if torch.cuda.is_available():
+            window = window.pin_memory()  # lets the host-to-device copy run asynchronously
         self._advance()
-        return x, y
+        self.data_seconds += time.perf_counter() - started
+        return window[:-1].view(B, T), window[1:].view(B, T)
 
     def _advance(self) -> None:
-        self.chunk += 1
-        if self.chunk >= self._chunks_per_shard[self.shard]:
-            following = self._next_nonempty(self.shard + 1)
-            if following <= self.shard:
-                self.epoch += 1  # wrapped around: a new epoch
-            self._load_shard(following)
-            self.chunk = 0
+        self.micro_step += 1
+        if self.micro_step < self.grad_accum_steps:
+            return
+        self.micro_step, self.chunk_position = 0, self.chunk_position + 1
+        if self.chunk_position < len(self._chunk_order):
+            return
+        if self.shard_position + 1 < len(self._shard_order):
+            self._enter_shard(self.shard_position + 1)
+        else:
+            self._start_epoch(self.epoch + 1)
 
     def state_dict(self) -> dict:
-        """Where the next batch comes from: enough to resume with exactly that batch."""
-        return {"epoch": self.epoch, "shard": self.shard, "chunk": self.chunk, "files": [str(f) for f in self.files],
-                "chunk_tokens": self.chunk_tokens}
+        """Where the next batch comes from; the permutations are recomputed from (seed, epoch)."""
+        return {
+            "epoch": self.epoch, "shard_position": self.shard_position, "chunk_position": self.chunk_position,
+            "micro_step": self.micro_step, "files": [str(f) for f in self.files], "chunk_tokens": self.chunk_tokens,
+            "shuffle": self.shuffle, "seed": self.seed,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("files") != [str(f) for f in self.files] or state.get("chunk_tokens") != self.chunk_tokens:
-            raise LlmpyError(
-                f"{self.pattern}: loader state was saved for other shards or another world*B*T; cannot resume exactly"
-            )
-        self.epoch = state["epoch"]
-        self._load_shard(state["shard"])
-        self.chunk = state["chunk"]
+        mine = self.state_dict()
+        for key in ("files", "chunk_tokens", "shuffle", "seed"):
+            if state.get(key) != mine[key]:
+                raise LlmpyError(
+                    f"{self.pattern}: loader state was saved with different {key} ({state.get(key)!r} vs "
+                    f"{mine[key]!r}); cannot resume with exactly the next batch"
+                )
+        self._start_epoch(state["epoch"], state["shard_position"], state["chunk_position"], state["micro_step"])

@@ -14,7 +14,7 @@ def evaluate_loss(model: torch.nn.Module, loader: TokenLoader, max_steps: int, r
     was_training = model.training
     model.eval()
     loader.reset()
-    available = loader.batches_per_epoch
+    available = loader.steps_per_epoch  # the val loader has no accumulation: one chunk per batch
     steps = available if max_steps == -1 else min(max_steps, available)
     total = torch.zeros((), device=runtime.device, dtype=torch.float32)
     for _ in range(steps):

@@ -48,17 +48,9 @@ def load_tokenizer_for_samples(config: TrainConfig, print_fn) -> object | None:
         return None
 
 
-def total_steps_for(config: TrainConfig, loader: TokenLoader, grad_accum_steps: int) -> int:
+def total_steps_for(config: TrainConfig, loader: TokenLoader) -> int:
     """-x steps, or (-x -1) as many full -d batches as one epoch of the training split holds."""
-    if config.max_steps > 0:
-        return config.max_steps
-    steps = loader.batches_per_epoch // grad_accum_steps
-    if steps == 0:
-        raise LlmpyError(
-            f"-i {config.train_data}: one epoch ({loader.batches_per_epoch} micro-batches) is shorter than one "
-            f"step of {grad_accum_steps} micro-batches; lower -d or add data"
-        )
-    return steps
+    return config.max_steps if config.max_steps > 0 else loader.steps_per_epoch
 
 
 def check_options_available(config: TrainConfig, print_fn) -> None:
@@ -93,11 +85,14 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
     use_compile = config.compile == 1 or (config.compile == -1 and runtime.is_cuda)
     model = torch.compile(raw_model) if use_compile else raw_model
 
-    train_loader = TokenLoader(config.train_data, config.batch_size, config.seq_len, rank, world_size)
+    train_loader = TokenLoader(
+        config.train_data, config.batch_size, config.seq_len, rank, world_size,
+        grad_accum_steps=grad_accum_steps, shuffle=bool(config.shuffle) and not config.overfit_batch, seed=config.seed,
+    )
     val_loader = None
     if config.val_data:
         val_loader = TokenLoader(config.val_data, config.batch_size, config.seq_len, rank, world_size)
-    total_steps = total_steps_for(config, train_loader, grad_accum_steps)
+    total_steps = total_steps_for(config, train_loader)
 
     optimizer = build_optimizer(raw_model, config.learning_rate, config.weight_decay)
     schedule = LRSchedule(

@@ -31,6 +31,7 @@ class StepStats:
     seconds: float
     tokens: int
     skipped: bool = False
+    data_seconds: float = 0.0  # host time spent producing this step's batches
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Trainer:
     def train_step(self, step: int) -> StepStats:
         """One optimizer step over grad_accum_steps micro-batches; a non-finite gradient skips the update."""
         t0 = time.perf_counter()
+        data_seconds_before = self.train_loader.data_seconds
         self.model.train()
         lr = self.schedule(step)
         apply_learning_rate(self.optimizer, lr)
@@ -125,13 +127,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss_value = loss_sum.item()
         self.runtime.synchronize()
-        return StepStats(step, loss_value, grad_norm_value, lr, time.perf_counter() - t0, self.tokens_per_step, skipped)
+        data_seconds = self.train_loader.data_seconds - data_seconds_before
+        return StepStats(step, loss_value, grad_norm_value, lr, time.perf_counter() - t0, self.tokens_per_step,
+                         skipped, data_seconds)
 
     def report(self, stats: StepStats) -> None:
         """Console line like llm.c's, main.log line, and the full JSONL record."""
         tokens_per_sec = stats.tokens / stats.seconds
         mfu = model_flops_utilization(tokens_per_sec, self.flops_per_token, self.peak_flops)
-        extra = {"step_ms": stats.seconds * 1000, "tokens_per_sec": tokens_per_sec, "tokens": stats.tokens}
+        extra = {"step_ms": stats.seconds * 1000, "data_ms": stats.data_seconds * 1000,
+                 "tokens_per_sec": tokens_per_sec, "tokens": stats.tokens}
         if mfu is not None:
             extra["mfu"] = mfu
         if stats.skipped:
