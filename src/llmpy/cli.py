@@ -123,17 +123,39 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from llmpy.data import prepare
 
+    if args.verify:
+        from llmpy.data.pipeline import verify_output
+
+        problems = verify_output(args.verify)
+        for line in problems:
+            print(line, file=sys.stderr)
+        print(f"{args.verify}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        return 0 if not problems else 1
+    if args.source is None:
+        raise LlmpyError("prepare: name a source (tinyshakespeare, text, fineweb, tinystories) or give --verify DIR")
     if args.source == "tinyshakespeare":
-        manifest = prepare.prepare_tinyshakespeare(args.out or "data/tinyshakespeare", input_path=args.input[0] if args.input else None)
-    else:
+        manifest = prepare.prepare_tinyshakespeare(args.out or "data/tinyshakespeare",
+                                                   input_path=args.input[0] if args.input else None)
+    elif args.source == "text":
         if not args.input:
             raise LlmpyError("prepare text: give --input FILE [FILE ...] (.txt, .jsonl, .jsonl.gz, .parquet)")
         manifest = prepare.prepare_text(
             args.input, args.out or f"data/{args.name}", name=args.name, shard_size=args.shard_size,
-            val_inputs=args.val_input, val_tokens=args.val_tokens,
+            val_inputs=args.val_input, val_tokens=args.val_tokens, quiet=args.quiet,
         )
-    for shard in manifest["shards"]:
-        print(f"{shard['split']:5s} {shard['tokens']:>12,} tokens  {shard['file']}")
+    else:
+        from llmpy.data.sources import TINYSTORIES, fineweb_spec
+
+        spec = fineweb_spec(args.type, args.version) if args.source == "fineweb" else TINYSTORIES
+        manifest = prepare.prepare_stream(
+            spec, args.out or spec.default_out, inputs=args.input, val_inputs=args.val_input,
+            shard_size=args.shard_size, workers=args.workers, max_tokens=args.max_tokens, quiet=args.quiet,
+        )
+    shards = manifest["shards"]
+    for shard in shards[:3] + ([{"split": "...", "tokens": 0, "file": ""}] if len(shards) > 6 else []) + shards[3:][-3:]:
+        print(f"{shard['split']:5s} {shard['tokens']:>12,} tokens  {shard['file']}" if shard["file"] else "...")
+    totals = manifest["total_tokens"]
+    print(f"{len(shards)} shards: {totals['val']:,} val + {totals['train']:,} train tokens")
     return 0
 
 
@@ -166,14 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--data", default=None, help="where to put the shards (default: the llmpy cache)")
     quick.set_defaults(func=cmd_quickstart)
 
-    prep = sub.add_parser("prepare", help="tokenize a data set into llm.c token shards")
-    prep.add_argument("source", choices=["tinyshakespeare", "text"], help="what to prepare")
+    prep = sub.add_parser("prepare", help="tokenize a data set into llm.c token shards (or --verify them)")
+    prep.add_argument("source", nargs="?", choices=["tinyshakespeare", "text", "fineweb", "tinystories"],
+                      help="what to prepare")
     prep.add_argument("--input", nargs="+", help="local input file(s): .txt, .jsonl, .jsonl.gz, .parquet")
-    prep.add_argument("--val-input", nargs="+", help="(text) files for the val split")
+    prep.add_argument("--val-input", nargs="+", help="files for the val split")
     prep.add_argument("--val-tokens", type=int, default=None, help="(text) tokens of leading documents for val")
     prep.add_argument("--name", default="text", help="(text) shard name prefix")
+    prep.add_argument("--type", default="classic", choices=["classic", "edu"], help="(fineweb) FineWeb or FineWeb-Edu")
+    prep.add_argument("--version", default="10B", choices=["10B", "100B"], help="(fineweb) sample-10BT or sample-100BT")
     prep.add_argument("--out", default=None, help="output directory (default: data/<name>)")
-    prep.add_argument("--shard-size", type=int, default=100_000_000, help="tokens per train shard")
+    prep.add_argument("--shard-size", type=int, default=100_000_000, help="tokens per shard (default 100M)")
+    prep.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores but one)")
+    prep.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens in all")
+    prep.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
+    prep.add_argument("--verify", metavar="DIR", help="check every shard in DIR against its manifest and exit")
     prep.set_defaults(func=cmd_prepare)
 
     train = sub.add_parser(

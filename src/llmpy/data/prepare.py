@@ -1,4 +1,4 @@
-"""Small data sets -> llm.c token shards: tiny Shakespeare and local text files.
+"""Data sets -> llm.c token shards: tiny Shakespeare, local text files, and FineWeb-scale streams.
 
 Layout (llm.c's): `{name}_val_000000.bin` is shard 0 (val), then `{name}_train_000001.bin`, ... of `shard_size`
 tokens each; every document starts with <|endoftext|> (50256), GPT-2's pretraining layout. A `manifest.json` records
@@ -8,8 +8,8 @@ the source, the tokenizer and each shard's token count and SHA-256.
 from __future__ import annotations
 
 import gzip
-import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -22,7 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from llmpy.config import default_cache_dir
+from llmpy.data.pipeline import ShardedOutput, tokenize_documents, write_stream
 from llmpy.data.shards import write_shard
+from llmpy.data.sources import DatasetSpec, open_split
 from llmpy.errors import LlmpyError
 from llmpy.tokenizer import GPT2Tokenizer, get_tokenizer, sha256_of
 
@@ -275,3 +277,45 @@ def prepare_text(
     source = {"name": name, "inputs": [str(p) for p in inputs], "val_inputs": [str(p) for p in val_inputs or []],
               "field": field}
     return writer.manifest(source, tokenizer)
+
+
+# ---------------------------------------------------------------- FineWeb-scale sources (datasets streaming)
+
+def default_workers() -> int:
+    """All cores but one (one is left for the main process that writes shards)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def prepare_stream(
+    spec: DatasetSpec, out_dir: str | Path, *, inputs: list[str] | None = None, val_inputs: list[str] | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE, workers: int | None = None, max_tokens: int | None = None,
+    field: str = "text", quiet: bool = False, tokenizer: GPT2Tokenizer | None = None,
+) -> dict:
+    """Tokenize a hub corpus (or local files of the same schema) into llm.c shards; resumes an interrupted run."""
+    tokenizer = tokenizer or get_tokenizer()
+    workers = workers or default_workers()
+    source = {"dataset": spec.hub_path, "config": spec.hub_config, "field": field,
+              "inputs": [str(f) for f in inputs or []], "val_inputs": [str(f) for f in val_inputs or []]}
+    settings = {"source": source, "tokenizer_sha256": sha256_of(tokenizer.bpe_file), "shard_size": shard_size,
+                "max_tokens": max_tokens, "format": "llm.c token shard v1 (uint16), EOT before each document"}
+    output = ShardedOutput.open(Path(out_dir), spec.name, shard_size, settings)
+    if output.complete:
+        print(f"{out_dir}: already complete ({len(output.shards)} shards); nothing to do", file=sys.stderr)
+        return output.save()
+    separate_val = bool(val_inputs) or (spec.val_split is not None and not inputs)
+    if separate_val and not output.has_val():
+        val_docs = open_split(spec, spec.val_split or "train", val_inputs, field)
+        val_batches = list(tokenize_documents(val_docs, tokenizer.bpe_file, workers))
+        output.write("val", 0, np.concatenate([tokens for tokens, _ in val_batches]))
+    resumed = output.position.next_document > 0
+    train_docs = open_split(spec, spec.train_split, inputs, field, skip=output.position.next_document)
+    written = sum(s["tokens"] for s in output.shards)
+    total = max_tokens or (None if inputs else spec.expected_tokens)
+    with tqdm(total=total, initial=written, unit="tok", unit_scale=True, desc=f"{spec.name} ({workers} workers)",
+              disable=quiet, dynamic_ncols=True) as bar:
+        if resumed:
+            bar.write(f"resuming after {len(output.shards)} complete shards at document {output.position.next_document}")
+        write_stream(output, tokenize_documents(train_docs, tokenizer.bpe_file, workers), start=output.position,
+                     val_from_stream=not separate_val, max_tokens=max_tokens, progress=bar)
+    output.complete = True
+    return output.save()

@@ -1,0 +1,228 @@
+"""Documents -> tokens -> llm.c shards at FineWeb scale: parallel, ordered, bounded in memory, restartable.
+
+Tokenization runs in a process pool on batches of documents; results are consumed in submission order, so the
+output is byte-identical for any worker count. The writer fills `shard_size`-token shards (shard 0 = val unless the
+source has its own val documents), each written to a temp file and renamed into place. After every shard the
+manifest records where the stream stands (next document, tokens of it already written), so a re-run after a crash
+or Ctrl-C skips the complete shards and continues; a shard without its manifest entry is never trusted.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from llmpy.data.shards import HEADER_BYTES, read_shard, write_shard
+from llmpy.errors import LlmpyError
+from llmpy.tokenizer import EOT_TOKEN, GPT2Tokenizer, sha256_of
+
+DOCS_PER_TASK = 256  # documents per worker task: large enough to amortise pickling, small enough to stream
+MANIFEST = "manifest.json"
+
+
+# ---------------------------------------------------------------- tokenization
+
+_worker_tokenizer: GPT2Tokenizer | None = None
+
+
+def _init_worker(bpe_file: str) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = GPT2Tokenizer(Path(bpe_file))
+
+
+def _encode_task(documents: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """EOT + tokens for each document, concatenated as uint16, and each document's length."""
+    encoded = [_worker_tokenizer.encode(text) for text in documents]  # one thread per process: no oversubscription
+    lengths = np.fromiter((len(ids) + 1 for ids in encoded), dtype=np.int64, count=len(encoded))
+    tokens = np.empty(int(lengths.sum()), dtype=np.uint16)
+    position = 0
+    for ids, length in zip(encoded, lengths):
+        tokens[position] = EOT_TOKEN
+        tokens[position + 1: position + length] = ids
+        position += length
+    return tokens, lengths
+
+
+def _batches(documents: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for document in documents:
+        batch.append(document)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def tokenize_documents(documents: Iterable[str], bpe_file: Path, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(tokens, per-document lengths) per batch of documents, in input order, with `workers` processes."""
+    if workers <= 1:
+        _init_worker(str(bpe_file))
+        yield from map(_encode_task, _batches(documents, DOCS_PER_TASK))
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads or CUDA
+    with context.Pool(workers, initializer=_init_worker, initargs=(str(bpe_file),)) as pool:
+        in_flight: collections.deque = collections.deque()
+        for batch in _batches(documents, DOCS_PER_TASK):
+            in_flight.append(pool.apply_async(_encode_task, (batch,)))
+            if len(in_flight) >= 2 * workers:  # backpressure: memory stays bounded however long the stream
+                yield in_flight.popleft().get()
+        while in_flight:
+            yield in_flight.popleft().get()
+
+
+# ---------------------------------------------------------------- resumable sharded output
+
+@dataclass
+class StreamPosition:
+    """Where the train stream stands after the last complete shard."""
+
+    next_document: int = 0  # first document not fully written
+    document_offset: int = 0  # tokens of that document (counting its EOT) already written
+
+
+@dataclass
+class ShardedOutput:
+    """Writes `{name}_{split}_{index:06d}.bin` shards and keeps the manifest current after each one."""
+
+    out_dir: Path
+    name: str
+    shard_size: int
+    settings: dict  # what must match for a re-run to continue this output (source, tokenizer, shard size)
+    shards: list[dict] = field(default_factory=list)
+    position: StreamPosition = field(default_factory=StreamPosition)
+    complete: bool = False
+
+    @classmethod
+    def open(cls, out_dir: Path, name: str, shard_size: int, settings: dict) -> "ShardedOutput":
+        """Start fresh, or pick up a previous run of the same settings where its manifest says it stopped."""
+        if shard_size <= 0:
+            raise LlmpyError(f"--shard-size must be positive, got {shard_size}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        output = cls(out_dir, name, shard_size, settings)
+        path = out_dir / MANIFEST
+        if path.is_file():
+            previous = json.loads(path.read_text())
+            if previous.get("settings") != settings:
+                raise LlmpyError(
+                    f"{path}: this directory was prepared with other settings ({previous.get('settings')}); "
+                    "use another --out or delete it"
+                )
+            output.shards = previous["shards"]
+            output.position = StreamPosition(**previous["position"])
+            output.complete = previous["complete"]
+        for stray in out_dir.glob(f".{name}_*.tmp*"):  # a temp file from an interrupted write
+            stray.unlink()
+        return output
+
+    @property
+    def next_index(self) -> int:
+        return 1 + max((s["index"] for s in self.shards), default=0)
+
+    def has_val(self) -> bool:
+        return any(s["split"] == "val" for s in self.shards)
+
+    def write(self, split: str, index: int, tokens: np.ndarray, position: StreamPosition | None = None) -> None:
+        path = self.out_dir / f"{self.name}_{split}_{index:06d}.bin"
+        write_shard(path, tokens)
+        self.shards.append({"file": path.name, "split": split, "index": index, "tokens": int(tokens.size),
+                            "sha256": sha256_of(path)})
+        if position is not None:
+            self.position = position
+        self.save()
+
+    def save(self) -> dict:
+        manifest = {
+            "settings": self.settings, "complete": self.complete, "position": vars(self.position),
+            "shards": self.shards,
+            "total_tokens": {split: sum(s["tokens"] for s in self.shards if s["split"] == split)
+                             for split in ("val", "train")},
+        }
+        tmp = self.out_dir / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, self.out_dir / MANIFEST)
+        return manifest
+
+
+def write_stream(
+    output: ShardedOutput, batches: Iterable[tuple[np.ndarray, np.ndarray]], *, start: StreamPosition,
+    val_from_stream: bool, max_tokens: int | None = None, progress: tqdm | None = None,
+) -> None:
+    """Cut the token stream into shards; shard 0 is val when `val_from_stream`. Records the position per shard."""
+    buffer = np.empty(output.shard_size, dtype=np.uint16)
+    filled = 0
+    document, skip = start.next_document, start.document_offset
+    budget = max_tokens - sum(s["tokens"] for s in output.shards) if max_tokens else None
+    for tokens, lengths in batches:
+        cursor = skip  # drop what the previous run already wrote of the first document
+        skip = 0
+        while cursor < tokens.size:
+            take = min(output.shard_size - filled, tokens.size - cursor)
+            if budget is not None:
+                take = min(take, budget)
+            buffer[filled: filled + take] = tokens[cursor: cursor + take]
+            filled, cursor = filled + take, cursor + take
+            if budget is not None:
+                budget -= take
+            if filled == output.shard_size or budget == 0:
+                position = _position_after(cursor, lengths, document)
+                split = "val" if val_from_stream and not output.has_val() else "train"
+                output.write(split, 0 if split == "val" else output.next_index, buffer[:filled].copy(), position)
+                if progress is not None:
+                    progress.update(filled)
+                filled = 0
+                if budget == 0:
+                    return
+        document += lengths.size
+    if filled:
+        split = "val" if val_from_stream and not output.has_val() else "train"
+        output.write(split, 0 if split == "val" else output.next_index, buffer[:filled].copy(),
+                     StreamPosition(document, 0))
+        if progress is not None:
+            progress.update(filled)
+
+
+def _position_after(cursor: int, lengths: np.ndarray, first: int) -> StreamPosition:
+    """The stream position once the first `cursor` tokens of a batch (documents first, first+1, ...) are written."""
+    ends = np.cumsum(lengths)
+    within = int(np.searchsorted(ends, cursor, side="right"))  # documents of this batch fully written
+    if within == lengths.size:
+        return StreamPosition(first + within, 0)
+    start = int(ends[within - 1]) if within else 0
+    return StreamPosition(first + within, cursor - start)
+
+
+def verify_output(out_dir: str | Path) -> list[str]:
+    """Check every shard in the manifest (size, header, SHA-256); returns one line per problem (empty: all good)."""
+    out = Path(out_dir)
+    path = out / MANIFEST
+    if not path.is_file():
+        raise LlmpyError(f"{path}: no manifest to verify against")
+    manifest = json.loads(path.read_text())
+    problems = []
+    for shard in manifest["shards"]:
+        file = out / shard["file"]
+        if not file.is_file():
+            problems.append(f"{file}: missing")
+            continue
+        if file.stat().st_size != HEADER_BYTES + 2 * shard["tokens"]:
+            problems.append(f"{file}: {file.stat().st_size} bytes, expected {HEADER_BYTES + 2 * shard['tokens']}")
+            continue
+        try:
+            read_shard(file)
+        except LlmpyError as exc:
+            problems.append(str(exc))
+            continue
+        if sha256_of(file) != shard["sha256"]:
+            problems.append(f"{file}: SHA-256 differs from the manifest (the file changed after it was written)")
+    if not manifest.get("complete", True):
+        problems.append(f"{path}: the preparation did not finish; re-run the same prepare command to complete it")
+    return problems

@@ -1,0 +1,92 @@
+"""Document sources read through Hugging Face `datasets` in streaming mode: FineWeb, FineWeb-Edu, TinyStories,
+or local parquet / jsonl(.gz) files in the same schema (the same code path, which is how tests and offline users
+run it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmpy.errors import LlmpyError
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A corpus on the Hugging Face hub and how llm.c names its shards."""
+
+    name: str  # shard prefix, e.g. fineweb -> fineweb_train_000001.bin
+    hub_path: str
+    hub_config: str | None
+    train_split: str = "train"
+    val_split: str | None = None  # a separate val split; None = shard 0 of the stream is val (llm.c)
+    expected_tokens: int | None = None  # for the progress bar's ETA
+    default_out: str = ""
+
+
+def fineweb_spec(kind: str = "classic", version: str = "10B") -> DatasetSpec:
+    """FineWeb (classic) or FineWeb-Edu, sample-10BT or sample-100BT, named like llm.c's fineweb.py."""
+    if kind not in ("classic", "edu"):
+        raise LlmpyError(f"--type must be classic or edu, got {kind!r}")
+    if version not in ("10B", "100B"):
+        raise LlmpyError(f"--version must be 10B or 100B, got {version!r}")
+    name = "fineweb" if kind == "classic" else "edu_fineweb"
+    hub = "HuggingFaceFW/fineweb" if kind == "classic" else "HuggingFaceFW/fineweb-edu"
+    return DatasetSpec(name=name, hub_path=hub, hub_config=f"sample-{version}T",
+                       expected_tokens=int(version[:-1]) * 10**9, default_out=f"data/{name}{version}")
+
+
+TINYSTORIES = DatasetSpec(name="tinystories", hub_path="roneneldan/TinyStories", hub_config=None,
+                          val_split="validation", expected_tokens=None, default_out="data/tinystories")
+
+
+def _local_builder(files: list[str]) -> str:
+    kinds = {"parquet" if f.endswith(".parquet") else "json" if f.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz"))
+             else None for f in files}
+    if None in kinds:
+        bad = next(f for f in files if not f.endswith((".parquet", ".jsonl", ".jsonl.gz", ".json", ".json.gz")))
+        raise LlmpyError(f"{bad}: --input takes .parquet or .jsonl(.gz) files")
+    if len(kinds) > 1:
+        raise LlmpyError("--input: give either parquet or jsonl files, not both")
+    return kinds.pop()
+
+
+def open_split(spec: DatasetSpec, split: str, inputs: list[str] | None = None, field: str = "text",
+               skip: int = 0) -> Iterator[str]:
+    """Stream the `field` of each row of a hub split, or of local files, skipping the first `skip` rows."""
+    try:
+        import datasets
+    except ImportError:
+        raise LlmpyError("preparing hub or parquet/jsonl data needs the `datasets` package (pip install datasets)") from None
+    datasets.logging.set_verbosity_error()
+    if inputs:
+        files = [str(Path(f)) for f in inputs]
+        for f in files:
+            if not Path(f).is_file():
+                raise LlmpyError(f"{f}: no such input file")
+        where = ", ".join(files)
+        load = dict(path=_local_builder(files), data_files=files, split="train")
+    else:
+        where = f"{spec.hub_path} ({spec.hub_config or 'default'}, {split})"
+        load = dict(path=spec.hub_path, name=spec.hub_config, split=split)
+    try:
+        dataset = datasets.load_dataset(**load, streaming=True)
+        if field not in (dataset.column_names or [field]):
+            raise LlmpyError(f"{where}: no column {field!r} (columns: {dataset.column_names})")
+        dataset = dataset.select_columns([field])
+        if skip:
+            dataset = dataset.skip(skip)
+    except LlmpyError:
+        raise
+    except Exception as exc:  # offline, a bad file, a missing config: say where and what
+        raise LlmpyError(f"{where}: cannot open with datasets ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+                         + ("" if inputs else "; offline? download the files and pass them with --input")) from None
+    return _texts(dataset, field, where)
+
+
+def _texts(dataset, field: str, where: str) -> Iterator[str]:
+    try:
+        for row in dataset:
+            yield row[field] or ""  # a null row stays a (empty) document so row counts match for resume
+    except Exception as exc:  # a corrupt line or file met mid-stream
+        raise LlmpyError(f"{where}: reading failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
