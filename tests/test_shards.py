@@ -79,3 +79,47 @@ def test_pattern_expansion(tmp_path):
     assert [p.name for p in both] == ["y_val_000000.bin", "x_train_000001.bin"]
     with pytest.raises(LlmpyError, match="no shard files match"):
         expand_shard_pattern(str(tmp_path / "z_*.bin"))
+
+
+def test_write_rejects_what_is_not_gpt2_token_ids(tmp_path):
+    with pytest.raises(LlmpyError, match=r"w.bin: token ids must be in \[0, 50257\), got 0..50257"):
+        write_shard(tmp_path / "w.bin", [0, 50257])
+    with pytest.raises(LlmpyError, match="must be integers"):
+        write_shard(tmp_path / "w.bin", [1.5, 2.0])
+    with pytest.raises(LlmpyError, match="must be 1-D"):
+        write_shard(tmp_path / "w.bin", [[1, 2], [3, 4]])
+    assert not (tmp_path / "w.bin").exists()
+    write_shard(tmp_path / "empty.bin", [])
+    assert (tmp_path / "empty.bin").stat().st_size == 1024
+    assert read_shard(tmp_path / "empty.bin").size == 0 and shard_token_count(tmp_path / "empty.bin") == 0
+
+
+def test_npy_edge_cases(tmp_path):
+    np.save(tmp_path / "big.npy", np.array([1, 70000], dtype=np.int32))  # does not fit uint16
+    with pytest.raises(LlmpyError, match="big.npy: .npy shard of dtype int32 does not hold uint16"):
+        read_shard(tmp_path / "big.npy")
+    np.save(tmp_path / "oov.npy", np.array([1, 60000], dtype=np.uint16))  # fits uint16 but not GPT-2
+    with pytest.raises(LlmpyError, match="token id 60000 at position 1"):
+        read_shard(tmp_path / "oov.npy")
+    np.save(tmp_path / "2d.npy", np.zeros((2, 2), dtype=np.uint16))
+    with pytest.raises(LlmpyError, match="must be 1-D"):
+        read_shard(tmp_path / "2d.npy")
+    np.save(tmp_path / "ok.npy", np.arange(5, dtype=np.uint16))
+    assert shard_token_count(tmp_path / "ok.npy") == 5
+    with pytest.raises(LlmpyError, match="gone.npy: no such shard file"):
+        read_shard(tmp_path / "gone.npy")
+
+
+def test_header_only_count_and_negative_count(tmp_path):
+    path = numpy_shard(tmp_path / "a.bin", list(range(7)))
+    assert shard_token_count(path) == 7
+    bad = numpy_shard(tmp_path / "neg.bin", [], count=-3)
+    with pytest.raises(LlmpyError, match="negative token count -3"):
+        read_shard(bad)
+
+
+def test_overlapping_patterns_list_each_shard_once(tmp_path):
+    numpy_shard(tmp_path / "x_train_000001.bin", [1, 2])
+    (tmp_path / "x_train_dir.bin").mkdir()  # only files are shards
+    files = expand_shard_pattern(f"{tmp_path}/x_*.bin, {tmp_path}/x_train_000001.bin")
+    assert [p.name for p in files] == ["x_train_000001.bin"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def run_quickstart(out_dir: str = "runs/quickstart", steps: int | None = None, d
     runtime = select_runtime(device)
     get_tokenizer()  # resolve the GPT-2 BPE first: it says where it came from, or what to do
     data = Path(data_dir) if data_dir else default_cache_dir() / "data" / "tinyshakespeare"
-    if not (data / "manifest.json").is_file():
+    manifest = data / "manifest.json"
+    if not (manifest.is_file() and json.loads(manifest.read_text()).get("complete")):
         print(f"preparing tiny Shakespeare into {data}")
         prepare_tinyshakespeare(data)
     config = quickstart_config(runtime.is_cuda, data, out_dir, steps)

@@ -1,12 +1,13 @@
 """GPT-2 BPE through tiktoken, with the ranks file resolved locally first and downloaded only as a fallback.
 
 Resolution order for `gpt2.tiktoken`: an explicit path -> $LLMPY_GPT2_BPE -> the llmpy cache -> tiktoken's own
-`gpt2` download (OpenAI's encoder.json + vocab.bpe) -> the copy inside the `openai-whisper` sdist on PyPI, checked
-by SHA-256 -> a clear error. $LLMPY_OFFLINE=1 skips both downloads.
+`gpt2` download (OpenAI's encoder.json + vocab.bpe) -> the copy inside the `openai-whisper` sdist on PyPI -> a clear
+error. Every file is checked against GPT-2's SHA-256. $LLMPY_OFFLINE=1 skips both downloads.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import os
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from llmpy.config import default_cache_dir
@@ -25,9 +28,19 @@ WHISPER_MEMBER = "whisper/assets/gpt2.tiktoken"
 # GPT-2's pre-tokenization regex (contractions, letters, numbers, other symbols, whitespace).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT_TOKEN = 50256
+GPT2_VOCAB_SIZE = 50257
+# tiktoken calls requests without a timeout; a network that drops packets would otherwise stall us for minutes
+TIKTOKEN_DOWNLOAD_TIMEOUT_S = 60
+PIP_DOWNLOAD_TIMEOUT_S = 300
 
 
-def sha256_of(path: Path) -> str:
+def offline() -> bool:
+    """True when $LLMPY_OFFLINE asks llmpy never to try the network."""
+    return os.environ.get("LLMPY_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -35,60 +48,89 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old contents or the new, never a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def serialize_ranks(ranks: dict[bytes, int]) -> bytes:
+    """Ranks in tiktoken's file format (`base64(token) rank` per line, by rank), as `dump_tiktoken_bpe` writes."""
+    ordered = sorted(ranks.items(), key=lambda item: item[1])
+    return b"".join(base64.b64encode(token) + b" " + str(rank).encode() + b"\n" for token, rank in ordered)
 
 
 def _checked(path: Path, origin: str) -> Path:
     if not path.is_file():
         raise LlmpyError(f"{path} ({origin}): no such GPT-2 BPE file")
     if sha256_of(path) != GPT2_TIKTOKEN_SHA256:
+        fix = "delete it to fetch a fresh copy" if origin == "llmpy cache" else "point to GPT-2's gpt2.tiktoken"
         raise LlmpyError(
             f"{path} ({origin}): SHA-256 differs from GPT-2's gpt2.tiktoken; the file is damaged or not GPT-2's "
-            "ranks (delete it to fetch a fresh copy)"
+            f"ranks ({fix})"
         )
     return path
 
 
+def _with_timeout(fetch: Callable[[], bytes | None], seconds: float) -> bytes | None:
+    """Run `fetch` in a daemon thread; None if it fails or has not finished in time (the thread is abandoned)."""
+    result: list[bytes | None] = [None]
+
+    def run() -> None:
+        try:
+            result[0] = fetch()
+        except Exception:  # offline, blocked, or an old tiktoken: the caller tries the next source
+            pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return result[0]
+
+
+def _tiktoken_ranks() -> bytes:
+    import tiktoken
+
+    encoding = tiktoken.get_encoding("gpt2")  # downloads OpenAI's files, or reads tiktoken's own cache
+    return serialize_ranks(encoding._mergeable_ranks)  # tiktoken keeps no public accessor for them
+
+
 def _from_tiktoken_download(target: Path) -> bool:
-    """tiktoken's own `gpt2` encoding (downloads OpenAI's files when online); its ranks saved in our format."""
-    try:
-        import base64
-
-        import tiktoken
-
-        encoding = tiktoken.get_encoding("gpt2")
-        ranks = encoding._mergeable_ranks  # tiktoken keeps no public accessor for them
-        lines = b"".join(base64.b64encode(token) + b" " + str(rank).encode() + b"\n"
-                         for token, rank in sorted(ranks.items(), key=lambda item: item[1]))
-    except Exception:  # offline, blocked, or an old tiktoken: fall through to the next source
+    """tiktoken's own `gpt2` encoding, its ranks saved in the cache in tiktoken's file format."""
+    data = _with_timeout(_tiktoken_ranks, TIKTOKEN_DOWNLOAD_TIMEOUT_S)
+    if data is None or hashlib.sha256(data).hexdigest() != GPT2_TIKTOKEN_SHA256:
         return False
-    if hashlib.sha256(lines).hexdigest() != GPT2_TIKTOKEN_SHA256:
-        return False
-    _atomic_write(target, lines)
-    print(f"llmpy: GPT-2 BPE downloaded by tiktoken, cached at {target}", file=sys.stderr)
+    atomic_write_bytes(target, data)
+    print(f"llmpy: GPT-2 BPE downloaded by tiktoken (OpenAI's encoder.json + vocab.bpe), cached at {target}",
+          file=sys.stderr)
     return True
 
 
+def pip_download_sdist(requirement: str, directory: str | Path) -> Path:
+    """Download one sdist with pip into `directory` (PyPI is often reachable when nothing else is); its path."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
+               "-d", str(directory), requirement]
+    subprocess.run(command, check=True, timeout=PIP_DOWNLOAD_TIMEOUT_S, capture_output=True)
+    return next(Path(directory).glob("*.tar.gz"))
+
+
 def _from_whisper_sdist(target: Path) -> bool:
-    """Fetch the openai-whisper sdist with pip (a package registry is often reachable when nothing else is)."""
+    """The gpt2.tiktoken shipped inside the openai-whisper sdist, checked by SHA-256."""
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-                   "-d", tmp, WHISPER_SDIST]
         try:
-            subprocess.run(command, check=True, timeout=300, capture_output=True)
-            sdist = next(Path(tmp).glob("openai*whisper*.tar.gz"))
-            with tarfile.open(sdist) as archive:
+            with tarfile.open(pip_download_sdist(WHISPER_SDIST, tmp)) as archive:
                 member = next(m for m in archive.getmembers() if m.name.endswith(WHISPER_MEMBER))
                 data = archive.extractfile(member).read()
-        except Exception:
+        except Exception:  # pip failed or timed out, or the archive is not what we expect
             return False
     if hashlib.sha256(data).hexdigest() != GPT2_TIKTOKEN_SHA256:
         return False
-    _atomic_write(target, data)
+    atomic_write_bytes(target, data)
     print(f"llmpy: GPT-2 BPE taken from the {WHISPER_SDIST} sdist on PyPI, cached at {target}", file=sys.stderr)
     return True
 
@@ -102,12 +144,12 @@ def resolve_bpe_file(path: str | Path | None = None) -> Path:
     cached = default_cache_dir() / "gpt2.tiktoken"
     if cached.is_file():
         return _checked(cached, "llmpy cache")
-    if os.environ.get("LLMPY_OFFLINE") != "1":
-        if _from_tiktoken_download(cached) or _from_whisper_sdist(cached):
-            return cached
+    if not offline() and (_from_tiktoken_download(cached) or _from_whisper_sdist(cached)):
+        return cached
+    how = "LLMPY_OFFLINE is set, so nothing was downloaded" if offline() else "the downloads failed"
     raise LlmpyError(
-        "GPT-2 BPE (gpt2.tiktoken) not found: set LLMPY_GPT2_BPE=/path/to/gpt2.tiktoken, put the file at "
-        f"{cached}, or run once with internet access (tiktoken's download or `pip download {WHISPER_SDIST}`)"
+        f"GPT-2 BPE (gpt2.tiktoken) not found and {how}: set LLMPY_GPT2_BPE=/path/to/gpt2.tiktoken, put the file "
+        f"at {cached}, or run once with internet access (tiktoken's download or `pip download {WHISPER_SDIST}`)"
     )
 
 
@@ -115,13 +157,13 @@ class GPT2Tokenizer:
     """GPT-2's byte-level BPE: 50,256 merges' ranks plus <|endoftext|> = 50256."""
 
     eot_token = EOT_TOKEN
-    n_vocab = 50257
+    n_vocab = GPT2_VOCAB_SIZE
 
-    def __init__(self, bpe_file: Path):
+    def __init__(self, bpe_file: str | Path):
         import tiktoken
         from tiktoken.load import load_tiktoken_bpe
 
-        self.bpe_file = bpe_file
+        self.bpe_file = Path(bpe_file)
         self._encoding = tiktoken.Encoding(
             name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_bpe(str(bpe_file)),
             special_tokens={"<|endoftext|>": EOT_TOKEN},
@@ -132,10 +174,12 @@ class GPT2Tokenizer:
         return self._encoding.encode_ordinary(text)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """`encode` for many texts at once (tiktoken spreads a batch over threads)."""
         return self._encoding.encode_ordinary_batch(texts)
 
-    def decode(self, ids) -> str:
-        return self._encoding.decode(list(ids))
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids (a list, array or tensor) back to text; invalid UTF-8 becomes U+FFFD."""
+        return self._encoding.decode([int(i) for i in ids])
 
 
 @functools.lru_cache(maxsize=4)

@@ -6,11 +6,15 @@ this is llm.c's layout (a chunk of world*B*T tokens, rank r takes slice r). Shuf
 and of chunks within each shard, per epoch, from (seed, epoch); since a chunk is one -d batch, runs with the same
 -d and T read the same tokens at every step whatever their world size and micro-batch. Shards too short for a
 chunk are skipped; the tail of a shard shorter than a chunk is not read.
+
+Headers and file sizes of all shards are checked up front; token ids are checked when a shard is first entered, since
+scanning every shard at start-up would read the whole data set (hundreds of GB at FineWeb scale) before step 1.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +30,10 @@ class TokenLoader:
         self, pattern: str, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, *,
         grad_accum_steps: int = 1, shuffle: bool = False, seed: int = 0,
     ):
+        for name, value in (("batch size", batch_size), ("sequence length", seq_len), ("world size", world_size),
+                            ("grad accumulation steps", grad_accum_steps)):
+            if value <= 0:
+                raise LlmpyError(f"{pattern}: {name} must be positive, got {value}")
         if not 0 <= rank < world_size:
             raise LlmpyError(f"rank {rank} is outside world size {world_size}")
         self.pattern = pattern
@@ -35,14 +43,16 @@ class TokenLoader:
         self.files = expand_shard_pattern(pattern)
         self.micro_tokens = batch_size * seq_len
         self.chunk_tokens = grad_accum_steps * world_size * self.micro_tokens
-        # validate every shard up front: a bad file should fail now, not hours into a run
-        lengths = [len(read_shard(f)) for f in self.files]
-        self._chunks_per_shard = [max(0, (n - 1) // self.chunk_tokens) for n in lengths]
+        # headers and sizes now (a damaged file should fail before step 1); token ids when a shard is entered
+        self._shard_tokens = [len(read_shard(f, check_tokens=False)) for f in self.files]
+        self._chunks_per_shard = [max(0, (n - 1) // self.chunk_tokens) for n in self._shard_tokens]
         if sum(self._chunks_per_shard) == 0:
+            largest = int(np.argmax(self._shard_tokens))
             raise LlmpyError(
                 f"{pattern}: no shard holds one step of grad_accum*world*B*T+1 = {self.chunk_tokens + 1} tokens "
-                f"(largest has {max(lengths)}); lower -b, -t or -d"
+                f"(the largest, {self.files[largest]}, has {self._shard_tokens[largest]}); lower -b, -t or -d"
             )
+        self._checked_shards: set[int] = set()
         self.data_seconds = 0.0  # host time spent producing batches, for the trainer's data_ms
         self._tokens: np.ndarray | None = None
         self.reset()
@@ -53,8 +63,19 @@ class TokenLoader:
         return sum(self._chunks_per_shard)
 
     @property
+    def batches_per_epoch(self) -> int:
+        """`next_batch()` calls per epoch on each rank (steps x grad accumulation)."""
+        return self.steps_per_epoch * self.grad_accum_steps
+
+    @property
     def tokens_per_epoch(self) -> int:
+        """Tokens all ranks together read in one epoch (the unread shard tails excluded)."""
         return self.steps_per_epoch * self.chunk_tokens
+
+    @property
+    def skipped_files(self) -> list[Path]:
+        """Shards too short for one chunk, which are never read."""
+        return [f for f, n in zip(self.files, self._chunks_per_shard) if n == 0]
 
     def reset(self) -> None:
         """Back to the first batch of epoch 0."""
@@ -74,7 +95,8 @@ class TokenLoader:
     def _enter_shard(self, shard_position: int, chunk_position: int = 0, micro_step: int = 0) -> None:
         self.shard_position = shard_position
         shard = self._shard_order[shard_position]
-        self._tokens = read_shard(self.files[shard], check_tokens=False)  # checked in __init__
+        self._tokens = read_shard(self.files[shard], check_tokens=shard not in self._checked_shards)
+        self._checked_shards.add(shard)
         count = self._chunks_per_shard[shard]
         self._chunk_order = self._rng(self.epoch, 1 + shard).permutation(count) if self.shuffle else np.arange(count)
         self.chunk_position, self.micro_step = chunk_position, micro_step
@@ -108,13 +130,16 @@ class TokenLoader:
         """Where the next batch comes from; the permutations are recomputed from (seed, epoch)."""
         return {
             "epoch": self.epoch, "shard_position": self.shard_position, "chunk_position": self.chunk_position,
-            "micro_step": self.micro_step, "files": [str(f) for f in self.files], "chunk_tokens": self.chunk_tokens,
-            "shuffle": self.shuffle, "seed": self.seed,
+            "micro_step": self.micro_step, "chunk_tokens": self.chunk_tokens, "shuffle": self.shuffle,
+            "seed": self.seed,
+            # names and sizes, not paths: a run may resume from another directory or with the data moved
+            "files": [f.name for f in self.files], "shard_tokens": list(self._shard_tokens),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where `state` was taken; an error if the data or batch layout differs."""
         mine = self.state_dict()
-        for key in ("files", "chunk_tokens", "shuffle", "seed"):
+        for key in ("files", "shard_tokens", "chunk_tokens", "shuffle", "seed"):
             if state.get(key) != mine[key]:
                 raise LlmpyError(
                     f"{self.pattern}: loader state was saved with different {key} ({state.get(key)!r} vs "

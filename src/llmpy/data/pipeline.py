@@ -13,6 +13,8 @@ import collections
 import json
 import multiprocessing
 import os
+import re
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,6 @@ from llmpy.data.shards import HEADER_BYTES, read_shard, write_shard
 from llmpy.errors import LlmpyError
 from llmpy.tokenizer import EOT_TOKEN, GPT2Tokenizer, sha256_of
 
-DOCS_PER_TASK = 256  # documents per worker task: large enough to amortise pickling, small enough to stream
 MANIFEST = "manifest.json"
 
 
@@ -51,27 +52,16 @@ def _encode_task(documents: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return tokens, lengths
 
 
-def _batches(documents: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for document in documents:
-        batch.append(document)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def tokenize_documents(documents: Iterable[str], bpe_file: Path, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(tokens, per-document lengths) per batch of documents, in input order, with `workers` processes."""
+def tokenize_batches(batches: Iterable[list[str]], bpe_file: Path, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(tokens, per-document lengths) for each batch of documents, in input order, with `workers` processes."""
     if workers <= 1:
         _init_worker(str(bpe_file))
-        yield from map(_encode_task, _batches(documents, DOCS_PER_TASK))
+        yield from map(_encode_task, batches)
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads or CUDA
     with context.Pool(workers, initializer=_init_worker, initargs=(str(bpe_file),)) as pool:
         in_flight: collections.deque = collections.deque()
-        for batch in _batches(documents, DOCS_PER_TASK):
+        for batch in batches:
             in_flight.append(pool.apply_async(_encode_task, (batch,)))
             if len(in_flight) >= 2 * workers:  # backpressure: memory stays bounded however long the stream
                 yield in_flight.popleft().get()
@@ -122,6 +112,19 @@ class ShardedOutput:
         for stray in out_dir.glob(f".{name}_*.tmp*"):  # a temp file from an interrupted write
             stray.unlink()
         return output
+
+    @classmethod
+    def fresh(cls, out_dir: Path, name: str, shard_size: int, settings: dict) -> "ShardedOutput":
+        """Start over: shards of this name left by an earlier run go first (a glob would otherwise mix them in)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pattern = re.compile(rf"{re.escape(name)}_(train|val)_\d{{6}}\.bin")
+        stale = [p for p in out_dir.iterdir() if pattern.fullmatch(p.name)]
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # first: no manifest may vouch for half-deleted shards
+        for path in stale:
+            path.unlink()
+        if stale:
+            print(f"llmpy: removed {len(stale)} shard(s) of an earlier run from {out_dir}", file=sys.stderr)
+        return cls.open(out_dir, name, shard_size, settings)
 
     @property
     def next_index(self) -> int:

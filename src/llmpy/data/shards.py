@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from llmpy.errors import LlmpyError
 
@@ -19,23 +20,35 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 GPT2_VOCAB_SIZE = 50257
 LLMC_MODEL_MAGIC = 20240326  # llm.c's model checkpoint files, a common mix-up
+MAX_SHARD_TOKENS = 2**31 - 1  # the header stores the count as int32
 
 
-def write_shard(path: str | Path, tokens) -> None:
-    """Write tokens as an llm.c shard; the file appears complete or not at all (temp file + rename)."""
-    path = Path(path)
+def _as_token_array(path: Path, tokens: ArrayLike) -> np.ndarray:
     array = np.asarray(tokens)
+    if array.size == 0:
+        return np.zeros(0, dtype="<u2")
     if array.ndim != 1:
         raise LlmpyError(f"{path}: tokens must be 1-D, got shape {array.shape}")
-    if array.size and (array.min() < 0 or array.max() >= GPT2_VOCAB_SIZE):
+    if not np.issubdtype(array.dtype, np.integer):
+        raise LlmpyError(f"{path}: token ids must be integers, got dtype {array.dtype}")
+    if array.min() < 0 or array.max() >= GPT2_VOCAB_SIZE:
         raise LlmpyError(f"{path}: token ids must be in [0, {GPT2_VOCAB_SIZE}), got {array.min()}..{array.max()}")
+    if array.size > MAX_SHARD_TOKENS:
+        raise LlmpyError(f"{path}: {array.size} tokens do not fit the header's int32 count; write smaller shards")
+    return array.astype("<u2", copy=False)
+
+
+def write_shard(path: str | Path, tokens: ArrayLike) -> None:
+    """Write GPT-2 token ids as an llm.c shard; the file appears complete or not at all (temp file + rename)."""
+    path = Path(path)
+    array = _as_token_array(path, tokens)
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = (SHARD_MAGIC, SHARD_VERSION, array.size)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as handle:
             handle.write(header.tobytes())
-            handle.write(array.astype("<u2").tobytes())
+            handle.write(array.tobytes())
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -56,6 +69,8 @@ def _read_header(path: Path) -> np.ndarray:
         raise LlmpyError(f"{path}: bad magic {header[0]}, expected {SHARD_MAGIC}: not an llm.c token shard{hint}")
     if header[1] != SHARD_VERSION:
         raise LlmpyError(f"{path}: unsupported shard version {header[1]}, expected {SHARD_VERSION}")
+    if header[2] < 0:
+        raise LlmpyError(f"{path}: corrupt header, negative token count {header[2]}")
     return header
 
 
@@ -63,7 +78,7 @@ def shard_token_count(path: str | Path) -> int:
     """Tokens in a shard, from its header alone (.bin) or the array shape (.npy)."""
     path = Path(path)
     if path.suffix == ".npy":
-        return int(np.load(path, mmap_mode="r").shape[0])
+        return int(_read_npy(path, mmap=True).shape[0])
     return int(_read_header(path)[2])
 
 
@@ -77,6 +92,8 @@ def _check_tokens(path: Path, tokens: np.ndarray) -> None:
 
 
 def _read_npy(path: Path, mmap: bool) -> np.ndarray:
+    if not path.is_file():
+        raise LlmpyError(f"{path}: no such shard file")
     try:
         tokens = np.load(path, mmap_mode="r" if mmap else None)
     except Exception as exc:  # not an .npy file at all, or cut short
@@ -90,25 +107,25 @@ def _read_npy(path: Path, mmap: bool) -> np.ndarray:
     return tokens
 
 
+def _read_bin(path: Path, mmap: bool) -> np.ndarray:
+    count = int(_read_header(path)[2])
+    expected = HEADER_BYTES + 2 * count
+    actual = path.stat().st_size
+    if actual < expected:
+        raise LlmpyError(f"{path}: truncated shard: header says {count} tokens ({expected} bytes), file has {actual}")
+    if actual > expected:
+        raise LlmpyError(f"{path}: oversized shard: header says {count} tokens ({expected} bytes), file has {actual}")
+    if mmap and count:
+        return np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(count,))
+    with open(path, "rb") as handle:
+        handle.seek(HEADER_BYTES)
+        return np.frombuffer(handle.read(), dtype="<u2")
+
+
 def read_shard(path: str | Path, *, mmap: bool = True, check_tokens: bool = True) -> np.ndarray:
     """The tokens of an llm.c `.bin` or a `.npy` shard as uint16, memory-mapped by default, after validation."""
     path = Path(path)
-    if path.suffix == ".npy":
-        tokens = _read_npy(path, mmap)
-    else:
-        count = int(_read_header(path)[2])
-        expected = HEADER_BYTES + 2 * count
-        actual = path.stat().st_size
-        if actual < expected:
-            raise LlmpyError(f"{path}: truncated shard: header says {count} tokens ({expected} bytes), file has {actual}")
-        if actual > expected:
-            raise LlmpyError(f"{path}: oversized shard: header says {count} tokens ({expected} bytes), file has {actual}")
-        if mmap:
-            tokens = np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(count,))
-        else:
-            with open(path, "rb") as handle:
-                handle.seek(HEADER_BYTES)
-                tokens = np.frombuffer(handle.read(), dtype="<u2")
+    tokens = _read_npy(path, mmap) if path.suffix == ".npy" else _read_bin(path, mmap)
     if check_tokens:
         _check_tokens(path, tokens)
     return tokens
@@ -119,7 +136,7 @@ def expand_shard_pattern(pattern: str) -> list[Path]:
     files: list[Path] = []
     for part in (p.strip() for p in pattern.split(",")):
         if part:
-            files.extend(Path(f) for f in sorted(glob.glob(os.path.expanduser(part))))
+            files.extend(Path(f) for f in sorted(glob.glob(os.path.expanduser(part))) if os.path.isfile(f))
     if not files:
         raise LlmpyError(f"no shard files match {pattern!r}")
-    return files
+    return list(dict.fromkeys(files))  # overlapping patterns must not read a shard twice

@@ -1,4 +1,4 @@
-"""Run logs: `main.log` in llm.c's line format (so llm.c tooling reads it) and `metrics.jsonl` with everything."""
+"""Run logs: `main.log` in llm.c's line layout (llm.c's plotting tools read it) and `metrics.jsonl` with everything."""
 
 from __future__ import annotations
 
@@ -7,81 +7,135 @@ import math
 import re
 import time
 from pathlib import Path
+from typing import Any, TextIO
+
+from llmpy.errors import LlmpyError
+
+# main.log keys as llm.c writes them; values use C's %f (6 decimals). llm.c itself prints trl/tel/eval with %.4f,
+# lr with %.6f and norm with %.2f; its parsers only split on ':' and call float(), so they read both.
+MAIN_LOG_KEYS = ("trl", "lr", "norm", "tel", "eval")
 
 
-def _finite_or_none(value):
-    """JSON has no NaN/inf: store them as null so every line stays valid JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+def _json_value(value: Any) -> Any:
+    """A JSON-safe value: NaN/inf become null, tensor and numpy scalars become Python numbers."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 0) == 0:
+        value = value.item()  # 0-d torch tensor or numpy scalar
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item) for item in value]
     return value
 
 
-class RunLogger:
-    """Writes main.log + metrics.jsonl in a run directory; a no-op without a directory or on non-zero ranks."""
+def _open_log(path: Path, resume: bool) -> TextIO:
+    """llm.c's rule: a resumed run (-y 1) appends, a fresh one starts the file over."""
+    if not resume:
+        return open(path, "w", encoding="utf-8")
+    # a crash can leave a half-written last line; without a newline the first resumed line would be glued onto it
+    cut_off = _ends_mid_line(path)
+    handle = open(path, "a", encoding="utf-8")
+    if cut_off:
+        handle.write("\n")
+    return handle
 
-    def __init__(self, out_dir: str | Path | None, *, enabled: bool = True, resume: bool = False):
+
+def _ends_mid_line(path: Path) -> bool:
+    """True if `path` exists, is non-empty, and its last byte is not a newline."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as handle:
+        handle.seek(-1, 2)  # last byte only: the log may be large
+        return handle.read(1) != b"\n"
+
+
+class RunLogger:
+    """Writes main.log and metrics.jsonl into a run directory; every method is a no-op when disabled (non-zero ranks)."""
+
+    def __init__(self, out_dir: str | Path | None, *, enabled: bool = True, resume: bool = False) -> None:
         self.active = bool(out_dir) and enabled
-        self._main = self._jsonl = None
+        self._main: TextIO | None = None
+        self._jsonl: TextIO | None = None
         if self.active:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
-            mode = "a" if resume else "w"  # llm.c: -y 1 appends, otherwise the log starts over
-            self._main = open(out / "main.log", mode, encoding="utf-8")
-            self._jsonl = open(out / "metrics.jsonl", mode, encoding="utf-8")
+            self._main = _open_log(out / "main.log", resume)
+            self._jsonl = _open_log(out / "metrics.jsonl", resume)
 
-    def _write(self, line: str | None, record: dict) -> None:
-        if not self.active:
-            return
-        if line is not None:
+    def log_train(self, step: int, loss: float, lr: float, grad_norm: float, **extra: Any) -> None:
+        """One optimizer step: main.log line plus a JSONL record with `extra` (tokens_per_sec, mfu, step_ms, ...)."""
+        self._write_main(f"s:{step} trl:{loss:f} lr:{lr:f} norm:{grad_norm:f}")
+        self._write_record(step, "train", loss=loss, lr=lr, grad_norm=grad_norm, **extra)
+
+    def log_val(self, step: int, loss: float, **extra: Any) -> None:
+        """Validation loss at `step`."""
+        self._write_main(f"s:{step} tel:{loss:f}")
+        self._write_record(step, "val", loss=loss, **extra)
+
+    def log_eval(self, step: int, accuracy: float, **extra: Any) -> None:
+        """HellaSwag (or other eval) accuracy at `step`."""
+        self._write_main(f"s:{step} eval:{accuracy:f}")
+        self._write_record(step, "eval", accuracy=accuracy, **extra)
+
+    def log_event(self, step: int, kind: str, **fields: Any) -> None:
+        """A JSONL-only record: config, samples, skipped updates, ..."""
+        self._write_record(step, kind, **fields)
+
+    def _write_main(self, line: str) -> None:
+        if self._main is not None:
             self._main.write(line + "\n")
-            self._main.flush()  # a crash must not lose what was already logged
-        record = {key: _finite_or_none(value) for key, value in record.items()}
-        self._jsonl.write(json.dumps(record, allow_nan=False, default=str) + "\n")
-        self._jsonl.flush()
+            self._main.flush()  # a crash must not lose lines already logged
 
-    def log_train(self, step: int, loss: float, lr: float, grad_norm: float, **extra) -> None:
-        self._write(f"s:{step} trl:{loss:f} lr:{lr:f} norm:{grad_norm:f}",
-                    {"step": step, "kind": "train", "time": time.time(), "loss": loss, "lr": lr,
-                     "grad_norm": grad_norm, **extra})
-
-    def log_val(self, step: int, loss: float, **extra) -> None:
-        self._write(f"s:{step} tel:{loss:f}", {"step": step, "kind": "val", "time": time.time(), "loss": loss, **extra})
-
-    def log_eval(self, step: int, accuracy: float, **extra) -> None:
-        self._write(f"s:{step} eval:{accuracy:f}",
-                    {"step": step, "kind": "eval", "time": time.time(), "accuracy": accuracy, **extra})
-
-    def log_event(self, step: int, kind: str, **fields) -> None:
-        """A JSONL-only record (config, samples, skipped updates, ...)."""
-        self._write(None, {"step": step, "kind": kind, "time": time.time(), **fields})
+    def _write_record(self, step: int, kind: str, **fields: Any) -> None:
+        if self._jsonl is not None:
+            record = _json_value({"step": step, "kind": kind, "time": time.time(), **fields})
+            self._jsonl.write(json.dumps(record, allow_nan=False, default=str) + "\n")
+            self._jsonl.flush()
 
     def close(self) -> None:
+        """Close both files; later calls are no-ops."""
         for handle in (self._main, self._jsonl):
             if handle is not None:
                 handle.close()
+        self._main = self._jsonl = None
         self.active = False
 
     def __enter__(self) -> "RunLogger":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
+_STEP_RE = re.compile(r"s:(\d+)\s")
 _FIELD_RE = re.compile(r"(\w+):(\S+)")
 
 
 def parse_main_log(path: str | Path) -> dict[str, dict[int, float]]:
-    """{'trl'|'tel'|'eval'|'lr'|'norm': {step: value}}, keeping the last value per step (restarts re-log steps)."""
-    series: dict[str, dict[int, float]] = {}
-    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
-        fields = dict(_FIELD_RE.findall(line))
-        if "s" not in fields:
+    """Series from an llm.c-format main.log: {'trl'|'tel'|'eval'|'lr'|'norm': {step: value}}, last value per step."""
+    path = Path(path)
+    if not path.is_file():
+        raise LlmpyError(f"{path}: no such log file")
+    series: dict[str, dict[int, float]] = {key: {} for key in MAIN_LOG_KEYS}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        parsed = _parse_line(line)
+        if parsed is None:
             continue
-        try:
-            step = int(fields.pop("s"))
-            for key, value in fields.items():
-                series.setdefault(key, {})[step] = float(value)
-        except ValueError:
-            continue  # a garbled line (e.g. cut off by a crash)
+        step, values = parsed
+        for key, value in values.items():
+            # a restarted run re-logs the steps after its checkpoint: the later line wins
+            series.setdefault(key, {})[step] = value
     return series
+
+
+def _parse_line(line: str) -> tuple[int, dict[str, float]] | None:
+    """(step, {key: value}) from one line, or None for a blank or garbled line (e.g. one cut off by a crash)."""
+    match = _STEP_RE.match(line)
+    if not match:
+        return None
+    try:
+        values = {key: float(value) for key, value in _FIELD_RE.findall(line[match.end():])}
+    except ValueError:
+        return None
+    return (int(match.group(1)), values) if values else None

@@ -1,9 +1,9 @@
-"""AdamW with llm.c's parameter groups, and the learning-rate schedules of llm.c's schedulers."""
+"""AdamW with llm.c's weight-decay groups, and the learning-rate schedules of llm.c's `schedulers.h`."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -14,32 +14,45 @@ SCHEDULES = ("cosine", "linear", "constant", "wsd")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matmul weights and embeddings (dim >= 2); never biases or LayerNorm parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]  # parameters() yields a tied tensor once
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
+    """Two AdamW groups: decay on matmul weights and embeddings (dim >= 2), none on biases and LayerNorm."""
+    # named_parameters() yields a tied tensor (wte == lm_head) once, so nothing is decayed twice
+    params = [p for _, p in model.named_parameters() if p.requires_grad]
+    # both groups are always present so optimizer checkpoints keep the same group layout
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
 
 
 def build_optimizer(
-    model: nn.Module, learning_rate: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
-    eps: float = 1e-8, fused: bool | None = None,
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+    fused: bool | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW as GPT-3/llm.c use it; the fused CUDA kernel whenever every parameter is on a GPU."""
+    """AdamW as GPT-3 and llm.c configure it; `fused=None` uses the fused kernel when every parameter is on CUDA."""
     groups = param_groups(model, weight_decay)
+    params = [p for group in groups for p in group["params"]]
+    if not params:
+        raise LlmpyError("optimizer: the model has no trainable parameters")
     if fused is None:
-        fused = all(p.is_cuda for g in groups for p in g["params"])
+        fused = all(p.is_cuda for p in params)
     return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=fused)
 
 
 def learning_rate_at(
-    step: int, *, max_lr: float, warmup_steps: int, total_steps: int, final_lr_frac: float, schedule: str,
+    step: int,
+    *,
+    max_lr: float,
+    warmup_steps: int,
+    total_steps: int,
+    final_lr_frac: float,
+    schedule: str,
     cooldown_frac: float = 0.2,
 ) -> float:
-    """LR for 0-based `step`: linear warmup to max_lr, then decay to max_lr * final_lr_frac by total_steps."""
+    """LR at 0-based `step`: linear warmup to max_lr, then `schedule` down to max_lr * final_lr_frac at total_steps."""
     if schedule not in SCHEDULES:
         raise LlmpyError(f"unknown LR schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
     if step < warmup_steps:
@@ -48,21 +61,26 @@ def learning_rate_at(
     if schedule == "constant":
         return max_lr
     if schedule == "wsd":
-        # warmup-stable-decay: flat at max_lr, then a linear cooldown over the last cooldown_frac of the run
+        # warmup-stable-decay: flat at max_lr, then linear over the last cooldown_frac of the run (never inside warmup)
         decay_start = max(warmup_steps, int((1.0 - cooldown_frac) * total_steps))
         if step < decay_start:
             return max_lr
-        ratio = (step - decay_start) / max(1, total_steps - decay_start)
-        return max_lr - min(1.0, ratio) * (max_lr - min_lr)
-    ratio = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return max_lr - _decay_ratio(step, decay_start, total_steps) * (max_lr - min_lr)
+    ratio = _decay_ratio(step, warmup_steps, total_steps)
     if schedule == "linear":
         return max_lr - ratio * (max_lr - min_lr)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (max_lr - min_lr)  # cosine
 
 
+def _decay_ratio(step: int, start: int, end: int) -> float:
+    """How far `step` is through the decay from `start` to `end`, in [0, 1]."""
+    # max(1, ...) guards end == start (no decay phase); the clamp holds steps past `end` at min_lr
+    return min(1.0, (step - start) / max(1, end - start))
+
+
 @dataclass
 class LRSchedule:
-    """The schedule of one run; callable on a step, and a plain dict for checkpoints."""
+    """The LR schedule of one run: call it with a step; `state_dict()` is a plain dict for checkpoints."""
 
     max_lr: float
     warmup_steps: int
@@ -72,26 +90,25 @@ class LRSchedule:
     cooldown_frac: float = 0.2
 
     def __post_init__(self) -> None:
-        learning_rate_at(0, **self._kwargs())  # validates the schedule name up front
-
-    def _kwargs(self) -> dict:
-        return dict(
-            max_lr=self.max_lr, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
-            final_lr_frac=self.final_lr_frac, schedule=self.schedule, cooldown_frac=self.cooldown_frac,
-        )
+        self(0)  # fail at construction on an unknown schedule name, not mid-run
 
     def __call__(self, step: int) -> float:
-        return learning_rate_at(step, **self._kwargs())
+        return learning_rate_at(step, **asdict(self))
 
     def state_dict(self) -> dict:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
+        known = {f.name for f in fields(self)}
+        unknown = set(state) - known
+        if unknown:
+            raise LlmpyError(f"LR schedule checkpoint: unknown keys {sorted(unknown)}")
         for key, value in state.items():
             setattr(self, key, value)
+        self.__post_init__()
 
 
 def apply_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every parameter group's learning rate."""
+    """Set the learning rate of every parameter group."""
     for group in optimizer.param_groups:
         group["lr"] = lr
