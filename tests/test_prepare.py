@@ -186,3 +186,19 @@ def test_parquet_input_and_a_single_document(reference_encoding, tmp_path):
         prepare_text([tmp_path / "book.txt"], tmp_path / "o", quiet=True)
     with pytest.raises(LlmpyError, match="rows.parquet: no column 'body'"):
         prepare_text([tmp_path / "rows.parquet"], tmp_path / "o", field="body", quiet=True)
+
+
+def test_hellaswag_prepare_checks_the_file(shared_data, tmp_path, monkeypatch):
+    from llmpy.data.hellaswag import prepare_hellaswag
+
+    info = prepare_hellaswag(tmp_path / "hs", shared_data / "hellaswag" / "hellaswag_val.jsonl")
+    assert info["examples"] == 10_042 and info["official"] is True
+    assert (tmp_path / "hs" / "hellaswag_val.jsonl").stat().st_size == 12_246_618
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"ctx": "a", "endings": ["x", "y", "z", "w"], "label": 1}\n{"ctx": "b", "endings": ["x"], "label": 0}\n')
+    with pytest.raises(LlmpyError, match=r"bad.jsonl:2: not a HellaSwag example"):
+        prepare_hellaswag(tmp_path / "o", bad)
+    monkeypatch.setenv("LLMPY_OFFLINE", "1")
+    monkeypatch.setenv("LLMPY_CACHE", str(tmp_path / "empty"))
+    with pytest.raises(LlmpyError, match="HellaSwag val set not found"):
+        prepare_hellaswag(tmp_path / "o2")

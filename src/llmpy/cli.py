@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 import traceback
+from pathlib import Path
 
 from llmpy.config import TrainConfig, load_config_file
 from llmpy.errors import LlmpyError
@@ -132,7 +133,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         print(f"{args.verify}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 0 if not problems else 1
     if args.source is None:
-        raise LlmpyError("prepare: name a source (tinyshakespeare, text, fineweb, tinystories) or give --verify DIR")
+        raise LlmpyError("prepare: name a source (tinyshakespeare, text, fineweb, tinystories, hellaswag) "
+                         "or give --verify DIR")
+    if args.source == "hellaswag":
+        from llmpy.data.hellaswag import prepare_hellaswag
+
+        out = args.out or "data/hellaswag"
+        info = prepare_hellaswag(out, args.input[0] if args.input else None)
+        print(f"{Path(out) / 'hellaswag_val.jsonl'}: {info['examples']:,} examples"
+              f"{' (the official val set)' if info['official'] else ' (not byte-identical to the official file)'}")
+        return 0
     if args.source == "tinyshakespeare":
         manifest = prepare.prepare_tinyshakespeare(args.out or "data/tinyshakespeare",
                                                    input_path=args.input[0] if args.input else None)
@@ -189,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.set_defaults(func=cmd_quickstart)
 
     prep = sub.add_parser("prepare", help="tokenize a data set into llm.c token shards (or --verify them)")
-    prep.add_argument("source", nargs="?", choices=["tinyshakespeare", "text", "fineweb", "tinystories"],
+    prep.add_argument("source", nargs="?", choices=["tinyshakespeare", "text", "fineweb", "tinystories", "hellaswag"],
                       help="what to prepare")
     prep.add_argument("--input", nargs="+", help="local input file(s): .txt, .jsonl, .jsonl.gz, .parquet")
     prep.add_argument("--val-input", nargs="+", help="files for the val split")

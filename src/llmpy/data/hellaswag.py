@@ -1,0 +1,81 @@
+"""HellaSwag's validation set (10,042 examples), resolved at run time: explicit file -> cache -> the rowanz/hellaswag
+GitHub data -> a clear error. The evaluation itself lives in llmpy.eval; this only finds and checks the file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import urllib.request
+from pathlib import Path
+
+from llmpy.config import default_cache_dir
+from llmpy.errors import LlmpyError
+from llmpy.tokenizer import atomic_write_bytes, offline, sha256_of
+
+HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
+HELLASWAG_VAL_SHA256 = "dc1be2fa1bef56aab8e92a5be597a617e363b09239fa66822939d7fb7a8da4ec"
+HELLASWAG_VAL_EXAMPLES = 10_042
+FIELDS = ("ctx", "endings", "label")
+
+
+def check_hellaswag_file(path: Path) -> int:
+    """Number of examples in a HellaSwag jsonl, after checking every line has ctx, 4 endings and a label 0-3."""
+    count = 0
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                example = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LlmpyError(f"{path}:{line_number}: not valid JSON ({exc.msg})") from None
+            if not all(key in example for key in FIELDS) or len(example["endings"]) != 4 \
+                    or example["label"] not in (0, 1, 2, 3):
+                raise LlmpyError(f"{path}:{line_number}: not a HellaSwag example (needs ctx, 4 endings, label 0-3)")
+            count += 1
+    if count == 0:
+        raise LlmpyError(f"{path}: no examples")
+    return count
+
+
+def resolve_hellaswag(input_path: str | Path | None = None) -> Path:
+    """The val jsonl: explicit path -> cache -> download (when online) -> an error saying what to do."""
+    if input_path:
+        path = Path(input_path)
+        if not path.is_file():
+            raise LlmpyError(f"{path}: no such HellaSwag file")
+        return path
+    cached = default_cache_dir() / "hellaswag_val.jsonl"
+    if cached.is_file():
+        return cached
+    if not offline():
+        try:
+            with urllib.request.urlopen(HELLASWAG_VAL_URL, timeout=30) as response:
+                data = response.read()
+        except Exception:
+            data = None
+        if data is not None:
+            atomic_write_bytes(cached, data)
+            print(f"llmpy: downloaded {HELLASWAG_VAL_URL} -> {cached}", file=sys.stderr)
+            return cached
+    raise LlmpyError(
+        f"HellaSwag val set not found: pass --input hellaswag_val.jsonl, put it at {cached}, or run once online "
+        f"({HELLASWAG_VAL_URL})"
+    )
+
+
+def prepare_hellaswag(out_dir: str | Path, input_path: str | Path | None = None) -> dict:
+    """Copy the checked val jsonl into `out_dir` with a manifest (examples, SHA-256, whether it is the official file)."""
+    source = resolve_hellaswag(input_path)
+    examples = check_hellaswag_file(source)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / "hellaswag_val.jsonl"
+    if source.resolve() != target.resolve():
+        shutil.copyfile(source, target)
+    digest = sha256_of(target)
+    manifest = {"source": str(source), "examples": examples, "sha256": digest,
+                "official": digest == HELLASWAG_VAL_SHA256 and examples == HELLASWAG_VAL_EXAMPLES}
+    (out / "hellaswag_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
