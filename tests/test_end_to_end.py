@@ -33,16 +33,20 @@ def test_quickstart_runs_offline_and_learns(cached_shakespeare, tmp_path, capsys
     assert last_val < first_val - 0.5
 
 
-def test_prepare_train_sample_through_the_cli(cached_shakespeare, tmp_path, capsys):
+def test_prepare_train_sample_through_the_cli(cached_shakespeare, shared_data, tmp_path, capsys):
+    shakespeare_hellaswag = shared_data / "hellaswag" / "hellaswag_val.jsonl"
     data = tmp_path / "data"
     assert main(["prepare", "tinyshakespeare", "--out", str(data)]) == 0
     run = tmp_path / "run"
     code = main(["train", "-i", str(data / "tinyshakespeare_train_*.bin"), "-j", str(data / "tinyshakespeare_val_*.bin"),
                  "-o", str(run), "-e", "d2w64", "-b", "4", "-t", "32", "-x", "4", "-v", "2", "-m", "2", "-s", "4",
-                 "-g", "8", "-n", "2", "-nk", "1", "--device", "cpu", "--compile", "0", "-h", "1"])
+                 "-g", "8", "-n", "2", "-nk", "1", "--device", "cpu", "--compile", "0", "-h", "1",
+                 "--hellaswag-file", str(shakespeare_hellaswag), "--hellaswag-limit", "6"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "num_parameters" in out and "generating:" in out and "-h 1 (HellaSwag during training) is not available" in out
+    assert "num_parameters" in out and "generating:" in out and "HellaSwag: " in out
+    evals = [l for l in (run / "main.log").read_text().splitlines() if " eval:" in l]
+    assert [l.split()[0] for l in evals] == ["s:0", "s:2", "s:4"]
     assert completed_steps(run) == [4]  # -n 2 wrote step 2, -nk 1 kept only the newest
     # greedy sampling equals an argmax loop over the model's own forward pass
     model, _ = load_model(run)
@@ -87,3 +91,32 @@ def test_top_k_and_top_p_filtering_by_hand():
     # top_p 0.7: 0.5 alone < 0.7, 0.5 + 0.25 reaches it -> keep two
     assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
     assert torch.isinf(filter_logits(logits, top_p=0.4)).tolist() == [[False, True, True, True]]
+
+
+def test_convert_and_eval_every_format_through_the_cli(cached_shakespeare, shared_data, tmp_path, capsys):
+    import json
+
+    data = tmp_path / "data"
+    assert main(["prepare", "tinyshakespeare", "--out", str(data)]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "-i", str(data / "tinyshakespeare_train_*.bin"), "-o", str(run), "-e", "d2w64", "-b", "4",
+                 "-t", "32", "-x", "3", "-v", "0", "-s", "0", "--device", "cpu", "--compile", "0"]) == 0
+    assert main(["convert", "--model", str(run), "--to", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert main(["convert", "--model", str(tmp_path / "hf"), "--to", "llmc", "--out", str(tmp_path / "m.bin")]) == 0
+    assert (tmp_path / "gpt2_tokenizer.bin").is_file()
+    assert main(["convert", "--model", str(tmp_path / "m.bin"), "--to", "llmpy", "--out", str(tmp_path / "back")]) == 0
+    capsys.readouterr()
+    losses = []
+    for spec in (run, tmp_path / "hf", tmp_path / "m.bin", tmp_path / "back"):
+        assert main(["eval", "--model", str(spec), "-j", str(data / "tinyshakespeare_val_*.bin"), "-b", "4", "-t", "32",
+                     "--val-tokens", "1024", "--hellaswag-file", str(shared_data / "hellaswag" / "hellaswag_val.jsonl"),
+                     "--limit", "8", "--device", "cpu", "--json"]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["val_tokens"] == 1024 and result["hellaswag_examples"] == 8
+        losses.append((result["val_loss"], result["hellaswag_acc_norm"]))
+    assert all(loss == pytest.approx(losses[0], abs=1e-5) for loss in losses)
+    assert main(["eval", "--model", str(tmp_path / "m.bin"), "--no-hellaswag", "--device", "cpu"]) == 2
+    assert "nothing to compute" in capsys.readouterr().err
+    assert main(["sample", "--model", str(tmp_path / "m.bin"), "--prompt", "ROMEO:", "--max-new-tokens", "4",
+                 "--device", "cpu"]) == 0
+    assert "ROMEO:" in capsys.readouterr().out

@@ -31,6 +31,8 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
     ("-s", "--sample-every", "sample_every", int, "sample text every N steps (0 = never)"),
     ("-g", "--gen-tokens", "gen_tokens", int, "tokens to generate per sample"),
     ("-h", "--hellaswag", "hellaswag", int, "HellaSwag eval at each val step (0/1)"),
+    (None, "--hellaswag-file", "hellaswag_file", str, "hellaswag_val.jsonl for -h 1 (default: cache or download)"),
+    (None, "--hellaswag-limit", "hellaswag_limit", int, "score only the first N HellaSwag examples (-1 = all)"),
     ("-n", "--checkpoint-every", "checkpoint_every", int, "write a checkpoint every N steps (0 = only at the end)"),
     ("-nk", "--checkpoint-keep", "checkpoint_keep", int, "keep only the newest K checkpoints (0 = keep all)"),
     ("-nm", "--checkpoint-keep-every", "checkpoint_keep_every", int, "never delete checkpoints at multiples of M"),
@@ -179,11 +181,62 @@ def cmd_sample(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from llmpy.eval.report import run_eval
+    from llmpy.runtime import select_runtime
+
+    run_eval(
+        args.model, val_data=args.val_data, val_tokens=args.val_tokens, batch_size=args.batch_size,
+        seq_len=args.seq_len, hellaswag=args.hellaswag_file, skip_hellaswag=args.no_hellaswag, limit=args.limit,
+        runtime=select_runtime(args.device, args.dtype), as_json=args.json,
+    )
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from llmpy.convert.load import load_any_model
+
+    model = load_any_model(args.model)
+    out = Path(args.out)
+    if args.to == "hf":
+        from llmpy.convert.hf import save_hf_model
+
+        save_hf_model(model, out, bpe_file=_bpe_file_if_available())
+    elif args.to == "llmc":
+        from llmpy.convert.llmc import write_llmc_model, write_llmc_tokenizer
+
+        write_llmc_model(model, out, dtype=args.dtype)
+        bpe_file = _bpe_file_if_available()
+        if bpe_file is not None:
+            write_llmc_tokenizer(out.parent / "gpt2_tokenizer.bin", bpe_file)
+    else:
+        from llmpy.train.checkpoint import save_model_checkpoint
+
+        save_model_checkpoint(out, 0, model, {"converted_from": args.model})
+    print(f"{args.model} -> {out} ({args.to})")
+    return 0
+
+
+def _bpe_file_if_available():
+    """The GPT-2 ranks file for writing tokenizer files next to a converted model; None (with a note) if missing."""
+    from llmpy.tokenizer import resolve_bpe_file
+
+    try:
+        return resolve_bpe_file()
+    except LlmpyError as exc:
+        print(f"note: tokenizer files not written ({exc})", file=sys.stderr)
+        return None
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from llmpy.quickstart import run_quickstart
 
     run_quickstart(out_dir=args.out, steps=args.steps, device=args.device, data_dir=args.data)
     return 0
+
+
+MODEL_HELP = ("llmpy run directory or checkpoint, llm.c model .bin, Hugging Face GPT-2 directory, "
+              "or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,8 +277,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(train)
     train.set_defaults(func=cmd_train)
 
+    evaluate = sub.add_parser("eval", help="val loss and HellaSwag of a model, beside OpenAI's GPT-2 and GPT-3")
+    evaluate.add_argument("--model", required=True, help=MODEL_HELP)
+    evaluate.add_argument("--val-data", "-j", default=None, help="val shards glob for the loss (e.g. fineweb_val_*.bin)")
+    evaluate.add_argument("--val-tokens", type=int, default=10_485_760, help="token budget for the val loss")
+    evaluate.add_argument("--batch-size", "-b", type=int, default=8)
+    evaluate.add_argument("--seq-len", "-t", type=int, default=1024)
+    evaluate.add_argument("--hellaswag-file", default=None, help="hellaswag_val.jsonl (default: cache or download)")
+    evaluate.add_argument("--no-hellaswag", action="store_true", help="skip HellaSwag")
+    evaluate.add_argument("--limit", type=int, default=None, help="only the first N HellaSwag examples")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--dtype", default="auto", help="auto | bf16 | fp32")
+    evaluate.add_argument("--json", action="store_true", help="one JSON line instead of the table")
+    evaluate.set_defaults(func=cmd_eval)
+
+    convert = sub.add_parser("convert", help="llmpy <-> Hugging Face GPT-2 <-> llm.c model files")
+    convert.add_argument("--model", required=True, help=MODEL_HELP)
+    convert.add_argument("--to", required=True, choices=["hf", "llmc", "llmpy"], help="output format")
+    convert.add_argument("--out", required=True, help="hf/llmpy: a directory; llmc: the .bin file")
+    convert.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="(llmc) parameter precision")
+    convert.set_defaults(func=cmd_convert)
+
     sample = sub.add_parser("sample", help="generate text from a trained model")
-    sample.add_argument("--model", required=True, help="run directory or model_XXXXXXXX.pt checkpoint")
+    sample.add_argument("--model", required=True, help=MODEL_HELP)
     sample.add_argument("--prompt", default="", help="prompt text ('' = start from <|endoftext|>)")
     sample.add_argument("--num-samples", type=int, default=1)
     sample.add_argument("--max-new-tokens", type=int, default=128)

@@ -106,6 +106,8 @@ class TrainConfig:
     sample_every: int = 20  # -s
     gen_tokens: int = 64  # -g
     hellaswag: int = 0  # -h
+    hellaswag_file: str = ""  # "" = resolve (cache, then download)
+    hellaswag_limit: int = -1  # -1 = all 10,042 examples
     checkpoint_every: int = 0  # -n
     checkpoint_keep: int = 0  # -nk
     checkpoint_keep_every: int = 0  # -nm

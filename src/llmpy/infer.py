@@ -1,13 +1,52 @@
-"""Autoregressive sampling from a GPT model: temperature, top-k, top-p, seeded."""
+"""Autoregressive sampling from a GPT model with a KV cache: temperature, top-k, top-p, seeded."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from llmpy.model import GPT
+
+
+class _LayerCache:
+    """One layer's view of the cache: appends this step's keys/values and returns all of them so far."""
+
+    def __init__(self, parent: "KVCache", index: int):
+        self.parent, self.index = parent, index
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.parent.store(self.index, k, v)
+
+
+class KVCache:
+    """Keys and values of every layer for the positions processed so far, (L, B, nh, max_len, hs) each."""
+
+    def __init__(self, n_layer: int, max_len: int):
+        self.n_layer, self.max_len = n_layer, max_len
+        self.length = 0
+        self.keys: torch.Tensor | None = None  # allocated on first use, in the dtype autocast produces
+        self.values: torch.Tensor | None = None
+
+    def layer(self, index: int) -> _LayerCache:
+        return _LayerCache(self, index)
+
+    def store(self, index: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, nh, T, hs = k.shape
+        if self.keys is None:
+            shape = (self.n_layer, B, nh, self.max_len, hs)
+            self.keys = torch.empty(shape, dtype=k.dtype, device=k.device)
+            self.values = torch.empty(shape, dtype=v.dtype, device=v.device)
+        end = self.length + T
+        self.keys[index, :, :, self.length:end] = k
+        self.values[index, :, :, self.length:end] = v
+        return self.keys[index, :, :, :end], self.values[index, :, :, :end]
+
+    def advance(self, steps: int) -> None:
+        """Called by the model once all layers have stored this forward pass."""
+        self.length += steps
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -37,16 +76,21 @@ def generate_tokens(
     generator: torch.Generator | None = None,
     autocast: Callable[[], object] | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield one (B,) tensor of new token ids per step for a (B, T0) prompt; temperature 0 means greedy."""
+    """Yield one (B,) tensor of new token ids per step for a (B, T0) prompt; temperature 0 means greedy.
+
+    The prompt is processed once into a KV cache, then each step feeds one token. Once the context window is full,
+    every step recomputes the last block_size tokens (the same result a cache-less loop gives).
+    """
     idx = prompt
     block_size = model.config.block_size
+    cache = KVCache(model.config.n_layer, block_size)
+    feed = idx[:, -block_size:]
     for _ in range(max_new_tokens):
-        context = idx[:, -block_size:]
-        if autocast is not None:
-            with autocast():
-                logits, _ = model(context)
-        else:
-            logits, _ = model(context)
+        use_cache = cache is not None and cache.length + feed.size(1) <= block_size
+        if not use_cache:
+            cache, feed = None, idx[:, -block_size:]
+        with autocast() if autocast is not None else contextlib.nullcontext():
+            logits, _ = model(feed, kv_cache=cache)
         logits = logits[:, -1, :].float()
         if temperature <= 0:
             next_token = logits.argmax(-1)
@@ -54,6 +98,7 @@ def generate_tokens(
             probs = F.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
             next_token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         idx = torch.cat([idx, next_token[:, None]], dim=1)
+        feed = next_token[:, None]
         yield next_token
 
 

@@ -26,14 +26,19 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.c_proj.residual_projection = True  # scaled at init (GPT-2 paper, section 2.3)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        if cache is not None:  # inference: keys/values of earlier positions come from the cache
+            k, v = cache.update(k, v)  # (B, nh, T_past + T, hs)
+            if T != 1 and T != k.size(2):
+                raise ValueError("a KV cache takes a whole prompt first, then one token at a time")
+        # one new token attends to every cached position; otherwise the usual causal mask
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.c_proj(y)
 
@@ -61,8 +66,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -105,16 +110,22 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = True
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = True, kv_cache=None
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """idx (B, T) token ids -> (logits (B, T, vocab_size) or None, mean cross-entropy loss or None)."""
+        """idx (B, T) token ids -> (logits (B, T, vocab_size) or None, mean cross-entropy loss or None).
+
+        `kv_cache` (inference only, see llmpy.infer.KVCache) holds the keys and values of the positions before idx.
+        """
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, kv_cache.layer(layer) if kv_cache is not None else None)
+        if kv_cache is not None:
+            kv_cache.advance(T)
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, V): padded rows dropped
         loss = None

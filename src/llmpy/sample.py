@@ -10,7 +10,7 @@ from llmpy.errors import LlmpyError
 from llmpy.infer import generate_tokens
 from llmpy.runtime import select_runtime
 from llmpy.tokenizer import get_tokenizer
-from llmpy.train.checkpoint import load_model
+from llmpy.convert.load import load_any_model
 
 
 def run_sample(
@@ -23,7 +23,7 @@ def run_sample(
     if num_samples < 1 or max_new_tokens < 0:
         raise LlmpyError("sample: --num-samples must be >= 1 and --max-new-tokens >= 0")
     runtime = select_runtime(device)
-    model, _ = load_model(model_path, map_location=runtime.device)
+    model = load_any_model(model_path)
     model.to(runtime.device).eval()
     tokenizer = get_tokenizer(tokenizer_path)
     prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_token]

@@ -15,7 +15,7 @@ from llmpy.metrics.logger import RunLogger
 from llmpy.metrics.mfu import peak_flops, training_flops_per_token
 from llmpy.model import GPT
 from llmpy.runtime import Runtime, seed_everything, select_runtime
-from llmpy.train.checkpoint import completed_steps, load_model
+from llmpy.train.checkpoint import completed_steps
 from llmpy.train.optim import LRSchedule, build_optimizer
 from llmpy.train.trainer import Trainer
 
@@ -24,12 +24,10 @@ def build_model(spec: str, seq_len: int) -> GPT:
     """`-e`: a descriptor (d12, gpt2-medium, ...) for a fresh GPT-2, or an llmpy checkpoint to start from."""
     if DESCRIPTOR_RE.fullmatch(spec) or spec in GPT2_NAMES:
         model = GPT(ModelConfig.from_descriptor(spec))
-    elif Path(spec).exists():
-        model, _ = load_model(spec)
-    else:
-        raise LlmpyError(
-            f"-e/--model {spec!r}: not a descriptor (d6, d12, d24, d36, d48, any dN) and no such checkpoint file"
-        )
+    else:  # llm.c's -e also takes a model file to start from: an llm.c .bin, an llmpy checkpoint, HF weights
+        from llmpy.convert.load import load_any_model
+
+        model = load_any_model(spec)
     if seq_len > model.config.block_size:
         raise LlmpyError(f"-t/--seq-len {seq_len} exceeds the model's max positions {model.config.block_size}")
     return model
@@ -48,6 +46,18 @@ def load_tokenizer_for_samples(config: TrainConfig, print_fn) -> object | None:
         return None
 
 
+def load_hellaswag_examples(config: TrainConfig) -> list | None:
+    """-h 1: the tokenized HellaSwag val set, resolved before training starts (a missing file fails now, not later)."""
+    if not config.hellaswag:
+        return None
+    from llmpy.data.hellaswag import resolve_hellaswag
+    from llmpy.eval.hellaswag import load_examples
+    from llmpy.tokenizer import get_tokenizer
+
+    limit = None if config.hellaswag_limit < 0 else config.hellaswag_limit
+    return load_examples(resolve_hellaswag(config.hellaswag_file or None), get_tokenizer(config.tokenizer or None), limit)
+
+
 def total_steps_for(config: TrainConfig, loader: TokenLoader) -> int:
     """-x steps, or (-x -1) as many full -d batches as one epoch of the training split holds."""
     return config.max_steps if config.max_steps > 0 else loader.steps_per_epoch
@@ -63,7 +73,6 @@ def check_options_available(config: TrainConfig, print_fn) -> None:
                 "only and cannot resume optimizer and data state exactly; use a new -o, or -y 0 to start over"
             )
     ignored = {
-        "-h 1 (HellaSwag during training)": config.hellaswag,
         "-sl/-sg (outlier update skipping)": config.skip_loss_zscore or config.skip_grad_zscore,
         "-r (activation recompute levels)": config.recompute not in (0, 1),
     }
@@ -128,4 +137,5 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
         train_loader=train_loader, val_loader=val_loader, logger=logger, runtime=runtime, total_steps=total_steps,
         grad_accum_steps=grad_accum_steps, flops_per_token=flops, peak_flops=peak,
         tokenizer=load_tokenizer_for_samples(config, print_fn), print_fn=print_fn,
+        hellaswag_examples=load_hellaswag_examples(config),
     )

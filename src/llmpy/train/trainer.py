@@ -10,6 +10,7 @@ import torch
 
 from llmpy.config import TrainConfig
 from llmpy.data.loader import TokenLoader
+from llmpy.eval.hellaswag import evaluate_hellaswag
 from llmpy.eval.val_loss import evaluate_loss
 from llmpy.infer import generate
 from llmpy.metrics.logger import RunLogger
@@ -54,6 +55,7 @@ class Trainer:
     tokenizer: object | None = None  # GPT2Tokenizer, for decoding samples
     print_fn: callable = print
     start_step: int = 0
+    hellaswag_examples: list | None = None  # tokenized examples when -h 1
 
     @property
     def tokens_per_step(self) -> int:
@@ -71,6 +73,8 @@ class Trainer:
                 self.logger.log_val(step, val_loss)
                 summary["val_loss"][step] = val_loss
                 self.print_fn(f"val loss {val_loss:.4f}")
+            if self.hellaswag_examples and cfg.val_every > 0 and (step % cfg.val_every == 0 or last_step):
+                self.evaluate_hellaswag(step, summary)
             if cfg.sample_every > 0 and step > 0 and (step % cfg.sample_every == 0 or last_step):
                 self.sample(step)
             if cfg.output_dir and cfg.checkpoint_every > 0 and step > 0 and step % cfg.checkpoint_every == 0 and not last_step:
@@ -91,6 +95,14 @@ class Trainer:
             summary["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.runtime.device) / 2**30
             self.print_fn(f"peak GPU memory allocated: {summary['peak_memory_gib']:.2f} GiB")
         return summary
+
+    def evaluate_hellaswag(self, step: int, summary: dict) -> None:
+        """-h 1: HellaSwag acc_norm, logged as llm.c's `eval` line (the uncompiled model: shapes vary per batch)."""
+        scores = evaluate_hellaswag(self.raw_model, self.hellaswag_examples, self.runtime.device, self.runtime.autocast,
+                                    rank=self.train_loader.rank, world_size=self.train_loader.world_size)
+        self.logger.log_eval(step, scores["acc_norm"], acc=scores["acc"], examples=scores["examples"])
+        summary.setdefault("hellaswag", {})[step] = scores["acc_norm"]
+        self.print_fn(f"HellaSwag: {scores['acc_norm']:.4f} acc_norm ({scores['examples']} examples)")
 
     def save_checkpoint(self, step: int) -> None:
         """Weights + configs for `step`, then rotation (-nk, -nm)."""

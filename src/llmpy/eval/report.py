@@ -1,0 +1,96 @@
+"""`llmpy eval`: val loss over a fixed token budget and HellaSwag, next to OpenAI's GPT-2 and GPT-3 numbers."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from llmpy.config import ModelConfig
+from llmpy.errors import LlmpyError
+from llmpy.runtime import Runtime
+
+# OpenAI's GPT-2 checkpoints: FineWeb val loss (llm.c's val split) and HellaSwag acc_norm; GPT-3 paper HellaSwag.
+REFERENCE = {
+    "124M": {"descriptor": "d12", "gpt2_val_loss": 3.4250, "gpt2_hellaswag": 0.2945, "gpt3_hellaswag": 0.337},
+    "350M": {"descriptor": "d24", "gpt2_val_loss": 3.0831, "gpt2_hellaswag": 0.3752, "gpt3_hellaswag": 0.436},
+    "774M": {"descriptor": "d36", "gpt2_val_loss": 3.0006, "gpt2_hellaswag": 0.4320, "gpt3_hellaswag": 0.510},
+    "1558M": {"descriptor": "d48", "gpt2_val_loss": 2.8313, "gpt2_hellaswag": 0.4889, "gpt3_hellaswag": 0.547},
+}
+DEFAULT_VAL_TOKENS = 10_485_760  # llm.c's 124M setting: -m 20 batches of 64 x 1024 x 8 GPUs
+
+
+def reference_for(config: ModelConfig) -> tuple[str, dict] | None:
+    """The GPT-2 size whose shape this model has, if any."""
+    for size, ref in REFERENCE.items():
+        shape = ModelConfig.from_descriptor(ref["descriptor"])
+        if (shape.n_layer, shape.n_embd) == (config.n_layer, config.n_embd):
+            return size, ref
+    return None
+
+
+def val_loss_over_budget(model, pattern: str, tokens: int, batch_size: int, seq_len: int, runtime: Runtime) -> dict:
+    """Mean loss over the first `tokens` tokens (whole B x T batches) of a shard glob, unshuffled."""
+    from llmpy.data.loader import TokenLoader
+    from llmpy.eval.val_loss import evaluate_loss
+
+    loader = TokenLoader(pattern, batch_size, seq_len)
+    steps = max(1, min(tokens // (batch_size * seq_len), loader.steps_per_epoch))
+    return {"val_loss": evaluate_loss(model, loader, steps, runtime), "val_tokens": steps * batch_size * seq_len}
+
+
+def format_table(spec: str, model_config: ModelConfig, num_params: int, results: dict) -> str:
+    """A plain-text table of this model's numbers beside the reference checkpoints of its size."""
+    match = reference_for(model_config)
+    size, ref = match if match else ("", {})
+    header = f"{'metric':<22}{'this model':>12}" + (f"{'GPT-2 ' + size:>14}{'GPT-3 ' + size:>14}" if ref else "")
+    lines = [f"model {spec}: {model_config.n_layer} layers, {model_config.n_embd} channels, {num_params:,} parameters",
+             header, "-" * len(header)]
+
+    def row(name: str, value, gpt2=None, gpt3=None) -> None:
+        cells = f"{name:<22}{value:>12.4f}"
+        if ref:
+            cells += f"{gpt2:>14.4f}" if gpt2 is not None else f"{'-':>14}"
+            cells += f"{gpt3:>14.4f}" if gpt3 is not None else f"{'-':>14}"
+        lines.append(cells)
+
+    if "val_loss" in results:
+        row(f"val loss ({results['val_tokens'] / 1e6:.1f}M tok)", results["val_loss"], ref.get("gpt2_val_loss"))
+    if "hellaswag_acc_norm" in results:
+        row("HellaSwag acc_norm", results["hellaswag_acc_norm"], ref.get("gpt2_hellaswag"), ref.get("gpt3_hellaswag"))
+        row("HellaSwag acc", results["hellaswag_acc"])
+    if ref:
+        lines.append("(GPT-2 val loss is on llm.c's FineWeb val split: compare only on the same tokens)")
+    return "\n".join(lines)
+
+
+def run_eval(spec: str, *, val_data: str | None, val_tokens: int, batch_size: int, seq_len: int,
+             hellaswag: str | None, skip_hellaswag: bool, limit: int | None, runtime: Runtime, as_json: bool) -> dict:
+    """Load the model, compute what was asked for, print a table (or one JSON line); returns the results."""
+    from llmpy.convert.load import load_any_model
+
+    model = load_any_model(spec).to(runtime.device).eval()
+    results: dict = {"model": spec}
+    if val_data:
+        if seq_len > model.config.block_size:
+            raise LlmpyError(f"-t/--seq-len {seq_len} exceeds the model's {model.config.block_size} positions")
+        results.update(val_loss_over_budget(model, val_data, val_tokens, batch_size, seq_len, runtime))
+    if not skip_hellaswag:
+        from llmpy.data.hellaswag import resolve_hellaswag
+        from llmpy.eval.hellaswag import evaluate_hellaswag, load_examples
+        from llmpy.tokenizer import get_tokenizer
+
+        examples = load_examples(resolve_hellaswag(hellaswag), get_tokenizer(), limit)
+        started = time.perf_counter()
+        scores = evaluate_hellaswag(model, examples, runtime.device, runtime.autocast, progress=not as_json)
+        results.update(hellaswag_acc_norm=scores["acc_norm"], hellaswag_acc=scores["acc"],
+                       hellaswag_examples=scores["examples"], hellaswag_seconds=time.perf_counter() - started)
+    if not val_data and skip_hellaswag:
+        raise LlmpyError("eval: nothing to compute; give --val-data GLOB and/or drop --no-hellaswag")
+    num_params = sum(p.numel() for p in model.parameters())
+    if as_json:
+        print(json.dumps(results))
+    else:
+        print(format_table(spec, model.config, num_params, results))
+    return results

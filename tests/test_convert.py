@@ -1,0 +1,265 @@
+"""Conversion to and from Hugging Face GPT-2 and llm.c's .bin formats: same logits, same bytes, clear errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from llmpy.config import ModelConfig  # noqa: E402
+from llmpy.convert.hf import gpt_from_hf_state_dict, load_hf_model, save_hf_model  # noqa: E402
+from llmpy.convert.llmc import (  # noqa: E402
+    read_llmc_model,
+    read_llmc_tokenizer,
+    write_llmc_model,
+    write_llmc_tokenizer,
+)
+from llmpy.errors import LlmpyError  # noqa: E402
+from llmpy.model import GPT  # noqa: E402
+
+DATA = Path("/work/shared/data")
+BPE_FILE = DATA / "gpt2.tiktoken"
+OPENAI_BPE = DATA / "gpt2_bpe"
+TINY = dict(n_layer=2, n_head=2, n_embd=64, n_positions=64)
+
+
+def tiny_hf_config(**overrides) -> "transformers.GPT2Config":
+    values = dict(TINY, vocab_size=50257, activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
+                  attn_pdrop=0.0, summary_first_dropout=0.0)  # fmt: skip
+    return transformers.GPT2Config(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def hf_model() -> "transformers.GPT2LMHeadModel":
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(tiny_hf_config()).eval()
+    with torch.no_grad():  # non-trivial biases and norms, so a missed tensor shows in the logits
+        for name, p in model.named_parameters():
+            if "bias" in name or "ln" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt() -> GPT:
+    torch.manual_seed(1)
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=64)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "bias" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def tokens() -> torch.Tensor:
+    return torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(2))
+
+
+def llmpy_logits(model: GPT) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(tokens())[0]
+
+
+def hf_logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(tokens()).logits
+
+
+# --- Hugging Face ---
+
+
+@pytest.mark.parametrize("safe", [True, False], ids=["safetensors", "pytorch_model.bin"])
+def test_hf_round_trip(hf_model, tmp_path, safe):
+    hf_model.save_pretrained(tmp_path / "hf", safe_serialization=safe)
+    model = load_hf_model(tmp_path / "hf")
+    assert model.config.block_size == 64 and model.transformer.wte.weight.shape == (50304, 64)
+    assert torch.all(model.transformer.wte.weight[50257:] == 0)
+    torch.testing.assert_close(llmpy_logits(model), hf_logits(hf_model), atol=1e-5, rtol=0)
+
+    save_hf_model(model, tmp_path / "out")
+    reloaded, info = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    torch.testing.assert_close(hf_logits(reloaded), hf_logits(hf_model), atol=1e-5, rtol=0)
+
+
+def test_hf_config_written(tiny_gpt, tmp_path):
+    save_hf_model(tiny_gpt, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["architectures"] == ["GPT2LMHeadModel"]
+    assert (config["n_layer"], config["n_head"], config["n_embd"], config["n_positions"]) == (2, 2, 64, 64)
+    assert config["vocab_size"] == 50257 and config["activation_function"] == "gelu_new"
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        assert "lm_head.weight" not in f.keys()
+        assert f.get_slice("transformer.wte.weight").get_shape() == [50257, 64]
+        assert f.get_slice("transformer.h.0.mlp.c_fc.weight").get_shape() == [64, 256]  # Conv1D (in, out)
+
+
+def test_hf_keys_without_prefix(hf_model):
+    state = {k.removeprefix("transformer."): v for k, v in hf_model.state_dict().items() if k != "lm_head.weight"}
+    model = gpt_from_hf_state_dict(state, hf_model.config.to_dict())
+    torch.testing.assert_close(llmpy_logits(model), hf_logits(hf_model), atol=1e-5, rtol=0)
+
+
+def test_hf_misshaped_tensor(hf_model):
+    state = dict(hf_model.state_dict())
+    state["transformer.h.1.mlp.c_fc.weight"] = torch.zeros(256, 64)  # (out, in): not HF's Conv1D layout
+    with pytest.raises(LlmpyError, match=r"h\.1\.mlp\.c_fc\.weight has shape \[256, 64\], expected \[64, 256\]"):
+        gpt_from_hf_state_dict(state, hf_model.config.to_dict())
+
+
+def test_hf_missing_tensor(hf_model):
+    state = {k: v for k, v in hf_model.state_dict().items() if "ln_f.bias" not in k}
+    with pytest.raises(LlmpyError, match=r"missing tensor transformer\.ln_f\.bias"):
+        gpt_from_hf_state_dict(state, hf_model.config.to_dict())
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"activation_function": "relu"}, "activation_function 'relu'"), ({"vocab_size": 1000}, "vocab_size is 1000")],
+)
+def test_hf_bad_config(hf_model, overrides, message):
+    with pytest.raises(LlmpyError, match=message):
+        gpt_from_hf_state_dict(hf_model.state_dict(), {**hf_model.config.to_dict(), **overrides})
+
+
+def test_hf_unknown_name():
+    with pytest.raises(LlmpyError, match="not a directory"):
+        load_hf_model("no-such-model-dir")
+
+
+def test_hf_offline_download(monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", "/nonexistent-llmpy-test-hf-home")
+    import huggingface_hub
+
+    def offline(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(LlmpyError, match="cannot download gpt2 from the Hugging Face hub: offline"):
+        load_hf_model("gpt2")
+
+
+@pytest.mark.skipif(not BPE_FILE.is_file(), reason="gpt2.tiktoken not available")
+def test_hf_tokenizer_files(tiny_gpt, tmp_path):
+    save_hf_model(tiny_gpt, tmp_path, bpe_file=BPE_FILE)
+    if (OPENAI_BPE / "encoder.json").is_file():
+        assert json.loads((tmp_path / "vocab.json").read_text()) == json.loads((OPENAI_BPE / "encoder.json").read_text())
+        ours = [line for line in (tmp_path / "merges.txt").read_text(encoding="utf-8").splitlines()[1:] if line]
+        theirs = [line for line in (OPENAI_BPE / "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:] if line]
+        assert ours == theirs
+    for cls in (transformers.GPT2TokenizerFast, transformers.GPT2Tokenizer):
+        tokenizer = cls.from_pretrained(tmp_path)
+        assert tokenizer.encode("Hello world") == [15496, 995]
+        assert tokenizer.eos_token_id == 50256
+
+
+# --- llm.c model .bin ---
+
+
+def numpy_llmc_bytes(model: GPT, dtype: str = "fp32") -> bytes:
+    """An independent llm.c writer: header + parameters in llm.c's order, straight from the named parameters."""
+    c = model.config
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    blocks = lambda key: np.stack([sd[f"transformer.h.{i}.{key}"] for i in range(c.n_layer)])  # noqa: E731
+    tensors = [sd["transformer.wte.weight"], sd["transformer.wpe.weight"]]
+    for key in ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+                "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                "mlp.c_proj.weight", "mlp.c_proj.bias"):  # fmt: skip
+        tensors.append(blocks(key))
+    tensors += [sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"]]
+    header = np.zeros(256, dtype=np.int32)
+    header[:8] = [20240326, 3 if dtype == "fp32" else 5, c.block_size, c.vocab_size, c.n_layer, c.n_head,
+                  c.n_embd, c.padded_vocab_size]  # fmt: skip
+    flat = np.concatenate([t.astype(np.float32).ravel() for t in tensors])
+    if dtype == "bf16":  # round to nearest even, then keep the top 16 bits
+        bits = flat.view(np.uint32)
+        flat = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return header.tobytes() + flat.tobytes()
+
+
+def test_llmc_read_numpy_written(tiny_gpt, tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(numpy_llmc_bytes(tiny_gpt))
+    model = read_llmc_model(path)
+    torch.testing.assert_close(llmpy_logits(model), llmpy_logits(tiny_gpt), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_llmc_write_byte_identical(tiny_gpt, tmp_path, dtype):
+    write_llmc_model(tiny_gpt, tmp_path / "model.bin", dtype=dtype)
+    assert (tmp_path / "model.bin").read_bytes() == numpy_llmc_bytes(tiny_gpt, dtype)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_llmc_bf16_round_trip(tiny_gpt, tmp_path):
+    write_llmc_model(tiny_gpt, tmp_path / "model.bin", dtype="bf16")
+    model = read_llmc_model(tmp_path / "model.bin")
+    for (name, ours), theirs in zip(model.state_dict().items(), tiny_gpt.state_dict().values()):
+        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=2**-8, msg=name)
+    exact = tiny_gpt.state_dict()["transformer.h.0.attn.c_attn.weight"].to(torch.bfloat16).float()
+    assert torch.equal(model.state_dict()["transformer.h.0.attn.c_attn.weight"], exact)
+
+
+def _header_file(tmp_path: Path, tiny_gpt: GPT, index: int, value: int) -> Path:
+    data = bytearray(numpy_llmc_bytes(tiny_gpt))
+    data[index * 4 : index * 4 + 4] = np.int32(value).tobytes()
+    path = tmp_path / "model.bin"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "index, value, message",
+    [
+        (0, 12345, "bad magic 12345"),
+        (0, 20240520, "token shard"),
+        (1, 4, "unsupported llm.c model version 4"),
+        (6, -64, "channels=-64 is out of range"),
+        (5, 3, "inconsistent header"),
+    ],
+)
+def test_llmc_bad_header(tiny_gpt, tmp_path, index, value, message):
+    with pytest.raises(LlmpyError, match=message):
+        read_llmc_model(_header_file(tmp_path, tiny_gpt, index, value))
+
+
+def test_llmc_size_mismatch(tiny_gpt, tmp_path):
+    data = numpy_llmc_bytes(tiny_gpt)
+    path = tmp_path / "model.bin"
+    path.write_bytes(data[:-8])
+    with pytest.raises(LlmpyError, match=f"truncated: header implies {len(data)} bytes, found {len(data) - 8}"):
+        read_llmc_model(path)
+    path.write_bytes(data + b"\0" * 4)
+    with pytest.raises(LlmpyError, match="oversized"):
+        read_llmc_model(path)
+    with pytest.raises(LlmpyError, match="no such llm.c model file"):
+        read_llmc_model(tmp_path / "missing.bin")
+
+
+# --- llm.c tokenizer .bin ---
+
+
+@pytest.mark.skipif(not BPE_FILE.is_file(), reason="gpt2.tiktoken not available")
+def test_llmc_tokenizer(tmp_path):
+    path = tmp_path / "gpt2_tokenizer.bin"
+    write_llmc_tokenizer(path, BPE_FILE)
+    header = np.frombuffer(path.read_bytes()[:1024], dtype=np.uint32)
+    assert list(header[:4]) == [20240328, 2, 50257, 50256] and not header[4:].any()
+    tokens = read_llmc_tokenizer(path)
+    assert len(tokens) == 50257
+    assert tokens[15496] == b"Hello" and tokens[995] == b" world" and tokens[50256] == b"<|endoftext|>"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_transformers():
+    logging.getLogger("transformers").setLevel(logging.ERROR)
