@@ -7,7 +7,7 @@ import sys
 import torch
 
 from llmpy.errors import LlmpyError
-from llmpy.infer import generate_tokens
+from llmpy.infer import generate, generate_tokens
 from llmpy.runtime import select_runtime
 from llmpy.tokenizer import get_tokenizer
 from llmpy.convert.load import load_any_model
@@ -30,21 +30,28 @@ def run_sample(
     if len(prompt_ids) >= model.config.block_size:
         prompt_ids = prompt_ids[-(model.config.block_size - 1):]
     generator = torch.Generator(device=runtime.device).manual_seed(seed)
-    for index in range(num_samples):
-        print(f"--- sample {index + 1}/{num_samples} ---", file=out)
-        out.write(prompt)
-        ids: list[int] = []
-        shown = ""
-        context = torch.tensor([prompt_ids], dtype=torch.long, device=runtime.device)
-        for token in generate_tokens(
-            model, context, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            generator=generator, autocast=runtime.autocast,
-        ):
-            ids.append(int(token[0]))
-            text = tokenizer.decode(ids)
-            if not text.endswith("\ufffd"):  # hold back a multi-byte character until it is complete
-                out.write(text[len(shown):])
-                out.flush()
-                shown = text
-        out.write(tokenizer.decode(ids)[len(shown):] + "\n")
+    options = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, autocast=runtime.autocast)
+    context = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=runtime.device)
+    if num_samples == 1:
+        _stream(model, context, max_new_tokens, tokenizer, prompt, out, options)
+        return 0
+    # several samples of one prompt: one batched generation (each row its own random stream), printed at the end
+    tokens = generate(model, context, max_new_tokens, **options)[:, len(prompt_ids):].tolist()
+    for index, row in enumerate(tokens):
+        print(f"--- sample {index + 1}/{num_samples} ---\n{prompt}{tokenizer.decode(row)}", file=out)
     return 0
+
+
+def _stream(model, context, max_new_tokens, tokenizer, prompt, out, options) -> None:
+    """Print one sample token by token as it is generated."""
+    out.write(prompt)
+    ids: list[int] = []
+    shown = ""
+    for token in generate_tokens(model, context, max_new_tokens, **options):
+        ids.append(int(token[0]))
+        text = tokenizer.decode(ids)
+        if not text.endswith("\ufffd"):  # hold back a multi-byte character until it is complete
+            out.write(text[len(shown):])
+            out.flush()
+            shown = text
+    out.write(tokenizer.decode(ids)[len(shown):] + "\n")

@@ -6,9 +6,11 @@ ranks split the examples and sum their counts."""
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -56,31 +58,35 @@ def _batch_rows(examples: list[Example], block_size: int) -> tuple[torch.Tensor,
             rows.append(tokens)
             spans.append(min(len(ending), len(tokens) - 1))
     width = max(len(r) for r in rows)
-    tokens = torch.zeros(len(rows), width, dtype=torch.long)
-    targets = torch.full((len(rows), width), -1, dtype=torch.long)
+    tokens = np.zeros((len(rows), width), dtype=np.int64)
+    targets = np.full((len(rows), width), -1, dtype=np.int64)
     for i, (row, span) in enumerate(zip(rows, spans)):
-        tokens[i, : len(row)] = torch.tensor(row)
+        tokens[i, : len(row)] = row
         # position t predicts token t+1: the ending's tokens are predicted at positions len-span-1 .. len-2
-        targets[i, len(row) - span - 1: len(row) - 1] = tokens[i, len(row) - span: len(row)]
-    return tokens, targets, torch.tensor(spans)
+        targets[i, len(row) - span - 1: len(row) - 1] = row[len(row) - span:]
+    return torch.from_numpy(tokens), torch.from_numpy(targets), torch.tensor(spans)
 
 
 @torch.no_grad()
-def score_batch(model: torch.nn.Module, examples: list[Example], device: torch.device, autocast) -> tuple[int, int]:
-    """(correct by summed loss, correct by mean loss) for a list of examples in one forward pass."""
+def score_batch(model: torch.nn.Module, examples: list[Example], device: torch.device, autocast) -> torch.Tensor:
+    """[examples, correct by summed loss, correct by mean loss] for a list of examples, in one forward pass."""
     tokens, targets, spans = _batch_rows(examples, getattr(getattr(model, "config", None), "block_size", 1 << 30))
-    tokens, targets, spans = tokens.to(device), targets.to(device), spans.to(device)
+    tokens, targets, spans = (t.to(device, non_blocking=True) for t in (tokens, targets, spans))
     with autocast():
         logits, _ = model(tokens)
-    losses = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-1, reduction="none")  # (R, T)
-    summed = losses.sum(dim=1).view(-1, 4)
-    mean = (losses.sum(dim=1) / spans).view(-1, 4)
+    scored = targets != -1
+    # the softmax only where an ending token is predicted: a tenth of the positions, in fp32
+    losses = F.cross_entropy(logits[scored].float(), targets[scored], reduction="none")
+    summed = torch.zeros(len(spans), device=device).index_add_(0, scored.nonzero()[:, 0], losses)
     labels = torch.tensor([e.label for e in examples], device=device)
-    return int((summed.argmin(1) == labels).sum()), int((mean.argmin(1) == labels).sum())
+    by_sum = summed.view(-1, 4).argmin(1)
+    by_mean = (summed / spans).view(-1, 4).argmin(1)
+    # counts stay on the device: no host sync per batch
+    return torch.stack([torch.tensor(len(examples), device=device), (by_sum == labels).sum(), (by_mean == labels).sum()])
 
 
 def evaluate_hellaswag(
-    model: torch.nn.Module, examples: list[Example], device: torch.device, autocast, *, batch_examples: int = 16,
+    model: torch.nn.Module, examples: list[Example], device: torch.device, autocast, *, batch_examples: int = 32,
     rank: int = 0, world_size: int = 1, progress: bool = False,
 ) -> dict:
     """Accuracy over `examples` (rank r scores every world_size-th one; counts are summed across ranks)."""
@@ -89,10 +95,9 @@ def evaluate_hellaswag(
     mine = examples[rank::world_size]
     counts = torch.zeros(3, dtype=torch.long, device=device)  # examples, correct (sum), correct (mean)
     batches = range(0, len(mine), batch_examples)
-    for start in tqdm(batches, desc="hellaswag", unit="batch", disable=not progress, leave=False):
-        chunk = mine[start: start + batch_examples]
-        correct, correct_norm = score_batch(model, chunk, device, autocast)
-        counts += torch.tensor([len(chunk), correct, correct_norm], device=device)
+    for start in tqdm(batches, desc="hellaswag", unit="batch", disable=not progress or not sys.stderr.isatty(),
+                      leave=False):
+        counts += score_batch(model, mine[start: start + batch_examples], device, autocast)
     if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(counts)
     model.train(was_training)
