@@ -77,8 +77,10 @@ def test_checkpoint_rules(tmp_path):
     torch.testing.assert_close(loaded.state_dict()["lm_head.weight"], model.state_dict()["lm_head.weight"])
     broken = tmp_path / "model_00000030.pt"
     broken.write_bytes(broken.read_bytes()[:1000])
+    assert completed_steps(tmp_path) == [20]  # its size no longer matches the DONE marker: never used
+    assert load_model(tmp_path)[1]["step"] == 20
     with pytest.raises(LlmpyError, match="model_00000030.pt: not a readable llmpy checkpoint"):
-        load_model(tmp_path)
+        load_model(broken)
     empty = tmp_path / "empty_run"
     empty.mkdir()
     with pytest.raises(LlmpyError, match="empty_run: no complete checkpoint"):

@@ -44,6 +44,7 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
     ("-a", "--overfit-batch", "overfit_batch", int, "1 = train on the first batch only (debugging)"),
     ("-f", "--tf32", "tf32", int, "TF32 matmuls for fp32 work (0/1)"),
     (None, "--shuffle", "shuffle", int, "shuffle train shards and chunks each epoch, seeded (0 = sequential)"),
+    (None, "--max-bad-steps", "max_bad_steps", int, "stop after N non-finite steps in a row (0 = never)"),
     (None, "--grad-clip", "grad_clip", float, "global grad-norm clip (0 = off)"),
     (None, "--wsd-cooldown-frac", "wsd_cooldown_frac", float, "fraction of steps the wsd schedule spends decaying"),
     (None, "--seed", "seed", int, "random seed"),
@@ -80,6 +81,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=f"launch_{flag[1:]}", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--no-shuffle", dest="shuffle", action="store_const", const=0, default=argparse.SUPPRESS,
                         help="read train shards in order (same as --shuffle 0)")
+    parser.add_argument("--auto-restart", metavar="N", type=int, default=argparse.SUPPRESS,
+                        help="relaunch with -y 1 after a crash, kill or preemption, at most N launches in all")
     parser.add_argument("--config", help="TOML or YAML file of long option names (flags on the command line win)")
 
 
@@ -113,13 +116,18 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from llmpy.train.build import build_trainer
+    from llmpy.train.faults import PREEMPTED_EXIT_CODE, Preempted
 
     for name in vars(args):
         if name.startswith("compat_"):
             print(f"note: -{name[7:]} accepted for llm.c compatibility; {COMPAT_FLAGS['-' + name[7:]]}")
     config = train_config_from_args(args)
     trainer = build_trainer(config)
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Preempted as stopped:
+        print(f"llmpy: {stopped}; continue with the same command and -y 1", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     return 0
 
 
@@ -313,7 +321,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def auto_restart(argv: list[str]) -> int:
+    """`llmpy train ... --auto-restart N`: rerun the same training with -y 1 until it finishes (at most N launches).
+
+    A crash, a kill or a preemption (exit 75) relaunches; success or a usage error (exit 2) ends the loop."""
+    import subprocess
+
+    index = argv.index("--auto-restart")
+    try:
+        launches = int(argv[index + 1])
+    except (IndexError, ValueError):
+        print("llmpy: error: --auto-restart takes a number of launches", file=sys.stderr)
+        return 2
+    command = argv[:index] + argv[index + 2:]
+    for flag in ("-y", "--resume"):
+        if flag in command:
+            position = command.index(flag)
+            del command[position: position + 2]
+    command += ["-y", "1"]
+    code = 1
+    for launch in range(1, launches + 1):
+        code = subprocess.call([sys.executable, "-m", "llmpy", *command])
+        if code in (0, 2):
+            return code
+        print(f"llmpy: training exited with code {code}; relaunching with -y 1 ({launch}/{launches})", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"] and "--auto-restart" in argv:
+        return auto_restart(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

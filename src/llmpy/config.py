@@ -115,6 +115,7 @@ class TrainConfig:
     zero_stage: int = 0  # -z
     recompute: int = 1  # -r
     skip_loss_zscore: float = 0.0  # -sl
+    max_bad_steps: int = 5  # stop after this many non-finite steps in a row (0 = never)
     skip_grad_zscore: float = 0.0  # -sg
     overfit_batch: int = 0  # -a
     shuffle: int = 1  # shuffle train shards and chunks per epoch (0 = llm.c's sequential order)

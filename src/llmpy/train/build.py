@@ -15,8 +15,9 @@ from llmpy.metrics.logger import RunLogger
 from llmpy.metrics.mfu import peak_flops, training_flops_per_token
 from llmpy.model import GPT
 from llmpy.runtime import Runtime, seed_everything, select_runtime
-from llmpy.train.checkpoint import completed_steps
+from llmpy.train.checkpoint import completed_steps, load_model, load_training_state, model_path
 from llmpy.train.optim import LRSchedule, build_optimizer
+from llmpy.train.faults import BadStepCounter
 from llmpy.train.trainer import Trainer
 
 
@@ -64,21 +65,32 @@ def total_steps_for(config: TrainConfig, loader: TokenLoader) -> int:
 
 
 def check_options_available(config: TrainConfig, print_fn) -> None:
-    """Say plainly which accepted llm.c options this version does not act on, and refuse a resume it cannot do."""
-    if config.resume and config.output_dir and Path(config.output_dir).is_dir():
-        steps = completed_steps(Path(config.output_dir))
-        if steps:
-            raise LlmpyError(
-                f"-y 1: {config.output_dir} holds a checkpoint at step {steps[-1]}, but this version saves weights "
-                "only and cannot resume optimizer and data state exactly; use a new -o, or -y 0 to start over"
-            )
-    ignored = {
-        "-sl/-sg (outlier update skipping)": config.skip_loss_zscore or config.skip_grad_zscore,
-        "-r (activation recompute levels)": config.recompute not in (0, 1),
-    }
-    for what, given in ignored.items():
-        if given:
-            print_fn(f"note: {what} is not available in this version and is ignored")
+    """Say plainly which accepted llm.c options this version does not act on."""
+    if config.recompute not in (0, 1):
+        print_fn("note: -r 2 (recompute LayerNorm too) is not available in this version and is ignored")
+
+
+def resume_step(config: TrainConfig) -> int | None:
+    """-y 1: the newest checkpoint in -o with its training state (None: nothing to resume, start fresh like llm.c)."""
+    if not (config.resume and config.output_dir and Path(config.output_dir).is_dir()):
+        return None
+    steps = completed_steps(Path(config.output_dir), with_state=True)
+    return steps[-1] if steps else None
+
+
+def restore_from_checkpoint(trainer: Trainer, config: TrainConfig, step: int, print_fn) -> None:
+    """Load weights and training state of `step` into a freshly built trainer."""
+    saved, _ = load_model(model_path(Path(config.output_dir), step))
+    if saved.config != trainer.raw_model.config:
+        raise LlmpyError(
+            f"-y 1: the checkpoint at step {step} in {config.output_dir} is a {saved.config.n_layer}-layer, "
+            f"{saved.config.n_embd}-wide model but -e asks for {trainer.raw_model.config.n_layer} layers, "
+            f"{trainer.raw_model.config.n_embd} wide"
+        )
+    trainer.raw_model.load_state_dict(saved.state_dict())
+    trainer.restore(step, load_training_state(config.output_dir, step))
+    trainer.last_checkpoint = str(model_path(Path(config.output_dir), step))
+    print_fn(f"resuming from the checkpoint at step {step} of {trainer.total_steps} in {config.output_dir}")
 
 
 def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=print) -> Trainer:
@@ -132,10 +144,14 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
         (run_dir / "config.json").write_text(json.dumps({"train": config.to_dict(), **header}, indent=2, default=str))
         logger.log_event(0, "config", **header)
 
-    return Trainer(
+    trainer = Trainer(
         config=config, model=model, raw_model=raw_model, optimizer=optimizer, schedule=schedule,
         train_loader=train_loader, val_loader=val_loader, logger=logger, runtime=runtime, total_steps=total_steps,
         grad_accum_steps=grad_accum_steps, flops_per_token=flops, peak_flops=peak,
         tokenizer=load_tokenizer_for_samples(config, print_fn), print_fn=print_fn,
-        hellaswag_examples=load_hellaswag_examples(config),
+        hellaswag_examples=load_hellaswag_examples(config), bad_steps=BadStepCounter(config.max_bad_steps),
     )
+    step = resume_step(config)
+    if step is not None:
+        restore_from_checkpoint(trainer, config, step, print_fn)
+    return trainer

@@ -1,12 +1,16 @@
-"""Model checkpoints in a run directory: `model_%08d.pt` written atomically, then its `DONE_%08d` marker.
+"""Checkpoints in a run directory, llm.c's layout: `model_%08d.pt` (weights + config: what sample, eval and convert
+read), `state_%08d_%05d.pt` per rank (optimizer, loader position, LR schedule, RNG: what exact resume needs), and last
+the `DONE_%08d` marker listing every file with its size.
 
-A checkpoint counts only once its DONE marker exists, so a crash mid-write never leaves one that looks complete.
-This holds the model weights and configs (what `sample` and `eval` need); optimizer and loader state for exact
-resume are layered on the same layout.
+Each file is written to a temporary name and renamed, and the marker comes after all of them, so a kill or a full
+disk mid-write leaves no checkpoint that looks complete; a checkpoint whose files are missing or of another size than
+its marker records is never used. Plain `torch.save` of state dicts is enough while every rank holds the whole model
+(single device, DDP); loading uses `weights_only=True`, so no pickled code ever runs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -29,8 +33,19 @@ def done_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / f"DONE_{step:08d}"
 
 
-def save_model_checkpoint(run_dir: str | Path, step: int, model: GPT, metadata: dict | None = None) -> Path:
-    """Write the weights and config for `step`; the DONE marker goes last."""
+def state_path(run_dir: Path, step: int, rank: int = 0) -> Path:
+    return Path(run_dir) / f"state_{step:08d}_{rank:05d}.pt"
+
+
+def _atomic_save(payload: dict, target: Path) -> None:
+    tmp = target.with_name(target.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, target)
+
+
+def save_model_checkpoint(run_dir: str | Path, step: int, model: GPT, metadata: dict | None = None,
+                          training_state: dict | None = None) -> Path:
+    """Write the weights (and, for resume, the training state) for `step`; the DONE marker goes last."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     target = model_path(run_dir, step)
@@ -43,21 +58,65 @@ def save_model_checkpoint(run_dir: str | Path, step: int, model: GPT, metadata: 
         "torch_version": str(torch.__version__),
         "metadata": metadata or {},
     }
-    tmp = target.with_name(target.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, target)
-    done_path(run_dir, step).write_text(f"{target.name}\n")
+    _atomic_save(payload, target)
+    files = [target]
+    if training_state is not None:
+        files.append(state_path(run_dir, step))
+        _atomic_save({"format": "llmpy-state", "step": step, **training_state}, files[-1])
+    marker = {f.name: f.stat().st_size for f in files}
+    done = done_path(run_dir, step)
+    tmp = done.with_name(done.name + ".tmp")
+    tmp.write_text(json.dumps(marker) + "\n")
+    os.replace(tmp, done)
     return target
 
 
-def completed_steps(run_dir: Path) -> list[int]:
-    """Steps in `run_dir` that have a DONE marker and their model file, oldest first."""
+def _marker_files(run_dir: Path, step: int) -> dict[str, int] | None:
+    """The files and sizes a DONE marker vouches for (older markers hold just the model file's name)."""
+    try:
+        text = done_path(run_dir, step).read_text()
+    except OSError:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {text.strip(): -1}
+
+
+def checkpoint_is_complete(run_dir: Path, step: int, with_state: bool = False) -> bool:
+    """The DONE marker exists and every file it lists is there with the recorded size."""
+    files = _marker_files(run_dir, step)
+    if not files or model_path(run_dir, step).name not in files:
+        return False
+    if with_state and state_path(run_dir, step).name not in files:
+        return False
+    for name, size in files.items():
+        path = Path(run_dir) / name
+        if not path.is_file() or (size >= 0 and path.stat().st_size != size):
+            return False
+    return True
+
+
+def completed_steps(run_dir: Path, with_state: bool = False) -> list[int]:
+    """Steps in `run_dir` with a complete checkpoint (and the training state, if asked), oldest first."""
     steps = []
     for entry in Path(run_dir).iterdir():
         match = _DONE_RE.match(entry.name)
-        if match and model_path(run_dir, int(match.group(1))).is_file():
+        if match and checkpoint_is_complete(run_dir, int(match.group(1)), with_state):
             steps.append(int(match.group(1)))
     return sorted(steps)
+
+
+def load_training_state(run_dir: str | Path, step: int) -> dict:
+    """The optimizer / loader / schedule / RNG state saved with `step`."""
+    file = state_path(Path(run_dir), step)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LlmpyError(f"{file}: not a readable llmpy training state ({type(exc).__name__})") from None
+    if state.get("format") != "llmpy-state":
+        raise LlmpyError(f"{file}: not an llmpy training state (missing format marker)")
+    return state
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -66,7 +125,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if path.is_dir():
         steps = completed_steps(path)
         if not steps:
-            raise LlmpyError(f"{path}: no complete checkpoint (model_XXXXXXXX.pt with its DONE_XXXXXXXX marker)")
+            raise LlmpyError(f"{path}: no complete checkpoint (a model_%08d.pt file with its DONE_%08d marker)")
         return model_path(path, steps[-1])
     if not path.is_file():
         raise LlmpyError(f"{path}: no such checkpoint file or run directory")
@@ -104,4 +163,6 @@ def prune_checkpoints(run_dir: str | Path, keep: int, keep_every: int = 0) -> li
     for step in removable:
         done_path(run_dir, step).unlink(missing_ok=True)  # marker first: a half-deleted checkpoint is never "complete"
         model_path(run_dir, step).unlink(missing_ok=True)
+        for state in Path(run_dir).glob(f"state_{step:08d}_*.pt"):
+            state.unlink()
     return removable

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -16,8 +16,10 @@ from llmpy.infer import generate
 from llmpy.metrics.logger import RunLogger
 from llmpy.metrics.mfu import mfu as model_flops_utilization
 from llmpy.model import GPT
-from llmpy.runtime import Runtime
+from llmpy.errors import LlmpyError
+from llmpy.runtime import Runtime, rng_state, set_rng_state
 from llmpy.train.checkpoint import prune_checkpoints, save_model_checkpoint
+from llmpy.train.faults import BadStepCounter, OutlierDetector, Preempted, StopSignal
 from llmpy.train.optim import LRSchedule, apply_learning_rate
 
 
@@ -33,6 +35,7 @@ class StepStats:
     tokens: int
     skipped: bool = False
     data_seconds: float = 0.0  # host time spent producing this step's batches
+    nonfinite: bool = False  # the loss or the gradient norm was NaN/inf
 
 
 @dataclass
@@ -56,6 +59,10 @@ class Trainer:
     print_fn: callable = print
     start_step: int = 0
     hellaswag_examples: list | None = None  # tokenized examples when -h 1
+    loss_outliers: OutlierDetector = field(default_factory=OutlierDetector)
+    norm_outliers: OutlierDetector = field(default_factory=OutlierDetector)
+    bad_steps: BadStepCounter = field(default_factory=lambda: BadStepCounter(5))
+    last_checkpoint: str | None = None
 
     @property
     def tokens_per_step(self) -> int:
@@ -66,6 +73,18 @@ class Trainer:
         cfg = self.config
         summary: dict = {"val_loss": {}, "train_loss": None}
         throughput: list[float] = []
+        with StopSignal() as stop:
+            self._loop(summary, throughput, stop)
+        summary["tokens_per_sec"] = sum(throughput) / len(throughput) if throughput else None
+        if summary["tokens_per_sec"]:
+            self.print_fn(f"mean throughput after the first step: {summary['tokens_per_sec']:,.0f} tok/s")
+        if self.runtime.is_cuda:
+            summary["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.runtime.device) / 2**30
+            self.print_fn(f"peak GPU memory allocated: {summary['peak_memory_gib']:.2f} GiB")
+        return summary
+
+    def _loop(self, summary: dict, throughput: list[float], stop: StopSignal) -> None:
+        cfg = self.config
         for step in range(self.start_step, self.total_steps + 1):
             last_step = step == self.total_steps
             if self.val_loader is not None and cfg.val_every > 0 and (step % cfg.val_every == 0 or last_step):
@@ -77,7 +96,8 @@ class Trainer:
                 self.evaluate_hellaswag(step, summary)
             if cfg.sample_every > 0 and step > 0 and (step % cfg.sample_every == 0 or last_step):
                 self.sample(step)
-            if cfg.output_dir and cfg.checkpoint_every > 0 and step > 0 and step % cfg.checkpoint_every == 0 and not last_step:
+            periodic = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
+            if cfg.output_dir and periodic and step > self.start_step and not last_step:
                 self.save_checkpoint(step)
             if last_step:
                 break
@@ -86,15 +106,13 @@ class Trainer:
                 throughput.append(stats.tokens / stats.seconds)
             self.report(stats)
             summary["train_loss"] = stats.loss
+            self.bad_steps.record(not stats.nonfinite, step, self.last_checkpoint)
+            if stop.requested:  # SIGTERM/SIGINT: this step is done; keep it and leave
+                if cfg.output_dir:
+                    self.save_checkpoint(step + 1)
+                raise Preempted(step + 1)
         if cfg.output_dir:
             self.save_checkpoint(self.total_steps)
-        summary["tokens_per_sec"] = sum(throughput) / len(throughput) if throughput else None
-        if summary["tokens_per_sec"]:
-            self.print_fn(f"mean throughput after the first step: {summary['tokens_per_sec']:,.0f} tok/s")
-        if self.runtime.is_cuda:
-            summary["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.runtime.device) / 2**30
-            self.print_fn(f"peak GPU memory allocated: {summary['peak_memory_gib']:.2f} GiB")
-        return summary
 
     def evaluate_hellaswag(self, step: int, summary: dict) -> None:
         """-h 1: HellaSwag acc_norm, logged as llm.c's `eval` line (the uncompiled model: shapes vary per batch)."""
@@ -104,11 +122,36 @@ class Trainer:
         summary.setdefault("hellaswag", {})[step] = scores["acc_norm"]
         self.print_fn(f"HellaSwag: {scores['acc_norm']:.4f} acc_norm ({scores['examples']} examples)")
 
+    def training_state(self) -> dict:
+        """Everything besides the weights that the next step depends on (resume must continue identically)."""
+        return {
+            "optimizer": self.optimizer.state_dict(), "loader": self.train_loader.state_dict(),
+            "schedule": self.schedule.state_dict(), "rng": rng_state(),
+            "loss_outliers": self.loss_outliers.state_dict(), "norm_outliers": self.norm_outliers.state_dict(),
+            "train_config": self.config.to_dict(), "world_size": self.train_loader.world_size,
+        }
+
+    def restore(self, step: int, state: dict) -> None:
+        """Continue from a checkpoint's training state: the next step is `step`, with exactly the next batch."""
+        if state["world_size"] != self.train_loader.world_size:
+            raise LlmpyError(
+                f"-y 1: the checkpoint at step {step} was written by {state['world_size']} process(es), this run has "
+                f"{self.train_loader.world_size}; resume with the same world size"
+            )
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.train_loader.load_state_dict(state["loader"])
+        self.loss_outliers.load_state_dict(state["loss_outliers"])
+        self.norm_outliers.load_state_dict(state["norm_outliers"])
+        set_rng_state(state["rng"])
+        self.start_step = step
+
     def save_checkpoint(self, step: int) -> None:
-        """Weights + configs for `step`, then rotation (-nk, -nm)."""
+        """Weights, configs and training state for `step`, then rotation (-nk, -nm)."""
         cfg = self.config
-        path = save_model_checkpoint(cfg.output_dir, step, self.raw_model, {"train_config": cfg.to_dict()})
+        path = save_model_checkpoint(cfg.output_dir, step, self.raw_model, {"train_config": cfg.to_dict()},
+                                     training_state=self.training_state())
         prune_checkpoints(cfg.output_dir, cfg.checkpoint_keep, cfg.checkpoint_keep_every)
+        self.last_checkpoint = str(path)
         self.print_fn(f"checkpoint: {path}")
 
     def train_step(self, step: int) -> StepStats:
@@ -133,15 +176,25 @@ class Trainer:
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)  # unclipped norm returned
         grad_norm_value = grad_norm.item()  # one host sync per step, needed for logging anyway
-        skipped = not math.isfinite(grad_norm_value)
+        loss_value = loss_sum.item()
+        nonfinite = not (math.isfinite(grad_norm_value) and math.isfinite(loss_value))
+        skipped = nonfinite or self.is_outlier(loss_value, grad_norm_value)
         if not skipped:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        loss_value = loss_sum.item()
         self.runtime.synchronize()
         data_seconds = self.train_loader.data_seconds - data_seconds_before
         return StepStats(step, loss_value, grad_norm_value, lr, time.perf_counter() - t0, self.tokens_per_step,
-                         skipped, data_seconds)
+                         skipped, data_seconds, nonfinite)
+
+    def is_outlier(self, loss: float, grad_norm: float) -> bool:
+        """llm.c's -sl/-sg: skip an update whose loss or grad-norm z-score over the last 128 steps is too high."""
+        loss_z, norm_z = self.loss_outliers.zscore(loss), self.norm_outliers.zscore(grad_norm)
+        self.loss_outliers.add(loss)
+        self.norm_outliers.add(grad_norm)
+        cfg = self.config
+        return (cfg.skip_loss_zscore > 0 and loss_z > cfg.skip_loss_zscore) or \
+            (cfg.skip_grad_zscore > 0 and norm_z > cfg.skip_grad_zscore)
 
     def report(self, stats: StepStats) -> None:
         """Console line like llm.c's, main.log line, and the full JSONL record."""
@@ -156,7 +209,8 @@ class Trainer:
         self.logger.log_train(stats.step, stats.loss, stats.lr, stats.grad_norm, **extra)
         if self.config.log_every > 0 and (stats.step % self.config.log_every == 0 or stats.step + 1 == self.total_steps):
             mfu_text = f" | {100 * mfu:4.1f}% {self.runtime.precision} MFU" if mfu is not None else ""
-            skip_text = " | SKIPPED (non-finite grad norm)" if stats.skipped else ""
+            skip_text = ("" if not stats.skipped else " | SKIPPED (non-finite loss or grad norm)" if stats.nonfinite
+                         else " | SKIPPED (outlier z-score, -sl/-sg)")
             self.print_fn(
                 f"step {stats.step + 1:5d}/{self.total_steps} | loss {stats.loss:.6f} | norm {stats.grad_norm:.4f} "
                 f"| lr {stats.lr:.2e} | {stats.seconds * 1000:.1f} ms{mfu_text} | {tokens_per_sec:,.0f} tok/s{skip_text}"

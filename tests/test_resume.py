@@ -1,0 +1,169 @@
+"""Exact resume after a real SIGKILL or SIGTERM of a training process; outlier and NaN handling."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from llmpy.cli import main
+from llmpy.config import TrainConfig
+from llmpy.data.shards import write_shard
+from llmpy.errors import LlmpyError
+from llmpy.metrics.logger import parse_main_log
+from llmpy.train.build import build_trainer
+from llmpy.train.checkpoint import completed_steps, load_model
+from llmpy.train.faults import PREEMPTED_EXIT_CODE, OutlierDetector
+
+STEPS = 160
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    write_shard(root / "r_val_000000.bin", rng.integers(0, 50257, 3000))
+    write_shard(root / "r_train_000001.bin", rng.integers(0, 50257, 9000))
+    write_shard(root / "r_train_000002.bin", rng.integers(0, 50257, 7000))
+    return root
+
+
+def train_args(data, run):
+    # shuffled, several epochs (so epochs wrap mid-run), accumulation 2, checkpoints every 10 steps
+    return ["train", "-i", str(data / "r_train_*.bin"), "-j", str(data / "r_val_*.bin"), "-o", str(run),
+            "-e", "d2w64", "-b", "2", "-t", "32", "-d", "128", "-x", str(STEPS), "-n", "10", "-v", "40", "-m", "2",
+            "-s", "0", "-l", "0.001", "-u", "5", "-q", "0.1", "-c", "0.1", "--device", "cpu", "--compile", "0",
+            "-y", "1", "--log-every", "0"]
+
+
+def losses(run):
+    """Last logged loss per step (a resumed run re-logs steps after its checkpoint)."""
+    result = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] in ("train", "val"):
+            result[(record["kind"], record["step"])] = record["loss"]
+    return result
+
+
+def interrupted(data, run, sig):
+    """Start training in a subprocess, stop it with `sig` once the step-20 checkpoint exists; return its exit code."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, "-m", "llmpy", *train_args(data, run)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "DONE_00000020").exists():
+        time.sleep(0.002)
+    process.send_signal(sig)
+    return process.wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    run = tmp_path_factory.mktemp("straight")
+    assert main(train_args(data, run)) == 0
+    return run
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_resumed_run_is_bitwise_identical(data, straight, tmp_path, sig):
+    run = tmp_path / "run"
+    code = interrupted(data, run, sig)
+    done = completed_steps(run, with_state=True)
+    assert STEPS not in done, "the process finished before it was stopped"
+    if sig == signal.SIGTERM:  # finished its step, checkpointed it, and said so with the distinct code
+        assert code == PREEMPTED_EXIT_CODE and done[-1] > 20
+    else:
+        assert code == -signal.SIGKILL
+    assert main(train_args(data, run)) == 0  # the same command again (-y 1)
+    assert losses(run) == losses(straight)  # every train and val loss, to the last bit
+    final, reference = load_model(run)[0].state_dict(), load_model(straight)[0].state_dict()
+    assert all(torch.equal(final[k], reference[k]) for k in reference)
+    # main.log was appended to, not restarted; read llm.c-style (last value per step) it equals the straight run's
+    assert parse_main_log(run / "main.log") == parse_main_log(straight / "main.log")
+    assert (run / "main.log").read_text().count("s:0 trl:") == 1
+
+
+def test_resume_refuses_a_different_model(data, straight, tmp_path, capsys):
+    args = train_args(data, straight)
+    args[args.index("d2w64")] = "d3w64"
+    assert main(args) == 2
+    assert "is a 2-layer, 64-wide model but -e asks for 3 layers" in capsys.readouterr().err
+
+
+def test_outlier_zscore_by_hand():
+    detector = OutlierDetector(window=4)
+    for value in (1.0, 2.0, 3.0, 4.0):
+        assert math.isnan(detector.zscore(value))  # window not full yet
+        detector.add(value)
+    # mean 2.5, population std sqrt(1.25) = 1.1180: z(6) = 3.5 / 1.1180 = 3.1305
+    assert detector.zscore(6.0) == pytest.approx(3.1305, abs=1e-4)
+    detector.add(6.0)  # window is now 2, 3, 4, 6
+    assert detector.zscore(3.75) == pytest.approx(0.0)
+
+
+def test_runs_of_nonfinite_steps_stop_with_the_last_good_checkpoint(data, tmp_path):
+    config = TrainConfig(train_data=str(data / "r_train_*.bin"), model="d2w64", batch_size=2, seq_len=32,
+                         max_steps=10, val_every=0, sample_every=0, log_every=0, device="cpu", compile=0,
+                         max_bad_steps=3, output_dir=str(tmp_path / "run"), checkpoint_every=2)
+    trainer = build_trainer(config, print_fn=lambda *a: None)
+    steps_run = []
+
+    class NanLossFromStep4(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, y, return_logits=True):
+            logits, loss = self.inner(x, y, return_logits=return_logits)
+            return logits, loss * float("nan") if len(steps_run) > 4 else loss
+
+    original_step = trainer.train_step
+
+    def counting_step(step):
+        steps_run.append(step)
+        return original_step(step)
+
+    trainer.model, trainer.train_step = NanLossFromStep4(trainer.model), counting_step
+    with pytest.raises(LlmpyError, match=r"step 6: 3 steps in a row .* the last good checkpoint is .*model_00000006.pt"):
+        trainer.fit()
+    # the skipped steps never touched the weights: the step-6 checkpoint equals the step-4 one
+    four, six = load_model(tmp_path / "run" / "model_00000004.pt")[0], load_model(tmp_path / "run" / "model_00000006.pt")[0]
+    assert all(torch.equal(a, b) for a, b in zip(four.state_dict().values(), six.state_dict().values()))
+
+
+def children_of(pid):
+    """PIDs whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the training process")
+def test_auto_restart_relaunches_after_preemption(data, straight, tmp_path):
+    run = tmp_path / "run"
+    wrapper = subprocess.Popen([sys.executable, "-m", "llmpy", *train_args(data, run), "--auto-restart", "3"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "DONE_00000020").exists():
+        time.sleep(0.002)
+    for child in children_of(wrapper.pid):
+        os.kill(child, signal.SIGTERM)  # preempt the training process, not the wrapper
+    _, stderr = wrapper.communicate(timeout=300)
+    assert wrapper.returncode == 0
+    assert "training exited with code 75; relaunching with -y 1 (1/3)" in stderr
+    assert losses(run) == losses(straight)
