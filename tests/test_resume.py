@@ -133,6 +133,8 @@ def test_runs_of_nonfinite_steps_stop_with_the_last_good_checkpoint(data, tmp_pa
     trainer.model, trainer.train_step = NanLossFromStep4(trainer.model), counting_step
     with pytest.raises(LlmpyError, match=r"step 6: 3 steps in a row .* the last good checkpoint is .*model_00000006.pt"):
         trainer.fit()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r.get("skipped")] == [4, 5, 6]  # each skip is logged
     # the skipped steps never touched the weights: the step-6 checkpoint equals the step-4 one
     four, six = load_model(tmp_path / "run" / "model_00000004.pt")[0], load_model(tmp_path / "run" / "model_00000006.pt")[0]
     assert all(torch.equal(a, b) for a, b in zip(four.state_dict().values(), six.state_dict().values()))
@@ -167,3 +169,47 @@ def test_auto_restart_relaunches_after_preemption(data, straight, tmp_path):
     assert wrapper.returncode == 0
     assert "training exited with code 75; relaunching with -y 1 (1/3)" in stderr
     assert losses(run) == losses(straight)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_with_a_warning(data, straight, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    for name in ("DONE_00000160", "model_00000160.pt", "state_00000160_00000.pt"):
+        (run / name).unlink()  # as if the run had stopped at step 150
+    state = run / "state_00000150_00000.pt"
+    state.write_bytes(state.read_bytes()[:-100])  # a half-written state file for 150
+    corrupt = run / "state_00000140_00000.pt"
+    corrupt.write_bytes(b"\x00" * corrupt.stat().st_size)  # 140: right size, garbage content
+    args = train_args(data, run)
+    args[args.index("-x") + 1] = "160"
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "warning: checkpoint 150" in out and "skipping it" in out
+    assert "warning: skipping checkpoint 140" in out
+    assert "resuming from the checkpoint at step 130" in out
+    assert losses(run) == losses(straight)
+
+
+def test_failed_checkpoint_write_leaves_the_previous_one_usable(data, tmp_path, monkeypatch):
+    config = TrainConfig(train_data=str(data / "r_train_*.bin"), model="d2w64", batch_size=2, seq_len=32,
+                         max_steps=6, val_every=0, sample_every=0, log_every=0, device="cpu", compile=0,
+                         output_dir=str(tmp_path / "run"), checkpoint_every=2)
+    trainer = build_trainer(config, print_fn=lambda *a: None)
+    real_save = torch.save
+
+    def disk_full_at_step_4(payload, path, *args, **kwargs):
+        if "00000004" in str(path) and "state" in str(path):
+            real_save(payload, path, *args, **kwargs)
+            with open(path, "r+b") as handle:
+                handle.truncate(10)
+            raise OSError(28, "No space left on device")
+        return real_save(payload, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_at_step_4)
+    with pytest.raises(OSError):
+        trainer.fit()
+    run = tmp_path / "run"
+    assert completed_steps(run, with_state=True) == [2] and not (run / "DONE_00000004").exists()
+    assert load_model(run)[1]["step"] == 2

@@ -70,27 +70,42 @@ def check_options_available(config: TrainConfig, print_fn) -> None:
         print_fn("note: -r 2 (recompute LayerNorm too) is not available in this version and is ignored")
 
 
-def resume_step(config: TrainConfig) -> int | None:
-    """-y 1: the newest checkpoint in -o with its training state (None: nothing to resume, start fresh like llm.c)."""
+def resume_candidates(config: TrainConfig, print_fn) -> list[int]:
+    """-y 1: complete checkpoints in -o with their training state, newest first; warns about damaged ones."""
     if not (config.resume and config.output_dir and Path(config.output_dir).is_dir()):
-        return None
-    steps = completed_steps(Path(config.output_dir), with_state=True)
-    return steps[-1] if steps else None
+        return []
+    run_dir = Path(config.output_dir)
+    complete = completed_steps(run_dir, with_state=True)
+    for marker in sorted(run_dir.glob("DONE_*")):
+        step = int(marker.name[5:]) if marker.name[5:].isdigit() else None
+        if step is not None and step not in complete:
+            print_fn(f"warning: checkpoint {step} in {run_dir} is incomplete or damaged (a file is missing or has "
+                     "another size than its DONE marker records); skipping it")
+    return complete[::-1]
 
 
-def restore_from_checkpoint(trainer: Trainer, config: TrainConfig, step: int, print_fn) -> None:
-    """Load weights and training state of `step` into a freshly built trainer."""
-    saved, _ = load_model(model_path(Path(config.output_dir), step))
-    if saved.config != trainer.raw_model.config:
-        raise LlmpyError(
-            f"-y 1: the checkpoint at step {step} in {config.output_dir} is a {saved.config.n_layer}-layer, "
-            f"{saved.config.n_embd}-wide model but -e asks for {trainer.raw_model.config.n_layer} layers, "
-            f"{trainer.raw_model.config.n_embd} wide"
-        )
-    trainer.raw_model.load_state_dict(saved.state_dict())
-    trainer.restore(step, load_training_state(config.output_dir, step))
-    trainer.last_checkpoint = str(model_path(Path(config.output_dir), step))
-    print_fn(f"resuming from the checkpoint at step {step} of {trainer.total_steps} in {config.output_dir}")
+def restore_from_checkpoint(trainer: Trainer, config: TrainConfig, candidates: list[int], print_fn) -> None:
+    """Load weights and training state of the newest readable checkpoint into a freshly built trainer."""
+    run_dir = Path(config.output_dir)
+    for step in candidates:
+        try:
+            saved, _ = load_model(model_path(run_dir, step))
+            state = load_training_state(run_dir, step)
+        except LlmpyError as exc:
+            print_fn(f"warning: skipping checkpoint {step}: {exc}")
+            continue
+        if saved.config != trainer.raw_model.config:
+            raise LlmpyError(
+                f"-y 1: the checkpoint at step {step} in {run_dir} is a {saved.config.n_layer}-layer, "
+                f"{saved.config.n_embd}-wide model but -e asks for {trainer.raw_model.config.n_layer} layers, "
+                f"{trainer.raw_model.config.n_embd} wide"
+            )
+        trainer.raw_model.load_state_dict(saved.state_dict())
+        trainer.restore(step, state)
+        trainer.last_checkpoint = str(model_path(run_dir, step))
+        print_fn(f"resuming from the checkpoint at step {step} of {trainer.total_steps} in {run_dir}")
+        return
+    print_fn(f"warning: no readable checkpoint in {run_dir}; starting from step 0")
 
 
 def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=print) -> Trainer:
@@ -151,7 +166,7 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
         tokenizer=load_tokenizer_for_samples(config, print_fn), print_fn=print_fn,
         hellaswag_examples=load_hellaswag_examples(config), bad_steps=BadStepCounter(config.max_bad_steps),
     )
-    step = resume_step(config)
-    if step is not None:
-        restore_from_checkpoint(trainer, config, step, print_fn)
+    candidates = resume_candidates(config, print_fn)
+    if candidates:
+        restore_from_checkpoint(trainer, config, candidates, print_fn)
     return trainer
