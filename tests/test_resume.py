@@ -212,4 +212,5 @@ def test_failed_checkpoint_write_leaves_the_previous_one_usable(data, tmp_path, 
         trainer.fit()
     run = tmp_path / "run"
     assert completed_steps(run, with_state=True) == [2] and not (run / "DONE_00000004").exists()
+    assert not list(run.glob("*.tmp"))
     assert load_model(run)[1]["step"] == 2

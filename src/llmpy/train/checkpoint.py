@@ -39,8 +39,11 @@ def state_path(run_dir: Path, step: int, rank: int = 0) -> Path:
 
 def _atomic_save(payload: dict, target: Path) -> None:
     tmp = target.with_name(target.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, target)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (full disk) leaves no partial file behind
 
 
 def save_model_checkpoint(run_dir: str | Path, step: int, model: GPT, metadata: dict | None = None,

@@ -66,11 +66,10 @@ class Trainer:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.grad_accum_steps * self.train_loader.batch_size * self.train_loader.seq_len * self.train_loader.world_size
+        return self.train_loader.chunk_tokens  # grad_accum * world * B * T: one chunk per optimizer step
 
     def fit(self) -> dict:
         """Train to the end; returns a summary (first/last val loss, last train loss, mean tok/s)."""
-        cfg = self.config
         summary: dict = {"val_loss": {}, "train_loss": None}
         throughput: list[float] = []
         with StopSignal() as stop:
