@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from llmpy.config import GPT2_VOCAB_SIZE, ModelConfig
+from llmpy.atomic import atomic_write_bytes
 from llmpy.errors import LlmpyError
 from llmpy.model import GPT
 
@@ -225,9 +226,7 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def save_hf_model(model: GPT, out_dir: str | Path, bpe_file: Path | None = None) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from llmpy.config import default_cache_dir
 from llmpy.errors import LlmpyError
-from llmpy.tokenizer import atomic_write_bytes, offline, sha256_of
+from llmpy.atomic import atomic_write_bytes, sha256_of
+from llmpy.tokenizer import offline
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 HELLASWAG_VAL_SHA256 = "dc1be2fa1bef56aab8e92a5be597a617e363b09239fa66822939d7fb7a8da4ec"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import json
 import multiprocessing
-import os
 import re
 import sys
 from collections.abc import Iterable, Iterator
@@ -24,7 +23,8 @@ from tqdm import tqdm
 
 from llmpy.data.shards import HEADER_BYTES, read_shard, write_shard
 from llmpy.errors import LlmpyError
-from llmpy.tokenizer import EOT_TOKEN, GPT2Tokenizer, sha256_of
+from llmpy.atomic import atomic_write_bytes, sha256_of
+from llmpy.tokenizer import EOT_TOKEN, GPT2Tokenizer
 
 MANIFEST = "manifest.json"
 
@@ -149,9 +149,7 @@ class ShardedOutput:
             "total_tokens": {split: sum(s["tokens"] for s in self.shards if s["split"] == split)
                              for split in ("val", "train")},
         }
-        tmp = self.out_dir / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-        os.replace(tmp, self.out_dir / MANIFEST)
+        atomic_write_bytes(self.out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
         return manifest
 
 

