@@ -37,8 +37,8 @@ class Runtime:
         return torch.cuda.get_device_name(self.device) if self.is_cuda else "cpu"
 
 
-def select_runtime(device: str = "auto", dtype: str = "auto", tf32: bool = True) -> Runtime:
-    """Resolve --device/--dtype: auto picks CUDA when present, bf16 on CUDA, fp32 on CPU."""
+def select_runtime(device: str = "auto", dtype: str = "auto", tf32: bool = True, local_rank: int = 0) -> Runtime:
+    """Resolve --device/--dtype: auto picks CUDA when present (GPU `local_rank` under torchrun), bf16 on CUDA."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -49,7 +49,7 @@ def select_runtime(device: str = "auto", dtype: str = "auto", tf32: bool = True)
         if not torch.cuda.is_available():
             raise LlmpyError(f"--device {device}: CUDA is not available in this torch build / machine")
         if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
+            dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     if dtype == "auto":
         dtype = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 
 from llmpy.data.loader import TokenLoader
+from llmpy.distributed import Distributed, all_reduce_mean
 from llmpy.runtime import Runtime
 
 
 @torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, loader: TokenLoader, max_steps: int, runtime: Runtime) -> float:
-    """Mean loss over `max_steps` batches (-1 = the whole split), always starting from the split's beginning."""
+def evaluate_loss(model: torch.nn.Module, loader: TokenLoader, max_steps: int, runtime: Runtime,
+                  job: Distributed = Distributed()) -> float:
+    """Mean loss over `max_steps` batches (-1 = the whole split) from the split's start, averaged over ranks."""
     was_training = model.training
     model.eval()
     loader.reset()
@@ -24,4 +26,4 @@ def evaluate_loss(model: torch.nn.Module, loader: TokenLoader, max_steps: int, r
             _, loss = model(x, y, return_logits=False)
         total += loss.float()
     model.train(was_training)
-    return (total / steps).item()
+    return all_reduce_mean(total / steps, job).item()

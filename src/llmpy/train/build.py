@@ -10,6 +10,7 @@ import torch
 
 from llmpy.config import DESCRIPTOR_RE, GPT2_NAMES, ModelConfig, TrainConfig
 from llmpy.data.loader import TokenLoader
+from llmpy.distributed import init_distributed
 from llmpy.errors import LlmpyError
 from llmpy.metrics.logger import RunLogger
 from llmpy.metrics.mfu import peak_flops, training_flops_per_token
@@ -108,18 +109,32 @@ def restore_from_checkpoint(trainer: Trainer, config: TrainConfig, candidates: l
     print_fn(f"warning: no readable checkpoint in {run_dir}; starting from step 0")
 
 
+def _silent(*args, **kwargs) -> None:
+    """print_fn of ranks other than 0."""
+
+
 def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=print) -> Trainer:
     """Construct every component from the config, print the run's header, and return the Trainer."""
-    world_size, rank = 1, 0
+    job = init_distributed(use_cuda=config.device in ("auto", "cuda") and torch.cuda.is_available())
+    world_size, rank = job.world_size, job.rank
+    if not job.is_main:
+        print_fn = _silent  # rank 0 speaks for the job
     config.validate(world_size)
+    if job.enabled and config.zero_stage != 0:
+        raise LlmpyError(f"-z {config.zero_stage}: only -z 0 (DDP) is available with several processes in this version")
     check_options_available(config, print_fn)
-    runtime = runtime or select_runtime(config.device, config.dtype, bool(config.tf32))
+    runtime = runtime or select_runtime(config.device, config.dtype, bool(config.tf32), job.local_rank)
     seed_everything(config.seed)
     grad_accum_steps = config.grad_accum_steps(world_size)
 
     raw_model = build_model(config.model, config.seq_len).to(runtime.device)
     use_compile = config.compile == 1 or (config.compile == -1 and runtime.is_cuda)
-    model = torch.compile(raw_model) if use_compile else raw_model
+    ddp = None
+    if job.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(raw_model, device_ids=[runtime.device.index] if runtime.is_cuda else None)
+    model = torch.compile(ddp or raw_model) if use_compile else (ddp or raw_model)
 
     train_loader = TokenLoader(
         config.train_data, config.batch_size, config.seq_len, rank, world_size,
@@ -139,6 +154,7 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
     num_params = raw_model.num_parameters()
     flops = training_flops_per_token(raw_model.config, config.seq_len, num_params)
     peak = peak_flops(runtime.device_name(), runtime.precision) if runtime.is_cuda else None
+    peak = peak * world_size if peak else None  # tokens/s is the whole job's, so compare with every GPU's peak
 
     header = {
         "device": runtime.device_name(), "precision": runtime.precision, "compile": use_compile,
@@ -154,7 +170,7 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
         f"=> grad accumulation {grad_accum_steps} | {total_steps} steps | "
         f"train {train_loader.tokens_per_epoch:,} tokens/epoch"
     )
-    if config.output_dir:
+    if config.output_dir and job.is_main:
         run_dir = Path(config.output_dir)
         (run_dir / "config.json").write_text(json.dumps({"train": config.to_dict(), **header}, indent=2, default=str))
         logger.log_event(0, "config", **header)
@@ -165,6 +181,7 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
         grad_accum_steps=grad_accum_steps, flops_per_token=flops, peak_flops=peak,
         tokenizer=load_tokenizer_for_samples(config, print_fn), print_fn=print_fn,
         hellaswag_examples=load_hellaswag_examples(config), bad_steps=BadStepCounter(config.max_bad_steps),
+        job=job, ddp=ddp,
     )
     candidates = resume_candidates(config, print_fn)
     if candidates:

@@ -16,9 +16,10 @@ from llmpy.infer import generate
 from llmpy.metrics.logger import RunLogger
 from llmpy.metrics.mfu import mfu as model_flops_utilization
 from llmpy.model import GPT
+from llmpy.distributed import Distributed, all_reduce_mean, barrier
 from llmpy.errors import LlmpyError
 from llmpy.runtime import Runtime, rng_state, set_rng_state
-from llmpy.train.checkpoint import prune_checkpoints, save_model_checkpoint
+from llmpy.train.checkpoint import model_path, prune_checkpoints, save_model_checkpoint
 from llmpy.train.faults import BadStepCounter, OutlierDetector, Preempted, StopSignal
 from llmpy.train.optim import LRSchedule, apply_learning_rate
 
@@ -63,6 +64,8 @@ class Trainer:
     norm_outliers: OutlierDetector = field(default_factory=OutlierDetector)
     bad_steps: BadStepCounter = field(default_factory=lambda: BadStepCounter(5))
     last_checkpoint: str | None = None
+    job: Distributed = field(default_factory=Distributed)
+    ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper when world size > 1
 
     @property
     def tokens_per_step(self) -> int:
@@ -87,13 +90,13 @@ class Trainer:
         for step in range(self.start_step, self.total_steps + 1):
             last_step = step == self.total_steps
             if self.val_loader is not None and cfg.val_every > 0 and (step % cfg.val_every == 0 or last_step):
-                val_loss = evaluate_loss(self.model, self.val_loader, cfg.val_max_steps, self.runtime)
+                val_loss = evaluate_loss(self.model, self.val_loader, cfg.val_max_steps, self.runtime, self.job)
                 self.logger.log_val(step, val_loss)
                 summary["val_loss"][step] = val_loss
                 self.print_fn(f"val loss {val_loss:.4f}")
             if self.hellaswag_examples and cfg.val_every > 0 and (step % cfg.val_every == 0 or last_step):
                 self.evaluate_hellaswag(step, summary)
-            if cfg.sample_every > 0 and step > 0 and (step % cfg.sample_every == 0 or last_step):
+            if cfg.sample_every > 0 and step > 0 and (step % cfg.sample_every == 0 or last_step) and self.job.is_main:
                 self.sample(step)
             periodic = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
             if cfg.output_dir and periodic and step > self.start_step and not last_step:
@@ -106,7 +109,7 @@ class Trainer:
             self.report(stats)
             summary["train_loss"] = stats.loss
             self.bad_steps.record(not stats.nonfinite, step, self.last_checkpoint)
-            if stop.requested:  # SIGTERM/SIGINT: this step is done; keep it and leave
+            if self.stop_requested(stop):  # SIGTERM/SIGINT: this step is done; keep it and leave
                 if cfg.output_dir:
                     self.save_checkpoint(step + 1)
                 raise Preempted(step + 1)
@@ -120,6 +123,11 @@ class Trainer:
         self.logger.log_eval(step, scores["acc_norm"], acc=scores["acc"], examples=scores["examples"])
         summary.setdefault("hellaswag", {})[step] = scores["acc_norm"]
         self.print_fn(f"HellaSwag: {scores['acc_norm']:.4f} acc_norm ({scores['examples']} examples)")
+
+    def stop_requested(self, stop: StopSignal) -> bool:
+        """A signal to any rank stops every rank after the same step."""
+        flag = torch.tensor(float(stop.requested), device=self.runtime.device)
+        return bool(all_reduce_mean(flag, self.job).item() > 0)
 
     def training_state(self) -> dict:
         """Everything besides the weights that the next step depends on (resume must continue identically)."""
@@ -147,9 +155,13 @@ class Trainer:
     def save_checkpoint(self, step: int) -> None:
         """Weights, configs and training state for `step`, then rotation (-nk, -nm)."""
         cfg = self.config
-        path = save_model_checkpoint(cfg.output_dir, step, self.raw_model, {"train_config": cfg.to_dict()},
-                                     training_state=self.training_state())
-        prune_checkpoints(cfg.output_dir, cfg.checkpoint_keep, cfg.checkpoint_keep_every)
+        # DDP ranks hold identical weights, optimizer and loader position (only their rank differs): rank 0 writes
+        path = model_path(cfg.output_dir, step)
+        if self.job.is_main:
+            save_model_checkpoint(cfg.output_dir, step, self.raw_model, {"train_config": cfg.to_dict()},
+                                  training_state=self.training_state())
+            prune_checkpoints(cfg.output_dir, cfg.checkpoint_keep, cfg.checkpoint_keep_every)
+        barrier(self.job)  # no rank moves on (or exits) before the checkpoint is complete
         self.last_checkpoint = str(path)
         self.print_fn(f"checkpoint: {path}")
 
@@ -163,7 +175,9 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.runtime.device)
         if self.config.overfit_batch:
             self.train_loader.reset()  # -a 1: the same first batch every step
-        for _ in range(self.grad_accum_steps):
+        for micro_step in range(self.grad_accum_steps):
+            if self.ddp is not None:  # all-reduce gradients only after the last micro-batch (DDP's no_sync)
+                self.ddp.require_backward_grad_sync = micro_step == self.grad_accum_steps - 1
             x, y = self.train_loader.next_batch()
             x = x.to(self.runtime.device, non_blocking=True)
             y = y.to(self.runtime.device, non_blocking=True)
@@ -175,7 +189,7 @@ class Trainer:
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)  # unclipped norm returned
         grad_norm_value = grad_norm.item()  # one host sync per step, needed for logging anyway
-        loss_value = loss_sum.item()
+        loss_value = all_reduce_mean(loss_sum, self.job).item()  # the loss of the whole -d batch, all ranks
         nonfinite = not (math.isfinite(grad_norm_value) and math.isfinite(loss_value))
         skipped = nonfinite or self.is_outlier(loss_value, grad_norm_value)
         if not skipped:
