@@ -126,6 +126,8 @@ class Trainer:
 
     def stop_requested(self, stop: StopSignal) -> bool:
         """A signal to any rank stops every rank after the same step."""
+        if not self.job.enabled:
+            return stop.requested  # one process: no collective, no extra host sync in the loop
         flag = torch.tensor(float(stop.requested), device=self.runtime.device)
         return bool(all_reduce_mean(flag, self.job).item() > 0)
 
