@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from llmpy.config import default_cache_dir
+from llmpy.data.textfiles import iter_json_records
 from llmpy.errors import LlmpyError
 from llmpy.atomic import atomic_write_bytes, sha256_of
 from llmpy.tokenizer import offline
@@ -23,18 +24,11 @@ FIELDS = ("ctx", "endings", "label")
 def check_hellaswag_file(path: Path) -> int:
     """Number of examples in a HellaSwag jsonl, after checking every line has ctx, 4 endings and a label 0-3."""
     count = 0
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                example = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LlmpyError(f"{path}:{line_number}: not valid JSON ({exc.msg})") from None
-            if not all(key in example for key in FIELDS) or len(example["endings"]) != 4 \
-                    or example["label"] not in (0, 1, 2, 3):
-                raise LlmpyError(f"{path}:{line_number}: not a HellaSwag example (needs ctx, 4 endings, label 0-3)")
-            count += 1
+    for line_number, example in iter_json_records(Path(path)):
+        if not isinstance(example, dict) or not all(key in example for key in FIELDS) \
+                or len(example["endings"]) != 4 or example["label"] not in (0, 1, 2, 3):
+            raise LlmpyError(f"{path}:{line_number}: not a HellaSwag example (needs ctx, 4 endings, label 0-3)")
+        count += 1
     if count == 0:
         raise LlmpyError(f"{path}: no examples")
     return count

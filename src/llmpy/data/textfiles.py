@@ -10,7 +10,8 @@ from pathlib import Path
 from llmpy.errors import LlmpyError
 
 
-def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
+def iter_json_records(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) for each non-blank line of a .jsonl / .jsonl.gz file; errors name file:line."""
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8") as handle:
@@ -18,14 +19,18 @@ def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    yield line_number, json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise LlmpyError(f"{path}:{line_number}: not valid JSON ({exc.msg})") from None
-                if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                    raise LlmpyError(f"{path}:{line_number}: no string field {field!r}")
-                yield record[field]
     except (OSError, EOFError, UnicodeDecodeError) as exc:  # e.g. a truncated .gz
         raise LlmpyError(f"{path}: cannot read ({exc})") from None
+
+
+def _jsonl_documents(path: Path, field: str) -> Iterator[str]:
+    for line_number, record in iter_json_records(path):
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise LlmpyError(f"{path}:{line_number}: no string field {field!r}")
+        yield record[field]
 
 
 def _parquet_documents(path: Path, field: str) -> Iterator[str]:
