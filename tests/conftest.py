@@ -4,6 +4,8 @@ through llmpy's own offline resolution (env var / cache). Nothing is ever downlo
 import os
 from pathlib import Path
 
+import numpy as np
+
 import pytest
 
 from llmpy.errors import LlmpyError
@@ -61,3 +63,13 @@ def bpe_env(bpe_file, monkeypatch, tmp_path):
     monkeypatch.setenv("LLMPY_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("LLMPY_OFFLINE", "1")
     return bpe_file
+
+
+def write_random_shards(root: Path, prefix: str, sizes: dict[str, int], seed: int) -> Path:
+    """Shards of random GPT-2 token ids ({file suffix: token count}), written with llmpy's shard writer."""
+    from llmpy.data.shards import write_shard
+
+    rng = np.random.default_rng(seed)
+    for suffix, count in sizes.items():
+        write_shard(root / f"{prefix}_{suffix}.bin", rng.integers(0, 50257, count))
+    return root

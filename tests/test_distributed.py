@@ -6,11 +6,10 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
-from llmpy.data.shards import write_shard
+from conftest import write_random_shards
 from llmpy.train.checkpoint import completed_steps, load_model
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
@@ -18,11 +17,8 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(1)
-    write_shard(root / "d_val_000000.bin", rng.integers(0, 50257, 3000))
-    write_shard(root / "d_train_000001.bin", rng.integers(0, 50257, 12000))
-    return root
+    return write_random_shards(tmp_path_factory.mktemp("data"), "d",
+                               {"val_000000": 3000, "train_000001": 12000}, seed=1)
 
 
 def args(data, run, steps=8, val_batches=2):

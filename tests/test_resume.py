@@ -8,13 +8,12 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
 from llmpy.cli import main
 from llmpy.config import TrainConfig
-from llmpy.data.shards import write_shard
+from conftest import write_random_shards
 from llmpy.errors import LlmpyError
 from llmpy.metrics.logger import parse_main_log
 from llmpy.train.build import build_trainer
@@ -26,12 +25,8 @@ STEPS = 160
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    write_shard(root / "r_val_000000.bin", rng.integers(0, 50257, 3000))
-    write_shard(root / "r_train_000001.bin", rng.integers(0, 50257, 9000))
-    write_shard(root / "r_train_000002.bin", rng.integers(0, 50257, 7000))
-    return root
+    return write_random_shards(tmp_path_factory.mktemp("data"), "r",
+                               {"val_000000": 3000, "train_000001": 9000, "train_000002": 7000}, seed=0)
 
 
 def train_args(data, run):

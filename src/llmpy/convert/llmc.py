@@ -101,14 +101,20 @@ def _decode(raw: bytes, dtype: str) -> np.ndarray:
     return bits.view(np.float32)
 
 
-def read_llmc_model(path: str | Path) -> GPT:
-    """An llm.c model .bin (fp32 or bf16) -> an fp32 llmpy GPT."""
-    path = Path(path)
+def _read_llmc_file(path: Path, kind: str) -> bytes:
+    """The bytes of an llm.c file, checked to exist and to hold at least the 256-int header."""
     if not path.is_file():
-        raise LlmpyError(f"{path}: no such llm.c model file")
+        raise LlmpyError(f"{path}: no such llm.c {kind} file")
     data = path.read_bytes()
     if len(data) < HEADER_BYTES:
         raise LlmpyError(f"{path}: {len(data)} bytes is shorter than the {HEADER_BYTES}-byte llm.c header")
+    return data
+
+
+def read_llmc_model(path: str | Path) -> GPT:
+    """An llm.c model .bin (fp32 or bf16) -> an fp32 llmpy GPT."""
+    path = Path(path)
+    data = _read_llmc_file(path, "model")
     header = np.frombuffer(data[:HEADER_BYTES], dtype="<i4")
     config, dtype = _config_from_header(header, path)
     expected = HEADER_BYTES + _num_params(config) * BYTES_PER_PARAM[dtype]
@@ -192,11 +198,7 @@ def write_llmc_tokenizer(path: str | Path, bpe_file: Path) -> None:
 def read_llmc_tokenizer(path: str | Path) -> list[bytes]:
     """llm.c's `gpt2_tokenizer.bin` (version 1 or 2) -> the token bytes, indexed by id."""
     path = Path(path)
-    if not path.is_file():
-        raise LlmpyError(f"{path}: no such llm.c tokenizer file")
-    data = path.read_bytes()
-    if len(data) < HEADER_BYTES:
-        raise LlmpyError(f"{path}: {len(data)} bytes is shorter than the {HEADER_BYTES}-byte llm.c header")
+    data = _read_llmc_file(path, "tokenizer")
     header = np.frombuffer(data[:HEADER_BYTES], dtype="<u4")
     if int(header[0]) != TOKENIZER_MAGIC:
         raise LlmpyError(f"{path}: bad magic {int(header[0])}, expected {TOKENIZER_MAGIC} (not an llm.c tokenizer)")
