@@ -1,5 +1,6 @@
 """Real torchrun launches on the CPU (gloo): 2 ranks with accumulation 1 do the same math as 1 rank with
-accumulation 2; a 2-rank run checkpoints and resumes."""
+accumulation 2 for DDP (-z 0), ZeRO-1 (-z 1) and FSDP2 (-z 3), including val loss and HellaSwag split over the ranks;
+2-rank runs checkpoint and resume, also with another world size and -z; misuse fails with one clear line."""
 
 import json
 import os
@@ -14,25 +15,40 @@ from llmpy.train.checkpoint import completed_steps, load_model
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 
+# 7 examples: an odd count, so 2 ranks get 4 and 3 (FSDP ranks must still run the same number of forward passes)
+HELLASWAG = [
+    {"ctx": "The man picks up the ball and", "endings": ["throws it.", "eats it.", "sings.", "sleeps."], "label": 0},
+    {"ctx": "She opens the book and", "endings": ["reads.", "flies.", "melts.", "barks loudly."], "label": 0},
+    {"ctx": "A dog runs to the", "endings": ["park.", "moon quickly.", "equation.", "blue."], "label": 0},
+    {"ctx": "He turns on the", "endings": ["cat.", "light.", "river.", "seven."], "label": 1},
+    {"ctx": "The chef cuts the", "endings": ["sky.", "song.", "onions on the board.", "idea."], "label": 2},
+    {"ctx": "They drive the car to", "endings": ["blue.", "the.", "and.", "the store."], "label": 3},
+    {"ctx": "The kids play in the", "endings": ["yard.", "of.", "thus.", "seventeen."], "label": 0},
+]
+
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_random_shards(tmp_path_factory.mktemp("data"), "d",
-                               {"val_000000": 3000, "train_000001": 12000}, seed=1)
+def data(tmp_path_factory, bpe_file):
+    root = tmp_path_factory.mktemp("data")
+    (root / "hellaswag.jsonl").write_text("".join(json.dumps(item) + "\n" for item in HELLASWAG))
+    return write_random_shards(root, "d", {"val_000000": 3000, "train_000001": 12000}, seed=1)
 
 
-def args(data, run, steps=8, val_batches=2):
+def args(data, run, steps=8, val_batches=2, zero=0):
     return ["train", "-i", str(data / "d_train_*.bin"), "-j", str(data / "d_val_*.bin"), "-o", str(run),
-            "-e", "d2w64", "-b", "2", "-t", "32", "-d", "128", "-x", str(steps), "-n", "4", "-v", "4", "-m", str(val_batches),
-            "-s", "0", "-l", "0.001", "--device", "cpu", "--compile", "0", "-y", "1", "--log-every", "0"]
+            "-e", "d2w64", "-b", "2", "-t", "32", "-d", "128", "-x", str(steps), "-n", "4", "-v", "4",
+            "-m", str(val_batches), "-s", "0", "-l", "0.001", "--device", "cpu", "--compile", "0", "-y", "1",
+            "--log-every", "0", "-z", str(zero), "-h", "1", "--hellaswag-file", str(data / "hellaswag.jsonl")]
 
 
-def launch(nproc, arguments):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def launch(nproc, arguments, bpe_file, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", LLMPY_GPT2_BPE=str(bpe_file), LLMPY_OFFLINE="1",
+               LLMPY_DIST_TIMEOUT="120")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "llmpy", *arguments]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
@@ -45,22 +61,59 @@ def records(run, kind):
     return out
 
 
-def test_two_ranks_match_one_rank_with_accumulation_and_resume(data, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    launch(1, args(data, one))  # -d 128 = 2*32*2: accumulation 2
-    # accumulation 1 per rank, stopped at step 4, then resumed (-y 1) to step 8; -m counts batches per rank (llm.c),
-    # so 1 val batch on each of 2 ranks covers the same 128 tokens as 2 batches on 1 rank
-    launch(2, args(data, two, steps=4, val_batches=1))
-    launch(2, args(data, two, val_batches=1))
+@pytest.fixture(scope="module")
+def one_rank(data, bpe_file, tmp_path_factory):
+    """The reference: 1 rank, -d 128 = 2*32*2, so accumulation 2."""
+    run = tmp_path_factory.mktemp("one") / "run"
+    launch(1, args(data, run), bpe_file)
+    return run
+
+
+def assert_same_run(two, one, weight_atol=1e-6, norm_rel=1e-5):
     train_one, train_two = records(one, "train"), records(two, "train")
     assert sorted(train_two) == list(range(8))
     for step in range(8):
         assert train_two[step]["loss"] == pytest.approx(train_one[step]["loss"], abs=1e-6)
-        assert train_two[step]["grad_norm"] == pytest.approx(train_one[step]["grad_norm"], rel=1e-5)
+        assert train_two[step]["grad_norm"] == pytest.approx(train_one[step]["grad_norm"], rel=norm_rel)
     for step, record in records(one, "val").items():
         assert records(two, "val")[step]["loss"] == pytest.approx(record["loss"], abs=1e-6)
+    for step, record in records(one, "eval").items():  # HellaSwag: all 7 examples counted once over the ranks
+        assert records(two, "eval")[step]["examples"] == 7
+        assert (records(two, "eval")[step]["accuracy"], records(two, "eval")[step]["acc"]) == (record["accuracy"], record["acc"])
     final_one, final_two = load_model(one)[0].state_dict(), load_model(two)[0].state_dict()
     for key in final_one:
-        torch.testing.assert_close(final_two[key], final_one[key], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(final_two[key], final_one[key], atol=weight_atol, rtol=1e-5)
     assert completed_steps(two, with_state=True)[-1] == 8
     assert (two / "main.log").read_text().count("s:0 trl:") == 1  # only rank 0 writes the log
+
+
+@pytest.mark.parametrize("zero", [0, 1, 3])
+def test_two_ranks_match_one_rank_with_accumulation_and_resume(data, bpe_file, one_rank, tmp_path, zero):
+    # accumulation 1 per rank, stopped at step 4, then resumed (-y 1) to step 8; -m counts batches per rank (llm.c),
+    # so 1 val batch on each of 2 ranks covers the same 128 tokens as 2 batches on 1 rank
+    two = tmp_path / "two"
+    launch(2, args(data, two, steps=4, val_batches=1, zero=zero), bpe_file)
+    if zero == 3:  # resharding: the 2-rank FSDP checkpoint resumes on 1 rank (plain), which must not change the math
+        result = launch(1, args(data, two, val_batches=2), bpe_file)
+        assert "written by 2 process(es), now 1" in result.stdout
+        # the remaining val records came from 1 rank with 2 batches: the same tokens
+    else:
+        launch(2, args(data, two, val_batches=1, zero=zero), bpe_file)
+    # FSDP computes on parameters gathered into flat buffers, so CPU kernels round differently in the last bit (grad
+    # norm 2e-7 apart at step 0). AdamW turns such noise into lr-sized steps where the true gradient is zero (the
+    # attention key bias: softmax ignores it), so after 8 steps those weights sit ~5e-6 apart; losses stay within 1e-6.
+    assert_same_run(two, one_rank, **({} if zero == 0 else {"weight_atol": 2e-5, "norm_rel": 1e-4}))
+
+
+def test_ranks_with_different_flags_fail_clearly(data, bpe_file, tmp_path):
+    # torchrun passes every rank the same argv, so make rank 1 differ through the config file it reads
+    script = ("import os, sys\nfrom llmpy.cli import main\n"
+              "sys.exit(main(sys.argv[1:] + (['-l', '0.002'] if os.environ['RANK'] == '1' else [])))\n")
+    (tmp_path / "entry.py").write_text(script)
+    env = dict(os.environ, OMP_NUM_THREADS="1", LLMPY_GPT2_BPE=str(bpe_file), LLMPY_OFFLINE="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(tmp_path / "entry.py"), *args(data, tmp_path / "run", steps=2)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "rank 1 was started with another training configuration than rank 0 (differs in: learning_rate)" in \
+        result.stderr

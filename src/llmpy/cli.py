@@ -38,7 +38,8 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
     ("-nm", "--checkpoint-keep-every", "checkpoint_keep_every", int, "never delete checkpoints at multiples of M"),
     ("-y", "--resume", "resume", int, "1 = continue the run in -o (append to its logs)"),
     ("-z", "--zero-stage", "zero_stage", int, "data-parallel sharding: 0 DDP, 1 ZeRO-1, 3 FSDP"),
-    ("-r", "--recompute", "recompute", int, "activation recompute level (llm.c: 0 none, 1 GELU, 2 GELU+LayerNorm)"),
+    ("-r", "--recompute", "recompute", int,
+     "activation recompute: 0 none, 1 GELU, 2 GELU+LayerNorm (llm.c's levels), 3 whole blocks (least memory)"),
     ("-sl", "--skip-loss-zscore", "skip_loss_zscore", float, "skip updates whose loss z-score exceeds this (0 = off)"),
     ("-sg", "--skip-grad-zscore", "skip_grad_zscore", float, "skip updates whose grad-norm z-score exceeds this (0 = off)"),
     ("-a", "--overfit-batch", "overfit_batch", int, "1 = train on the first batch only (debugging)"),
@@ -51,6 +52,11 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
     (None, "--device", "device", str, "auto | cpu | cuda | cuda:N"),
     (None, "--dtype", "dtype", str, "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32"),
     (None, "--compile", "compile", int, "torch.compile the model (-1 = on CUDA only, 0 off, 1 on)"),
+    (None, "--tensorboard", "tensorboard", str, "also log every metric to TensorBoard event files in this directory"),
+    (None, "--wandb", "wandb", str, "also log every metric to Weights & Biases project W (WANDB_MODE=offline works)"),
+    (None, "--attention", "attention", str, "attention kernel preference: auto | flash | cudnn | efficient | math"),
+    (None, "--auto-batch", "auto_batch", int,
+     "1: on CUDA, halve -b until a step fits in memory, keeping -d by more accumulation (0: fail on OOM)"),
     (None, "--log-every", "log_every", int, "print a console line every N steps (main.log gets every step)"),
     (None, "--sample-prompt", "sample_prompt", str, "prompt for samples during training ('' = <|endoftext|>)"),
     (None, "--sample-top-k", "sample_top_k", int, "top-k for samples during training (0 = full distribution)"),
@@ -251,6 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmpy", description="Reproduce GPT-2 from scratch, the llm.c way, in PyTorch.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from llmpy import bench, plan, plot
+
+    for module, name, help_text in (
+        (bench, "bench", "time the real training step on random tokens (tok/s, MFU, memory, --profile)"),
+        (plot, "plot", "plot runs (main.log / metrics.jsonl): loss, HellaSwag, LR, grad norm, tok/s, MFU"),
+        (plan, "plan", "estimate the time and cost of a run before paying for it"),
+    ):
+        command = sub.add_parser(name, help=help_text)
+        module.add_arguments(command)
+        command.set_defaults(func=module.run)
 
     quick = sub.add_parser("quickstart", help="prepare tiny Shakespeare, train a small GPT-2, sample from it")
     quick.add_argument("--out", default="runs/quickstart", help="run directory (default: runs/quickstart)")

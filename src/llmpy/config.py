@@ -124,6 +124,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | bf16 | fp32
     compile: int = -1  # -1 = on for CUDA, off elsewhere
+    tensorboard: str = ""  # TensorBoard log directory ("" = off)
+    wandb: str = ""  # Weights & Biases project ("" = off)
+    attention: str = "auto"  # SDPA kernel preference: auto | flash | cudnn | efficient | math
+    auto_batch: int = 1  # on CUDA: halve -b (more accumulation, same -d) until a step fits in memory
     log_every: int = 1
     sample_prompt: str = ""  # "" = start sampling from <|endoftext|>
     sample_top_k: int = 40
@@ -149,8 +153,10 @@ class TrainConfig:
         need(self.max_steps == -1 or self.max_steps > 0, f"-x/--max-steps must be -1 (one epoch) or > 0, got {self.max_steps}")
         need(self.val_max_steps == -1 or self.val_max_steps > 0, f"-m/--val-max-steps must be -1 or > 0, got {self.val_max_steps}")
         need(self.dtype in ("auto", "bf16", "fp32"), f"--dtype must be auto, bf16 or fp32, got {self.dtype!r}")
-        need(self.recompute in (0, 1, 2), f"-r/--recompute must be 0, 1 or 2, got {self.recompute}")
-        need(self.zero_stage in (0, 1, 2, 3), f"-z/--zero-stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        need(self.recompute in (0, 1, 2, 3), f"-r/--recompute must be 0 (none), 1 (GELU), 2 (GELU+LayerNorm) or 3 "
+             f"(whole blocks), got {self.recompute}")
+        need(self.zero_stage in (0, 1, 3), f"-z/--zero-stage must be 0 (DDP), 1 (sharded optimizer state) or 3 "
+             f"(FSDP full sharding), got {self.zero_stage}")
         self.grad_accum_steps(world_size)  # raises on a -d that does not divide
 
     def tokens_per_micro_step(self, world_size: int = 1) -> int:

@@ -7,13 +7,39 @@ choice, so the head's matmul tiles evenly); the padded rows are zero and their l
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from llmpy.config import ModelConfig
+
+# activation recompute (-r), llm.c's levels plus whole blocks: what the backward pass recomputes instead of storing
+RECOMPUTE_LEVELS = {0: "nothing", 1: "GELU", 2: "GELU and LayerNorm", 3: "whole blocks"}
+_aten = torch.ops.aten
+# the cheap ops each selective level recomputes; every other result (matmuls, attention) is kept as usual.
+# Dtype casts are recomputed too: under autocast they are the bf16 copies feeding the matmuls.
+_RECOMPUTED_OPS = {
+    1: {_aten.gelu.default},
+    2: {_aten.gelu.default, _aten.native_layer_norm.default, _aten._to_copy.default},
+}
+
+
+def _policy(level: int, ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.PREFER_RECOMPUTE if op in _RECOMPUTED_OPS[level] else CheckpointPolicy.MUST_SAVE
+
+
+def _recomputed(fn, x: torch.Tensor, level: int) -> torch.Tensor:
+    """fn(x), keeping for the backward pass only what recompute `level` keeps."""
+    if level == 0 or not torch.is_grad_enabled():
+        return fn(x)
+    if level >= 3:
+        return checkpoint(fn, x, use_reentrant=False)
+    context = functools.partial(create_selective_checkpoint_contexts, functools.partial(_policy, level))
+    return checkpoint(fn, x, use_reentrant=False, context_fn=context)
 
 
 class CausalSelfAttention(nn.Module):
@@ -53,7 +79,7 @@ class MLP(nn.Module):
         self.c_proj.residual_projection = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # (B, T, 4C) inside
 
 
 class Block(nn.Module):
@@ -65,8 +91,14 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
+        self.recompute = 0  # -r level, see RECOMPUTE_LEVELS (training memory only; the math is the same)
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+        if cache is not None:  # inference
+            return self._forward(x, cache)
+        return _recomputed(self._forward, x, self.recompute)
+
+    def _forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
@@ -104,6 +136,13 @@ class GPT(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         self.transformer.wte.weight[self.config.vocab_size:].zero_()  # padded rows: never a real token
+
+    def set_recompute(self, level: int) -> None:
+        """-r: 0 keep every activation, 1 recompute GELU, 2 GELU and LayerNorm, 3 whole blocks (least memory)."""
+        if level not in RECOMPUTE_LEVELS:
+            raise ValueError(f"recompute level must be one of {sorted(RECOMPUTE_LEVELS)}, got {level}")
+        for block in self.transformer.h:
+            block.recompute = level
 
     def num_parameters(self) -> int:
         """Parameter count as llm.c prints it: padded wte and wpe included, the tied head counted once."""

@@ -18,16 +18,27 @@ class Runtime:
 
     device: torch.device
     precision: str  # "bf16" (autocast, fp32 master weights) or "fp32"
+    attention: str = "auto"  # SDPA backend preference: auto | flash | cudnn | efficient | math
 
     @property
     def is_cuda(self) -> bool:
         return self.device.type == "cuda"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast for the forward pass; a no-op in fp32."""
+        """The forward pass's context: bf16 autocast (a no-op in fp32) and the preferred attention kernel."""
+        stack = contextlib.ExitStack()
         if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+            stack.enter_context(torch.autocast(device_type=self.device.type, dtype=torch.bfloat16))
+        if self.attention != "auto":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            first = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+                     "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[self.attention]
+            # the chosen kernel first; the others stay as fallbacks for shapes it cannot take (e.g. KV-cache decode)
+            order = [first] + [b for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                                           SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH) if b != first]
+            stack.enter_context(sdpa_kernel(order, set_priority=True))
+        return stack
 
     def synchronize(self) -> None:
         if self.is_cuda:
@@ -37,8 +48,14 @@ class Runtime:
         return torch.cuda.get_device_name(self.device) if self.is_cuda else "cpu"
 
 
-def select_runtime(device: str = "auto", dtype: str = "auto", tf32: bool = True, local_rank: int = 0) -> Runtime:
+ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+
+
+def select_runtime(device: str = "auto", dtype: str = "auto", tf32: bool = True, local_rank: int = 0,
+                   attention: str = "auto") -> Runtime:
     """Resolve --device/--dtype: auto picks CUDA when present (GPU `local_rank` under torchrun), bf16 on CUDA."""
+    if attention not in ATTENTION_BACKENDS:
+        raise LlmpyError(f"--attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {attention!r}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -59,7 +76,7 @@ def select_runtime(device: str = "auto", dtype: str = "auto", tf32: bool = True,
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.set_float32_matmul_precision("high" if tf32 else "highest")
-    return Runtime(device=dev, precision=dtype)
+    return Runtime(device=dev, precision=dtype, attention=attention)
 
 
 def seed_everything(seed: int) -> None:

@@ -87,17 +87,24 @@ def score_batch(model: torch.nn.Module, examples: list[Example], device: torch.d
 
 def evaluate_hellaswag(
     model: torch.nn.Module, examples: list[Example], device: torch.device, autocast, *, batch_examples: int = 32,
-    rank: int = 0, world_size: int = 1, progress: bool = False,
+    rank: int = 0, world_size: int = 1, progress: bool = False, lockstep: bool = False,
 ) -> dict:
-    """Accuracy over `examples` (rank r scores every world_size-th one; counts are summed across ranks)."""
+    """Accuracy over `examples` (rank r scores every world_size-th one; counts are summed across ranks).
+    `lockstep`: every rank runs the same number of forward passes (FSDP's gathers are collectives); a rank whose share
+    is used up scores a repeat of an example and discards it."""
     was_training = model.training
     model.eval()
     mine = examples[rank::world_size]
     counts = torch.zeros(3, dtype=torch.long, device=device)  # examples, correct (sum), correct (mean)
-    batches = range(0, len(mine), batch_examples)
+    most = -(-len(examples) // world_size)  # rank 0's share, the largest
+    batches = range(0, most if lockstep else len(mine), batch_examples)
     for start in tqdm(batches, desc="hellaswag", unit="batch", disable=not progress or not sys.stderr.isatty(),
                       leave=False):
-        counts += score_batch(model, mine[start: start + batch_examples], device, autocast)
+        batch = mine[start: start + batch_examples]
+        if batch:
+            counts += score_batch(model, batch, device, autocast)
+        else:
+            score_batch(model, examples[:1], device, autocast)  # keeps this rank in step with the others
     if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(counts)
     model.train(was_training)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llmpy.errors import LlmpyError
+from llmpy.metrics.sinks import MetricSink, build_sinks
 
 # main.log keys as llm.c writes them; values use C's %f (6 decimals). llm.c itself prints trl/tel/eval with %.4f,
 # lr with %.6f and norm with %.2f; its parsers only split on ':' and call float(), so they read both.
@@ -53,15 +54,22 @@ def _ends_mid_line(path: Path) -> bool:
 class RunLogger:
     """Writes main.log and metrics.jsonl into a run directory; every method is a no-op when disabled (non-zero ranks)."""
 
-    def __init__(self, out_dir: str | Path | None, *, enabled: bool = True, resume: bool = False) -> None:
+    def __init__(self, out_dir: str | Path | None, *, enabled: bool = True, resume: bool = False,
+                 tensorboard_dir: str | Path | None = None, wandb_project: str | None = None,
+                 run_config: dict | None = None) -> None:
+        """`tensorboard_dir` / `wandb_project` (off by default) also send every record to TensorBoard / W&B."""
         self.active = bool(out_dir) and enabled
         self._main: TextIO | None = None
         self._jsonl: TextIO | None = None
+        self._sinks: list[MetricSink] = []
         if self.active:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
             self._main = _open_log(out / "main.log", resume)
             self._jsonl = _open_log(out / "metrics.jsonl", resume)
+        if enabled:  # live monitoring works with or without a run directory, but only on the logging rank
+            self._sinks = build_sinks(tensorboard_dir=tensorboard_dir, wandb_project=wandb_project,
+                                      run_config=run_config, run_dir=out_dir)
 
     def log_train(self, step: int, loss: float, lr: float, grad_norm: float, **extra: Any) -> None:
         """One optimizer step: main.log line plus a JSONL record with `extra` (tokens_per_sec, mfu, step_ms, ...)."""
@@ -92,13 +100,20 @@ class RunLogger:
             record = _json_value({"step": step, "kind": kind, "time": time.time(), **fields})
             self._jsonl.write(json.dumps(record, allow_nan=False, default=str) + "\n")
             self._jsonl.flush()
+        if self._sinks:
+            values = _json_value(fields)  # NaN/inf become None, which sinks leave out
+            for sink in self._sinks:
+                sink.log(step, kind, values)
 
     def close(self) -> None:
-        """Close both files; later calls are no-ops."""
+        """Close both files and the monitoring sinks; later calls are no-ops."""
         for handle in (self._main, self._jsonl):
             if handle is not None:
                 handle.close()
         self._main = self._jsonl = None
+        for sink in self._sinks:
+            sink.close()
+        self._sinks = []
         self.active = False
 
     def __enter__(self) -> "RunLogger":
@@ -127,6 +142,11 @@ def parse_main_log(path: str | Path) -> dict[str, dict[int, float]]:
             # a restarted run re-logs the steps after its checkpoint: the later line wins
             series.setdefault(key, {})[step] = value
     return series
+
+
+def parse_main_log_line(line: str) -> tuple[int, dict[str, float]] | None:
+    """(step, {key: value}) from one main.log line, or None for a blank or garbled one."""
+    return _parse_line(line)
 
 
 def _parse_line(line: str) -> tuple[int, dict[str, float]] | None:

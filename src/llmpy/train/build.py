@@ -10,7 +10,7 @@ import torch
 
 from llmpy.config import DESCRIPTOR_RE, GPT2_NAMES, ModelConfig, TrainConfig
 from llmpy.data.loader import TokenLoader
-from llmpy.distributed import init_distributed
+from llmpy.distributed import all_reduce_mean, broadcast_object, check_same_everywhere, init_distributed
 from llmpy.errors import LlmpyError
 from llmpy.metrics.logger import RunLogger
 from llmpy.metrics.mfu import peak_flops, training_flops_per_token
@@ -19,6 +19,8 @@ from llmpy.runtime import Runtime, seed_everything, select_runtime
 from llmpy.train.checkpoint import completed_steps, load_model, load_training_state, model_path
 from llmpy.train.optim import LRSchedule, build_optimizer
 from llmpy.train.faults import BadStepCounter
+from llmpy.train.memory import find_micro_batch, step_fits
+from llmpy.train.parallel import parallelize
 from llmpy.train.trainer import Trainer
 
 
@@ -67,8 +69,9 @@ def total_steps_for(config: TrainConfig, loader: TokenLoader) -> int:
 
 def check_options_available(config: TrainConfig, print_fn) -> None:
     """Say plainly which accepted llm.c options this version does not act on."""
-    if config.recompute not in (0, 1):
-        print_fn("note: -r 2 (recompute LayerNorm too) is not available in this version and is ignored")
+    if config.zero_stage in (1, 3) and not torch.distributed.is_initialized():
+        print_fn(f"note: -z {config.zero_stage} shards over ranks; a single process started without torchrun has "
+                 "nothing to shard over, so it trains unsharded")
 
 
 def resume_candidates(config: TrainConfig, print_fn) -> list[int]:
@@ -86,27 +89,58 @@ def resume_candidates(config: TrainConfig, print_fn) -> list[int]:
 
 
 def restore_from_checkpoint(trainer: Trainer, config: TrainConfig, candidates: list[int], print_fn) -> None:
-    """Load weights and training state of the newest readable checkpoint into a freshly built trainer."""
+    """Load weights and training state of the newest readable checkpoint into a freshly built trainer. Rank 0 reads
+    and decides; the others follow its choice (for FSDP they receive their shards from it)."""
     run_dir = Path(config.output_dir)
-    for step in candidates:
-        try:
-            saved, _ = load_model(model_path(run_dir, step))
-            state = load_training_state(run_dir, step)
-        except LlmpyError as exc:
-            print_fn(f"warning: skipping checkpoint {step}: {exc}")
-            continue
-        if saved.config != trainer.raw_model.config:
-            raise LlmpyError(
-                f"-y 1: the checkpoint at step {step} in {run_dir} is a {saved.config.n_layer}-layer, "
-                f"{saved.config.n_embd}-wide model but -e asks for {trainer.raw_model.config.n_layer} layers, "
-                f"{trainer.raw_model.config.n_embd} wide"
-            )
-        trainer.raw_model.load_state_dict(saved.state_dict())
-        trainer.restore(step, state)
-        trainer.last_checkpoint = str(model_path(run_dir, step))
-        print_fn(f"resuming from the checkpoint at step {step} of {trainer.total_steps} in {run_dir}")
+    job = trainer.job
+    chosen, model_state, state = None, None, None
+    if job.is_main:
+        for step in candidates:
+            try:
+                saved, _ = load_model(model_path(run_dir, step))
+                state = load_training_state(run_dir, step)
+            except LlmpyError as exc:
+                print_fn(f"warning: skipping checkpoint {step}: {exc}")
+                continue
+            if saved.config != trainer.raw_model.config:
+                raise LlmpyError(
+                    f"-y 1: the checkpoint at step {step} in {run_dir} is a {saved.config.n_layer}-layer, "
+                    f"{saved.config.n_embd}-wide model but -e asks for {trainer.raw_model.config.n_layer} layers, "
+                    f"{trainer.raw_model.config.n_embd} wide"
+                )
+            chosen, model_state = step, saved.state_dict()
+            break
+    chosen = broadcast_object(chosen, job)
+    if chosen is None:
+        print_fn(f"warning: no readable checkpoint in {run_dir}; starting from step 0")
         return
-    print_fn(f"warning: no readable checkpoint in {run_dir}; starting from step 0")
+    if not trainer.parallel.sharded and not job.is_main:  # DDP: every rank loads the same files itself
+        model_state = load_model(model_path(run_dir, chosen))[0].state_dict()
+        state = load_training_state(run_dir, chosen)
+    trainer.parallel.load_full_state(trainer.optimizer, model_state, state["optimizer"] if state else None)
+    trainer.restore(chosen, broadcast_object({k: v for k, v in state.items() if k != "optimizer"} if state else None,
+                                             job))
+    trainer.last_checkpoint = str(model_path(run_dir, chosen))
+    print_fn(f"resuming from the checkpoint at step {chosen} of {trainer.total_steps} in {run_dir}"
+             + (f" (written by {state['world_size']} process(es), now {job.world_size})"
+                if state and state.get("world_size") != job.world_size else ""))
+
+
+def fit_micro_batch(config: TrainConfig, parallel, runtime: Runtime, num_params: int, print_fn) -> int:
+    """--auto-batch: the largest -b (halving) whose forward + backward fits beside the optimizer state; every rank
+    must fit. Not probed under FSDP, whose gathers make a probe on one rank alone impossible."""
+    if parallel.sharded:
+        return config.batch_size
+    world_size = parallel.job.world_size
+    total = config.grad_accum_steps(world_size) * config.tokens_per_micro_step(world_size)
+    reserve = 8 * num_params  # AdamW's two fp32 moments, allocated by the first optimizer step
+
+    def fits(batch_size: int) -> bool:
+        parallel.set_grad_sync(0, 2)  # DDP: no gradient all-reduce in the probe
+        ok = step_fits(parallel.model, runtime.autocast, runtime.device, batch_size, config.seq_len, reserve)
+        return bool(all_reduce_mean(torch.tensor(float(ok), device=runtime.device), parallel.job).item() == 1.0)
+
+    return find_micro_batch(fits, config.batch_size, config.seq_len * world_size, total, print_fn)
 
 
 def _silent(*args, **kwargs) -> None:
@@ -115,26 +149,27 @@ def _silent(*args, **kwargs) -> None:
 
 def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=print) -> Trainer:
     """Construct every component from the config, print the run's header, and return the Trainer."""
-    job = init_distributed(use_cuda=config.device in ("auto", "cuda") and torch.cuda.is_available())
+    use_cuda = config.device in ("auto", "cuda") and torch.cuda.is_available()
+    job = init_distributed(use_cuda=use_cuda, group_of_one=config.zero_stage in (1, 3))
     world_size, rank = job.world_size, job.rank
     if not job.is_main:
         print_fn = _silent  # rank 0 speaks for the job
     config.validate(world_size)
-    if job.enabled and config.zero_stage != 0:
-        raise LlmpyError(f"-z {config.zero_stage}: only -z 0 (DDP) is available with several processes in this version")
+    check_same_everywhere(config.to_dict(), "training configuration")
     check_options_available(config, print_fn)
-    runtime = runtime or select_runtime(config.device, config.dtype, bool(config.tf32), job.local_rank)
+    runtime = runtime or select_runtime(config.device, config.dtype, bool(config.tf32), job.local_rank,
+                                        config.attention)
     seed_everything(config.seed)
     grad_accum_steps = config.grad_accum_steps(world_size)
 
     raw_model = build_model(config.model, config.seq_len).to(runtime.device)
+    raw_model.set_recompute(config.recompute)
+    num_params = raw_model.num_parameters()
     use_compile = config.compile == 1 or (config.compile == -1 and runtime.is_cuda)
-    ddp = None
-    if job.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp = DistributedDataParallel(raw_model, device_ids=[runtime.device.index] if runtime.is_cuda else None)
-    model = torch.compile(ddp or raw_model) if use_compile else (ddp or raw_model)
+    parallel = parallelize(raw_model, runtime, job, config.zero_stage, use_compile)
+    if config.auto_batch and runtime.is_cuda:
+        config.batch_size = fit_micro_batch(config, parallel, runtime, num_params, print_fn)
+        grad_accum_steps = config.grad_accum_steps(world_size)
 
     train_loader = TokenLoader(
         config.train_data, config.batch_size, config.seq_len, rank, world_size,
@@ -150,8 +185,9 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
         max_lr=config.learning_rate, warmup_steps=config.warmup_steps, total_steps=total_steps,
         final_lr_frac=config.final_lr_frac, schedule=config.lr_schedule, cooldown_frac=config.wsd_cooldown_frac,
     )
-    logger = RunLogger(config.output_dir or None, enabled=rank == 0, resume=bool(config.resume))
-    num_params = raw_model.num_parameters()
+    logger = RunLogger(config.output_dir or None, enabled=rank == 0, resume=bool(config.resume),
+                       tensorboard_dir=config.tensorboard or None, wandb_project=config.wandb or None,
+                       run_config=config.to_dict())
     flops = training_flops_per_token(raw_model.config, config.seq_len, num_params)
     peak = peak_flops(runtime.device_name(), runtime.precision) if runtime.is_cuda else None
     peak = peak * world_size if peak else None  # tokens/s is the whole job's, so compare with every GPU's peak
@@ -160,6 +196,7 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
         "device": runtime.device_name(), "precision": runtime.precision, "compile": use_compile,
         "num_parameters": num_params, "model_config": raw_model.config.to_dict(),
         "grad_accum_steps": grad_accum_steps, "total_steps": total_steps, "world_size": world_size,
+        "parallelism": parallel.description,
         "torch": str(torch.__version__), "argv": sys.argv,
     }
     print_fn(
@@ -169,6 +206,7 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
         f"T={config.seq_len} | total batch {grad_accum_steps * config.tokens_per_micro_step(world_size):,} tokens "
         f"=> grad accumulation {grad_accum_steps} | {total_steps} steps | "
         f"train {train_loader.tokens_per_epoch:,} tokens/epoch"
+        + (f"\nparallelism: {parallel.description}" if world_size > 1 or parallel.sharded else "")
     )
     if config.output_dir and job.is_main:
         run_dir = Path(config.output_dir)
@@ -176,12 +214,12 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
         logger.log_event(0, "config", **header)
 
     trainer = Trainer(
-        config=config, model=model, raw_model=raw_model, optimizer=optimizer, schedule=schedule,
+        config=config, model=parallel.model, raw_model=raw_model, optimizer=optimizer, schedule=schedule,
         train_loader=train_loader, val_loader=val_loader, logger=logger, runtime=runtime, total_steps=total_steps,
         grad_accum_steps=grad_accum_steps, flops_per_token=flops, peak_flops=peak,
         tokenizer=load_tokenizer_for_samples(config, print_fn), print_fn=print_fn,
         hellaswag_examples=load_hellaswag_examples(config), bad_steps=BadStepCounter(config.max_bad_steps),
-        job=job, ddp=ddp,
+        job=job, parallel=parallel,
     )
     candidates = resume_candidates(config, print_fn)
     if candidates:

@@ -48,8 +48,9 @@ def _atomic_save(payload: dict, target: Path) -> None:
 
 
 def save_model_checkpoint(run_dir: str | Path, step: int, model: GPT, metadata: dict | None = None,
-                          training_state: dict | None = None) -> Path:
-    """Write the weights (and, for resume, the training state) for `step`; the DONE marker goes last."""
+                          training_state: dict | None = None, state_dict: dict | None = None) -> Path:
+    """Write the weights (and, for resume, the training state) for `step`; the DONE marker goes last.
+    `state_dict`: the weights when they are not `model.state_dict()` (gathered from FSDP shards)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     target = model_path(run_dir, step)
@@ -57,7 +58,8 @@ def save_model_checkpoint(run_dir: str | Path, step: int, model: GPT, metadata: 
         "format": "llmpy-model",
         "step": step,
         "model_config": model.config.to_dict(),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"},
+        "model": {k: v.detach().cpu() for k, v in (model.state_dict() if state_dict is None else state_dict).items()
+                  if k != "lm_head.weight"},
         "llmpy_version": llmpy.__version__,
         "torch_version": str(torch.__version__),
         "metadata": metadata or {},

@@ -17,11 +17,11 @@ from llmpy.metrics.logger import RunLogger
 from llmpy.metrics.mfu import mfu as model_flops_utilization
 from llmpy.model import GPT
 from llmpy.distributed import Distributed, all_reduce_mean, barrier
-from llmpy.errors import LlmpyError
 from llmpy.runtime import Runtime, rng_state, set_rng_state
 from llmpy.train.checkpoint import model_path, prune_checkpoints, save_model_checkpoint
 from llmpy.train.faults import BadStepCounter, OutlierDetector, Preempted, StopSignal
 from llmpy.train.optim import LRSchedule, apply_learning_rate
+from llmpy.train.parallel import Parallelism
 
 
 @dataclass
@@ -65,7 +65,11 @@ class Trainer:
     bad_steps: BadStepCounter = field(default_factory=lambda: BadStepCounter(5))
     last_checkpoint: str | None = None
     job: Distributed = field(default_factory=Distributed)
-    ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper when world size > 1
+    parallel: Parallelism | None = None  # how the model is spread over ranks (-z); None: one plain process
+
+    def __post_init__(self) -> None:
+        if self.parallel is None:
+            self.parallel = Parallelism(self.raw_model, self.model, self.job)
 
     @property
     def tokens_per_step(self) -> int:
@@ -75,8 +79,11 @@ class Trainer:
         """Train to the end; returns a summary (first/last val loss, last train loss, mean tok/s)."""
         summary: dict = {"val_loss": {}, "train_loss": None}
         throughput: list[float] = []
-        with StopSignal() as stop:
-            self._loop(summary, throughput, stop)
+        try:
+            with StopSignal() as stop:
+                self._loop(summary, throughput, stop)
+        finally:
+            self.logger.close()  # flushes TensorBoard / W&B too, also when the run stops early
         summary["tokens_per_sec"] = sum(throughput) / len(throughput) if throughput else None
         if summary["tokens_per_sec"]:
             self.print_fn(f"mean throughput after the first step: {summary['tokens_per_sec']:,.0f} tok/s")
@@ -96,7 +103,8 @@ class Trainer:
                 self.print_fn(f"val loss {val_loss:.4f}")
             if self.hellaswag_examples and cfg.val_every > 0 and (step % cfg.val_every == 0 or last_step):
                 self.evaluate_hellaswag(step, summary)
-            if cfg.sample_every > 0 and step > 0 and (step % cfg.sample_every == 0 or last_step) and self.job.is_main:
+            if cfg.sample_every > 0 and step > 0 and (step % cfg.sample_every == 0 or last_step) and \
+                    (self.job.is_main or self.parallel.sharded):  # FSDP: every rank takes part in each forward
                 self.sample(step)
             periodic = cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0
             if cfg.output_dir and periodic and step > self.start_step and not last_step:
@@ -119,7 +127,8 @@ class Trainer:
     def evaluate_hellaswag(self, step: int, summary: dict) -> None:
         """-h 1: HellaSwag acc_norm, logged as llm.c's `eval` line (the uncompiled model: shapes vary per batch)."""
         scores = evaluate_hellaswag(self.raw_model, self.hellaswag_examples, self.runtime.device, self.runtime.autocast,
-                                    rank=self.train_loader.rank, world_size=self.train_loader.world_size)
+                                    rank=self.train_loader.rank, world_size=self.train_loader.world_size,
+                                    lockstep=self.parallel.sharded)
         self.logger.log_eval(step, scores["acc_norm"], acc=scores["acc"], examples=scores["examples"])
         summary.setdefault("hellaswag", {})[step] = scores["acc_norm"]
         self.print_fn(f"HellaSwag: {scores['acc_norm']:.4f} acc_norm ({scores['examples']} examples)")
@@ -131,10 +140,10 @@ class Trainer:
         flag = torch.tensor(float(stop.requested), device=self.runtime.device)
         return bool(all_reduce_mean(flag, self.job).item() > 0)
 
-    def training_state(self) -> dict:
+    def training_state(self, optimizer_state: dict) -> dict:
         """Everything besides the weights that the next step depends on (resume must continue identically)."""
         return {
-            "optimizer": self.optimizer.state_dict(), "loader": self.train_loader.state_dict(),
+            "optimizer": optimizer_state, "loader": self.train_loader.state_dict(),
             "schedule": self.schedule.state_dict(), "rng": rng_state(),
             "loss_outliers": self.loss_outliers.state_dict(), "norm_outliers": self.norm_outliers.state_dict(),
             "train_config": self.config.to_dict(), "world_size": self.train_loader.world_size,
@@ -142,12 +151,8 @@ class Trainer:
 
     def restore(self, step: int, state: dict) -> None:
         """Continue from a checkpoint's training state: the next step is `step`, with exactly the next batch."""
-        if state["world_size"] != self.train_loader.world_size:
-            raise LlmpyError(
-                f"-y 1: the checkpoint at step {step} was written by {state['world_size']} process(es), this run has "
-                f"{self.train_loader.world_size}; resume with the same world size"
-            )
-        self.optimizer.load_state_dict(state["optimizer"])
+        # the optimizer was loaded with the weights (Parallelism.load_full_state); the loader's position counts whole
+        # -d batches, so it holds for any world size
         self.train_loader.load_state_dict(state["loader"])
         self.loss_outliers.load_state_dict(state["loss_outliers"])
         self.norm_outliers.load_state_dict(state["norm_outliers"])
@@ -157,11 +162,12 @@ class Trainer:
     def save_checkpoint(self, step: int) -> None:
         """Weights, configs and training state for `step`, then rotation (-nk, -nm)."""
         cfg = self.config
-        # DDP ranks hold identical weights, optimizer and loader position (only their rank differs): rank 0 writes
+        # whole state dicts, gathered on rank 0 (FSDP shards) or taken from it (DDP ranks are identical); rank 0 writes
         path = model_path(cfg.output_dir, step)
+        model_state, optimizer_state = self.parallel.full_state(self.optimizer)
         if self.job.is_main:
             save_model_checkpoint(cfg.output_dir, step, self.raw_model, {"train_config": cfg.to_dict()},
-                                  training_state=self.training_state())
+                                  training_state=self.training_state(optimizer_state), state_dict=model_state)
             prune_checkpoints(cfg.output_dir, cfg.checkpoint_keep, cfg.checkpoint_keep_every)
         barrier(self.job)  # no rank moves on (or exits) before the checkpoint is complete
         self.last_checkpoint = str(path)
@@ -178,8 +184,7 @@ class Trainer:
         if self.config.overfit_batch:
             self.train_loader.reset()  # -a 1: the same first batch every step
         for micro_step in range(self.grad_accum_steps):
-            if self.ddp is not None:  # all-reduce gradients only after the last micro-batch (DDP's no_sync)
-                self.ddp.require_backward_grad_sync = micro_step == self.grad_accum_steps - 1
+            self.parallel.set_grad_sync(micro_step, self.grad_accum_steps)
             x, y = self.train_loader.next_batch()
             x = x.to(self.runtime.device, non_blocking=True)
             y = y.to(self.runtime.device, non_blocking=True)
@@ -189,7 +194,7 @@ class Trainer:
             loss_sum += loss.detach()
             loss.backward()
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)  # unclipped norm returned
+        grad_norm = self.parallel.clip_grad_norm(max_norm)  # the unclipped norm is returned
         grad_norm_value = grad_norm.item()  # one host sync per step, needed for logging anyway
         loss_value = all_reduce_mean(loss_sum, self.job).item()  # the loss of the whole -d batch, all ranks
         nonfinite = not (math.isfinite(grad_norm_value) and math.isfinite(loss_value))

@@ -1,0 +1,293 @@
+"""`llmpy plan`: wall time, GPU-hours and cost of a training run before paying for it, beside llm.c's numbers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+from llmpy.config import ModelConfig
+from llmpy.errors import LlmpyError
+from llmpy.metrics.mfu import parameter_count, peak_flops, training_flops_per_token
+
+# Measured (benchmarks/RESULTS.md, 2026-11-24): d12, B=32, T=1024, -d 524288, compiled, bf16 on one H100 SXM.
+MEASURED = {"model": "d12", "gpu": "H100", "seq_len": 1024, "tokens_per_sec": 461_153.0, "date": "2026-11-24"}
+# Assumed on-demand cloud prices in $ per GPU-hour (rough list prices, not quotes): pass --price-per-gpu-hour.
+DEFAULT_PRICE_PER_GPU_HOUR = {"H100": 2.99, "H200": 3.79, "A100": 1.29, "B200": 5.99, "L40S": 1.25, "L4": 0.80,
+                              "A10G": 1.01, "A10": 0.75}
+DEFAULT_MULTI_GPU_EFFICIENCY = 0.9  # assumed throughput per GPU with N > 1 GPUs, relative to one GPU
+_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published llm.c data point."""
+
+    name: str
+    gpus: str
+    tokens: float
+    seconds: float
+    cost: float | None
+    source: str
+
+
+# llm.c discussion #481 (GPT-2 124M in 90 minutes for $20) and llm.c's README (8xH100: ~140 ms per 524,288-token step)
+LLMC_REFERENCES = (
+    Reference("llm.c GPT-2 124M", "8x A100 80GB", 10e9, 90 * 60, 20.0,
+              "~90 min, ~$20 on an ~$14/hr 8xA100 node (at $1.29/GPU-hr it would be ~$15)"),
+    Reference("llm.c GPT-2 124M", "8x H100", 10e9, math.ceil(10e9 / 524_288) * 0.140, None,
+              "140 ms per 524,288-token step, 10B tokens"),
+)
+
+
+@dataclass
+class PlanInputs:
+    """What to estimate: a model, a token budget and the hardware."""
+
+    model: str = "d12"
+    tokens: float = 10e9
+    gpu: str = "H100"
+    gpus: int = 1
+    seq_len: int = 1024
+    total_batch_size: int = 524_288
+    tok_per_sec: float | None = None  # per GPU, measured
+    mfu: float | None = None  # fraction of peak, instead of tok_per_sec
+    price_per_gpu_hour: float | None = None
+    scaling_efficiency: float | None = None
+
+
+@dataclass
+class Plan:
+    """The estimate and every number that went into it."""
+
+    inputs: PlanInputs
+    num_parameters: int
+    flops_per_token: float
+    peak_flops: float | None
+    tok_per_sec_per_gpu: float
+    tok_per_sec_total: float
+    mfu: float | None
+    scaling_efficiency: float
+    steps: int
+    seconds_per_step: float
+    seconds: float
+    gpu_hours: float
+    price_per_gpu_hour: float | None
+    cost: float | None
+    assumptions: list[str] = field(default_factory=list)
+
+
+def parse_token_count(text: str, flag: str = "--tokens") -> float:
+    """'10B' -> 1e10, '500M', '1.5T', '2e9', '65536' (suffixes K/M/B(G)/T, powers of 1000)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMBGT]?)\s*", str(text), re.IGNORECASE)
+    if not match:
+        raise LlmpyError(f"{flag} {text!r}: expected a number with an optional K/M/B/T suffix, e.g. 10B")
+    value = float(match.group(1)) * _SUFFIXES[match.group(2).upper()]
+    if value <= 0:
+        raise LlmpyError(f"{flag} {text!r}: must be positive")
+    return value
+
+
+def _check(inputs: PlanInputs) -> None:
+    """Fail on values that cannot describe a run, naming the flag."""
+    if inputs.gpus <= 0:
+        raise LlmpyError(f"--gpus must be positive, got {inputs.gpus}")
+    if inputs.seq_len <= 0:
+        raise LlmpyError(f"-t/--seq-len must be positive, got {inputs.seq_len}")
+    if inputs.total_batch_size <= 0:
+        raise LlmpyError(f"--total-batch-size must be positive, got {inputs.total_batch_size}")
+    if inputs.tok_per_sec is not None and inputs.mfu is not None:
+        raise LlmpyError("--tok-per-sec and --mfu both given: pass one (a measured tok/s wins over an assumed MFU)")
+    if inputs.tok_per_sec is not None and inputs.tok_per_sec <= 0:
+        raise LlmpyError(f"--tok-per-sec must be positive, got {inputs.tok_per_sec}")
+    if inputs.mfu is not None and not 0 < inputs.mfu <= 1:
+        raise LlmpyError(f"--mfu is a fraction in (0, 1], got {inputs.mfu}")
+    if inputs.scaling_efficiency is not None and not 0 < inputs.scaling_efficiency <= 1:
+        raise LlmpyError(f"--scaling-efficiency must be in (0, 1], got {inputs.scaling_efficiency}")
+    if inputs.price_per_gpu_hour is not None and inputs.price_per_gpu_hour < 0:
+        raise LlmpyError(f"--price-per-gpu-hour must be >= 0, got {inputs.price_per_gpu_hour}")
+
+
+def measured_mfu() -> float:
+    """MFU of the measured d12 H100 run, by the same 6N + 6LCT formula used to derive other setups."""
+    config = ModelConfig.from_descriptor(MEASURED["model"])
+    return MEASURED["tokens_per_sec"] * training_flops_per_token(config, MEASURED["seq_len"]) / peak_flops("H100")
+
+
+def _per_gpu_throughput(inputs: PlanInputs, flops: float, peak: float | None, notes: list[str]) -> float:
+    """Tokens/s per GPU: measured (given), from a given MFU, or from the measured d12 H100 run's MFU."""
+    if inputs.tok_per_sec is not None:
+        notes.append(f"{inputs.tok_per_sec:,.0f} tok/s per GPU as given (--tok-per-sec)")
+        return inputs.tok_per_sec
+    if peak is None:
+        raise LlmpyError(f"--gpu {inputs.gpu}: no peak FLOP/s known for this GPU; pass --tok-per-sec (measured)")
+    if inputs.mfu is not None:
+        notes.append(f"MFU {inputs.mfu:.1%} as given (--mfu) of {peak / 1e12:,.0f} TFLOP/s dense bf16 peak")
+        return inputs.mfu * peak / flops
+    mfu = measured_mfu()
+    notes.append(f"MFU {mfu:.1%}: the measured d12 run on one H100 ({MEASURED['tokens_per_sec']:,.0f} tok/s, compiled "
+                 f"bf16, {MEASURED['date']}, benchmarks/RESULTS.md); other models and GPUs are derived assuming "
+                 f"the same MFU (pass --tok-per-sec or --mfu when you know better)")
+    return mfu * peak / flops
+
+
+def make_plan(inputs: PlanInputs) -> Plan:
+    """Steps, wall time, GPU-hours and cost of training `inputs.model` on `inputs.tokens` tokens."""
+    _check(inputs)
+    try:
+        config = ModelConfig.from_descriptor(inputs.model)
+    except LlmpyError as exc:
+        raise LlmpyError(f"--model: {exc}") from None
+    if inputs.seq_len > config.block_size:
+        raise LlmpyError(f"-t/--seq-len {inputs.seq_len} exceeds the model's {config.block_size} positions")
+    num_parameters = parameter_count(config)
+    flops = training_flops_per_token(config, inputs.seq_len)
+    peak = peak_flops(inputs.gpu)
+    notes: list[str] = []
+    per_gpu = _per_gpu_throughput(inputs, flops, peak, notes)
+    efficiency = inputs.scaling_efficiency
+    if efficiency is None:
+        efficiency = 1.0 if inputs.gpus == 1 else DEFAULT_MULTI_GPU_EFFICIENCY
+        if inputs.gpus > 1:
+            notes.append(f"scaling efficiency {efficiency:.0%} on {inputs.gpus} GPUs (assumed; --scaling-efficiency)")
+    total = per_gpu * inputs.gpus * efficiency
+    seconds = inputs.tokens / total
+    gpu_hours = seconds * inputs.gpus / 3600
+    price = inputs.price_per_gpu_hour
+    if price is None:
+        price = _default_price(inputs.gpu)
+        if price is None:
+            notes.append(f"no default price for {inputs.gpu}: pass --price-per-gpu-hour for a cost")
+        else:
+            notes.append(f"${price:.2f} per GPU-hour for {inputs.gpu} (assumed on-demand price; --price-per-gpu-hour)")
+    return Plan(
+        inputs=inputs, num_parameters=num_parameters, flops_per_token=flops, peak_flops=peak,
+        tok_per_sec_per_gpu=per_gpu, tok_per_sec_total=total, mfu=per_gpu * flops / peak if peak else None,
+        scaling_efficiency=efficiency, steps=math.ceil(inputs.tokens / inputs.total_batch_size),
+        seconds_per_step=inputs.total_batch_size / total, seconds=seconds, gpu_hours=gpu_hours,
+        price_per_gpu_hour=price, cost=gpu_hours * price if price is not None else None, assumptions=notes,
+    )
+
+
+def _default_price(gpu: str) -> float | None:
+    """The assumed price of the longest table key that is a whole word of `gpu` (A100 in 'A100 80GB')."""
+    name = gpu.upper()
+    for key in sorted(DEFAULT_PRICE_PER_GPU_HOUR, key=len, reverse=True):
+        if re.search(rf"(?<![A-Z0-9]){re.escape(key)}(?![A-Z0-9])", name):
+            return DEFAULT_PRICE_PER_GPU_HOUR[key]
+    return None
+
+
+def format_duration(seconds: float) -> str:
+    """'1 h 30 min', '44 min 30 s', '12.0 s', '3 d 04 h'."""
+    if seconds >= 86400:
+        return f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600):02d} h"
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60):02d} min"
+    if seconds >= 60:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{seconds:.1f} s"
+
+
+def format_plan(plan: Plan) -> str:
+    """This plan beside llm.c's published runs, then the assumptions."""
+    i = plan.inputs
+    columns = [(f"this plan: {i.model} on {i.gpus}x {i.gpu}", i.tokens, plan.tok_per_sec_total,
+                524_288 / plan.tok_per_sec_total * 1000, plan.seconds, plan.gpu_hours, plan.cost)]
+    for ref in LLMC_REFERENCES:
+        gpus = int(ref.gpus.split("x")[0])
+        columns.append((f"{ref.name}, {ref.gpus}", ref.tokens, ref.tokens / ref.seconds,
+                        524_288 / (ref.tokens / ref.seconds) * 1000, ref.seconds, ref.seconds * gpus / 3600, ref.cost))
+    rows = [("", [c[0] for c in columns]),
+            ("tokens", [f"{c[1] / 1e9:,.2f}B" for c in columns]),
+            ("tok/s (all GPUs)", [f"{c[2]:,.0f}" for c in columns]),
+            ("ms / 524,288 tokens", [f"{c[3]:,.0f}" for c in columns]),
+            ("wall time", [format_duration(c[4]) for c in columns]),
+            ("GPU-hours", [f"{c[5]:,.1f}" for c in columns]),
+            ("cost", ["-" if c[6] is None else f"${c[6]:,.2f}" for c in columns])]
+    widths = [max(len(row[1][k]) for row in rows) for k in range(len(columns))]
+    table = [f"{label:<21}" + "  ".join(cell.rjust(width) for cell, width in zip(cells, widths))
+             for label, cells in rows]
+    head = (f"{i.model}: {plan.num_parameters:,} parameters, {plan.flops_per_token / 1e9:.3f} GFLOP/token (6N+6LCT, "
+            f"T={i.seq_len}) | {plan.steps:,} steps of {i.total_batch_size:,} tokens | "
+            f"{plan.tok_per_sec_per_gpu:,.0f} tok/s per GPU" + (f" ({plan.mfu:.1%} MFU)" if plan.mfu else ""))
+    refs = [f"  {ref.name}, {ref.gpus}: {ref.source}" for ref in LLMC_REFERENCES]
+    return "\n".join([head, "", *table, "", "llm.c reference points:", *refs, "assumptions:",
+                      *(f"  - {note}" for note in plan.assumptions)])
+
+
+def explain(plan: Plan) -> str:
+    """The formulas with this plan's numbers substituted."""
+    i, config = plan.inputs, ModelConfig.from_descriptor(plan.inputs.model)
+    lines = [
+        f"N (parameters, llm.c count)  = {plan.num_parameters:,}",
+        f"FLOPs/token = 6N + 6*L*C*T   = 6*{plan.num_parameters:,} + 6*{config.n_layer}*{config.n_embd}*{i.seq_len}"
+        f" = {plan.flops_per_token:,.0f}",
+    ]
+    if i.tok_per_sec is None and plan.peak_flops:
+        lines.append(f"tok/s per GPU = MFU * peak / FLOPs/token = {plan.mfu:.4f} * {plan.peak_flops:.4g} / "
+                     f"{plan.flops_per_token:,.0f} = {plan.tok_per_sec_per_gpu:,.0f}")
+    lines += [
+        f"tok/s total = per GPU * GPUs * efficiency = {plan.tok_per_sec_per_gpu:,.0f} * {i.gpus} * "
+        f"{plan.scaling_efficiency:g} = {plan.tok_per_sec_total:,.0f}",
+        f"steps = ceil(tokens / total batch) = ceil({i.tokens:,.0f} / {i.total_batch_size:,}) = {plan.steps:,}",
+        f"time = tokens / tok/s total = {i.tokens:,.0f} / {plan.tok_per_sec_total:,.0f} = {plan.seconds:,.1f} s "
+        f"({format_duration(plan.seconds)})",
+        f"GPU-hours = time * GPUs / 3600 = {plan.seconds:,.1f} * {i.gpus} / 3600 = {plan.gpu_hours:,.2f}",
+    ]
+    if plan.cost is not None:
+        lines.append(f"cost = GPU-hours * $/GPU-hour = {plan.gpu_hours:,.2f} * {plan.price_per_gpu_hour:g} "
+                     f"= ${plan.cost:,.2f}")
+    return "\n".join(lines)
+
+
+def plan_json(plan: Plan) -> dict:
+    """Everything in the plan as one JSON-ready dict."""
+    record = asdict(plan)
+    record["references"] = [asdict(ref) for ref in LLMC_REFERENCES]
+    return record
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `llmpy plan`."""
+    parser.add_argument("--model", default="d12", help="dN, dNwC or gpt2, gpt2-medium, ... (default: d12)")
+    parser.add_argument("--tokens", default="10B", help="training tokens, e.g. 10B, 500M (default: 10B)")
+    parser.add_argument("--gpu", default="H100", help="GPU type: H100, H200, A100, B200, L4, ... (default: H100)")
+    parser.add_argument("--gpus", type=int, default=1, help="number of GPUs (default: 1)")
+    parser.add_argument("--price-per-gpu-hour", type=float, default=None, metavar="USD",
+                        help="$ per GPU-hour (default: an assumed on-demand price per GPU type, printed)")
+    throughput = parser.add_mutually_exclusive_group()
+    throughput.add_argument("--tok-per-sec", type=float, default=None, metavar="X",
+                            help="measured tokens/s per GPU (default: derived from the measured d12 H100 MFU)")
+    throughput.add_argument("--mfu", type=float, default=None, metavar="X", help="assumed MFU, a fraction (0.4)")
+    parser.add_argument("-t", "--seq-len", type=int, default=1024, help="sequence length (default: 1024)")
+    parser.add_argument("--total-batch-size", type=int, default=524_288, help="tokens per step (default: 524288)")
+    parser.add_argument("--scaling-efficiency", type=float, default=None, metavar="X",
+                        help=f"per-GPU throughput kept on N GPUs (default: 1.0 for one, {DEFAULT_MULTI_GPU_EFFICIENCY} "
+                             "for more)")
+    parser.add_argument("--explain", action="store_true", help="print the formulas with the numbers substituted")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Estimate and print the plan."""
+    inputs = PlanInputs(
+        model=args.model, tokens=parse_token_count(args.tokens), gpu=args.gpu, gpus=args.gpus, seq_len=args.seq_len,
+        total_batch_size=args.total_batch_size, tok_per_sec=args.tok_per_sec, mfu=args.mfu,
+        price_per_gpu_hour=args.price_per_gpu_hour, scaling_efficiency=args.scaling_efficiency,
+    )
+    plan = make_plan(inputs)
+    if args.json:
+        record = plan_json(plan)
+        if args.explain:
+            record["explain"] = explain(plan).splitlines()
+        print(json.dumps(record))
+        return 0
+    print(format_plan(plan))
+    if args.explain:
+        print("\n" + explain(plan))
+    return 0

@@ -1,0 +1,97 @@
+"""`llmpy plan`: time, GPU-hours and cost against hand computation; token suffixes; flags and errors."""
+
+import argparse
+import json
+import math
+
+import pytest
+
+from llmpy import plan
+from llmpy.errors import LlmpyError
+
+D12_PARAMS = 50304 * 768 + 1024 * 768 + 12 * (12 * 768 * 768 + 13 * 768) + 2 * 768  # llm.c's count, by hand
+D12_FLOPS_PER_TOKEN = 6 * D12_PARAMS + 6 * 12 * 768 * 1024
+
+
+def run_cli(argv, capsys):
+    parser = argparse.ArgumentParser()
+    plan.add_arguments(parser)
+    assert plan.run(parser.parse_args(argv)) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, value", [("10B", 10e9), ("500m", 500e6), ("1.5T", 1.5e12), ("2e9", 2e9),
+                                         ("65536", 65536), ("32K", 32000), ("7G", 7e9)])
+def test_token_counts(text, value):
+    assert plan.parse_token_count(text) == value
+
+
+@pytest.mark.parametrize("text", ["ten", "10X", "", "-5B", "0"])
+def test_bad_token_counts(text):
+    with pytest.raises(LlmpyError, match="--tokens"):
+        plan.parse_token_count(text)
+
+
+def test_measured_tok_per_sec_reproduces_hand_computation(capsys):
+    out = run_cli(["--tokens", "10B", "--gpus", "8", "--tok-per-sec", "400000", "--price-per-gpu-hour", "2.5",
+                   "--json"], capsys)
+    record = json.loads(out)
+    seconds = 10e9 / (8 * 400_000 * 0.9)  # 0.9: the stated default efficiency for more than one GPU
+    assert record["seconds"] == pytest.approx(seconds)
+    assert record["gpu_hours"] == pytest.approx(seconds * 8 / 3600)
+    assert record["cost"] == pytest.approx(seconds * 8 / 3600 * 2.5)
+    assert record["steps"] == math.ceil(10e9 / 524_288) == 19_074
+    assert record["scaling_efficiency"] == 0.9
+    assert record["num_parameters"] == D12_PARAMS == 124_475_904
+    assert any("scaling efficiency 90%" in note for note in record["assumptions"])
+
+
+def test_single_gpu_efficiency_and_explicit_efficiency():
+    one = plan.make_plan(plan.PlanInputs(tokens=1e9, gpus=1, tok_per_sec=250_000, price_per_gpu_hour=3.0))
+    assert one.scaling_efficiency == 1.0
+    assert one.seconds == pytest.approx(1e9 / 250_000)
+    assert one.cost == pytest.approx(1e9 / 250_000 / 3600 * 3.0)
+    four = plan.make_plan(plan.PlanInputs(tokens=1e9, gpus=4, tok_per_sec=250_000, scaling_efficiency=0.8,
+                                          price_per_gpu_hour=3.0))
+    assert four.seconds == pytest.approx(1e9 / (4 * 250_000 * 0.8))
+    assert four.seconds_per_step == pytest.approx(524_288 / (4 * 250_000 * 0.8))
+
+
+def test_default_throughput_is_the_measured_d12_h100_number():
+    default = plan.make_plan(plan.PlanInputs(model="d12", gpu="H100"))
+    assert default.tok_per_sec_per_gpu == pytest.approx(461_153)
+    assert default.mfu == pytest.approx(461_153 * D12_FLOPS_PER_TOKEN / 989e12)
+    assert default.price_per_gpu_hour == plan.DEFAULT_PRICE_PER_GPU_HOUR["H100"]
+    # another GPU keeps the MFU: tok/s scales with the peak (A100: 312 TFLOP/s)
+    a100 = plan.make_plan(plan.PlanInputs(model="gpt2", gpu="A100"))
+    assert a100.tok_per_sec_per_gpu == pytest.approx(461_153 * 312 / 989)
+
+
+def test_mfu_gives_throughput_through_6n_plus_6lct():
+    result = plan.make_plan(plan.PlanInputs(model="d12", gpu="H100", mfu=0.4, seq_len=1024))
+    assert result.flops_per_token == D12_FLOPS_PER_TOKEN
+    assert result.tok_per_sec_per_gpu == pytest.approx(0.4 * 989e12 / D12_FLOPS_PER_TOKEN)
+
+
+def test_table_explain_and_references(capsys):
+    out = run_cli(["--gpus", "8", "--tok-per-sec", "400000", "--price-per-gpu-hour", "2", "--explain"], capsys)
+    assert "llm.c GPT-2 124M, 8x A100 80GB" in out and "1 h 30 min" in out and "$20.00" in out
+    assert "140" in out  # llm.c's 8xH100 ms/step
+    assert "tok/s total = per GPU * GPUs * efficiency = 400,000 * 8 * 0.9 = 2,880,000" in out
+    assert "time = tokens / tok/s total = 10,000,000,000 / 2,880,000 = 3,472.2 s" in out
+    assert "cost = GPU-hours * $/GPU-hour = 7.72 * 2 = $15.43" in out
+
+
+def test_errors():
+    with pytest.raises(LlmpyError, match="--gpus"):
+        plan.make_plan(plan.PlanInputs(gpus=0))
+    with pytest.raises(LlmpyError, match="--tok-per-sec and --mfu"):
+        plan.make_plan(plan.PlanInputs(tok_per_sec=1e5, mfu=0.3))
+    with pytest.raises(LlmpyError, match="--gpu TPU"):
+        plan.make_plan(plan.PlanInputs(gpu="TPU"))
+    with pytest.raises(LlmpyError, match="--model"):
+        plan.make_plan(plan.PlanInputs(model="big"))
+    with pytest.raises(LlmpyError, match="--mfu"):
+        plan.make_plan(plan.PlanInputs(mfu=1.5))
+    unknown_price = plan.make_plan(plan.PlanInputs(gpu="RTX 4090"))
+    assert unknown_price.cost is None and any("--price-per-gpu-hour" in n for n in unknown_price.assumptions)
