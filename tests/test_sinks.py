@@ -112,3 +112,21 @@ def test_sinks_are_off_by_default_and_on_other_ranks(tmp_path, monkeypatch):
     assert calls == []
     assert not (tmp_path / "tb").exists()
     assert sorted(path.name for path in (tmp_path / "plain").iterdir()) == ["main.log", "metrics.jsonl"]
+
+
+def test_llmpy_train_tensorboard_flag_logs_every_step(tmp_path):
+    """`llmpy train --tensorboard DIR`: the flag reaches the logger and the run's steps land in the event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import write_random_shards
+    from llmpy.cli import main
+
+    data = write_random_shards(tmp_path, "d", {"val_000000": 600, "train_000001": 3000}, seed=3)
+    code = main(["train", "-i", str(data / "d_train_*.bin"), "-j", str(data / "d_val_*.bin"), "-o", str(tmp_path / "run"),
+                 "-e", "d2w64", "-b", "2", "-t", "32", "-d", "64", "-x", "3", "-v", "3", "-m", "1", "-s", "0",
+                 "--device", "cpu", "--compile", "0", "--log-every", "0", "--tensorboard", str(tmp_path / "tb")])
+    assert code == 0
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [event.step for event in events.Scalars("train/loss")] == [0, 1, 2]
+    assert [event.step for event in events.Scalars("val/loss")] == [0, 3]

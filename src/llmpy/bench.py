@@ -122,11 +122,14 @@ def profile_steps(trainer, first_step: int, steps: int, out_dir: Path, say) -> d
     trace = out_dir / f"trace_rank{trainer.job.rank}.json"
     prof.export_chrome_trace(str(trace))
     busy: dict[str, float] = {}
+    kernels: dict[str, float] = {}
     for event in prof.key_averages():
         if str(getattr(event, "device_type", "")).endswith("CUDA"):
-            micros = getattr(event, "self_device_time_total", 0.0)
-            busy[kernel_category(event.key)] = busy.get(kernel_category(event.key), 0.0) + micros / 1e6
+            seconds = getattr(event, "self_device_time_total", 0.0) / 1e6
+            busy[kernel_category(event.key)] = busy.get(kernel_category(event.key), 0.0) + seconds
+            kernels[event.key] = kernels.get(event.key, 0.0) + seconds
     breakdown = {name: seconds / steps * 1000 for name, seconds in sorted(busy.items(), key=lambda kv: -kv[1])}
+    top = {name: seconds / steps * 1000 for name, seconds in sorted(kernels.items(), key=lambda kv: -kv[1])[:20]}
     step_ms = wall / steps * 1000
     if breakdown:
         breakdown["idle (GPU waiting)"] = max(0.0, step_ms - sum(breakdown.values()))
@@ -134,8 +137,11 @@ def profile_steps(trainer, first_step: int, steps: int, out_dir: Path, say) -> d
     lines += [f"  {name:<45s} {ms:9.1f} ms  {100 * ms / step_ms:5.1f}%" for name, ms in breakdown.items()]
     if not breakdown:
         lines.append("  (no GPU kernels recorded: the per-category breakdown needs CUDA)")
+    else:
+        lines.append("  top kernels:")
+        lines += [f"    {ms:8.1f} ms  {kernel_category(name)[:12]:<12s} {name[:110]}" for name, ms in top.items()]
     say("\n".join(lines))
-    return {"step_ms": step_ms, "ms_per_step": breakdown, "trace": str(trace)}
+    return {"step_ms": step_ms, "ms_per_step": breakdown, "top_kernels_ms": top, "trace": str(trace)}
 
 
 def format_result(result: dict) -> str:

@@ -119,6 +119,11 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying (GPT-2 paper)
+        # added to the logits before the softmax: 0 for real tokens, -inf for the padded rows, so the loss can use the
+        # padded (tile-friendly) logits directly instead of a sliced copy
+        vocab_mask = torch.zeros(config.padded_vocab_size)
+        vocab_mask[config.vocab_size:] = float("-inf")
+        self.register_buffer("vocab_mask", vocab_mask, persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -161,14 +166,18 @@ class GPT(nn.Module):
             raise ValueError(f"sequence length {start + T} exceeds block_size {self.config.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        if torch.is_autocast_enabled(idx.device.type):  # the residual stream in bf16, as llm.c keeps it
+            x = x.to(torch.get_autocast_dtype(idx.device.type))
         for layer, block in enumerate(self.transformer.h):
             x = block(x, kv_cache.layer(layer) if kv_cache is not None else None)
         if kv_cache is not None:
             kv_cache.advance(T)
         x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)[..., : self.config.vocab_size]  # (B, T, V): padded rows dropped
+        logits = self.lm_head(x)  # (B, T, padded V)
         loss = None
         if targets is not None:
-            # the softmax runs in fp32 even under bf16 autocast, as llm.c's fused classifier does
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return (logits if return_logits else None), loss
+            # the softmax runs in fp32 even under bf16 autocast, as llm.c's fused classifier does; the padded rows'
+            # logits are -inf, so this is the softmax over the real vocabulary
+            masked = logits.float() + self.vocab_mask
+            loss = F.cross_entropy(masked.view(-1, masked.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return (logits[..., : self.config.vocab_size] if return_logits else None), loss  # (B, T, V)

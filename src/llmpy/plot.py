@@ -193,11 +193,17 @@ def x_values(run: RunData, steps: list[int], x_axis: str) -> list[float]:
     return [float(step) for step in steps]
 
 
-def _curve(run: RunData, name: str, label: str, x_axis: str, scale: float = 1.0, **style) -> Curve | None:
+def _curve(run: RunData, name: str, label: str, x_axis: str, scale: float = 1.0, drop_warmup: bool = False,
+           **style) -> Curve | None:
+    """One series as a curve. `drop_warmup` (speed panels): leave out steps slower than a third of the run's median,
+    i.e. the first step of each launch, which includes torch.compile and would flatten the rest of the curve."""
     series = run.series[name]
     if not series:
         return None
     steps = sorted(series)
+    if drop_warmup:
+        median = sorted(series.values())[len(series) // 2]
+        steps = [step for step in steps if series[step] >= median / 3] or steps
     return Curve(label, x_values(run, steps, x_axis), [series[step] * scale for step in steps], style)
 
 
@@ -228,9 +234,11 @@ def build_panels(runs: list[RunData], x_axis: str = "steps", smooth: int = 0,
         _add(panels["loss"], _curve(run, "val_loss", f"{prefix}val", x_axis, color=color, lw=1.6, ls="--",
                                     marker="o", ms=3.5))
         _add(panels["hellaswag"], _curve(run, "hellaswag", f"{run.name}", x_axis, color=color, marker="o", ms=3.5))
-        for name in ("lr", "grad_norm", "tokens_per_sec"):
+        for name in ("lr", "grad_norm"):
             _add(panels[name], _curve(run, name, run.name, x_axis, color=color, lw=1.2))
-        _add(panels["mfu"], _curve(run, "mfu", run.name, x_axis, scale=100.0, color=color, lw=1.2))
+        _add(panels["tokens_per_sec"], _curve(run, "tokens_per_sec", run.name, x_axis, drop_warmup=True,
+                                              color=color, lw=1.2))
+        _add(panels["mfu"], _curve(run, "mfu", run.name, x_axis, scale=100.0, drop_warmup=True, color=color, lw=1.2))
         _add_references(panels, reference_of(run, reference))
     return {key: panel for key, panel in panels.items() if panel.curves}
 
@@ -334,8 +342,10 @@ def _format_y(axis, panel: Panel) -> None:
         axis.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
         axis.yaxis.set_minor_formatter(NullFormatter())
     elif panel.y_format == "percent":
+        axis.set_ylim(0, axis.get_ylim()[1] * 1.1)  # from zero: run-to-run jitter of 1% should look like 1%
         axis.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:.0f}%"))
     elif panel.y_format == "count":
+        axis.set_ylim(0, axis.get_ylim()[1] * 1.1)
         axis.yaxis.set_major_formatter(FuncFormatter(_short_number))
     else:
         axis.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:.3g}"))

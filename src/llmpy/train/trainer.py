@@ -97,7 +97,8 @@ class Trainer:
         for step in range(self.start_step, self.total_steps + 1):
             last_step = step == self.total_steps
             if self.val_loader is not None and cfg.val_every > 0 and (step % cfg.val_every == 0 or last_step):
-                val_loss = evaluate_loss(self.model, self.val_loader, cfg.val_max_steps, self.runtime, self.job)
+                val_loss = evaluate_loss(self.model, self.val_loader, cfg.val_max_steps, self.runtime, self.job,
+                                         progress=True)
                 self.logger.log_val(step, val_loss)
                 summary["val_loss"][step] = val_loss
                 self.print_fn(f"val loss {val_loss:.4f}")
@@ -128,7 +129,7 @@ class Trainer:
         """-h 1: HellaSwag acc_norm, logged as llm.c's `eval` line (the uncompiled model: shapes vary per batch)."""
         scores = evaluate_hellaswag(self.raw_model, self.hellaswag_examples, self.runtime.device, self.runtime.autocast,
                                     rank=self.train_loader.rank, world_size=self.train_loader.world_size,
-                                    lockstep=self.parallel.sharded)
+                                    lockstep=self.parallel.sharded, progress=self.job.is_main)
         self.logger.log_eval(step, scores["acc_norm"], acc=scores["acc"], examples=scores["examples"])
         summary.setdefault("hellaswag", {})[step] = scores["acc_norm"]
         self.print_fn(f"HellaSwag: {scores['acc_norm']:.4f} acc_norm ({scores['examples']} examples)")

@@ -1,0 +1,28 @@
+"""llmpy bench runs the real training step and reports it; kernel names map to the parts of a step."""
+
+import json
+
+from llmpy.bench import kernel_category
+from llmpy.cli import main
+
+
+def test_kernel_categories_of_real_h100_kernel_names():
+    assert kernel_category("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT") == "matmul"
+    assert kernel_category("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26") == "attention"
+    assert kernel_category("triton_poi_fused_gelu_gelu_backward_view_5").startswith("fused elementwise")
+    assert kernel_category("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<Adam>") == "optimizer"
+    assert kernel_category("ncclDevKernel_AllReduce_Sum_f32_RING_LL") == "communication"
+    assert kernel_category("Memcpy HtoD (Pinned -> Device)") == "copy"
+
+
+def test_bench_on_cpu_reports_step_time_and_tokens(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    code = main(["bench", "--model", "d2w64", "-b", "2", "-t", "32", "-d", "128", "--steps", "2", "--warmup", "1",
+                 "--device", "cpu", "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text().splitlines()[-1])
+    assert result["grad_accum_steps"] == 2 and result["total_batch_size"] == 128 and result["steps"] == 2
+    # tok/s is the tokens of one step over the median step time
+    assert result["tokens_per_sec"] == 128 / (result["step_ms_median"] / 1000)
+    assert result["mfu"] is None  # no MFU on a CPU rather than a wrong one
+    assert "ms/step median" in capsys.readouterr().out
