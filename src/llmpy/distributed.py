@@ -93,7 +93,7 @@ def check_same_everywhere(value: dict, what: str) -> None:
 
 
 
-def broadcast_object(value, job: Distributed):
+def broadcast_object(value):
     """Rank 0's `value` on every rank (picklable objects; itself without a process group)."""
     if not dist.is_initialized():
         return value

@@ -110,7 +110,7 @@ def restore_from_checkpoint(trainer: Trainer, config: TrainConfig, candidates: l
                 )
             chosen, model_state = step, saved.state_dict()
             break
-    chosen = broadcast_object(chosen, job)
+    chosen = broadcast_object(chosen)
     if chosen is None:
         print_fn(f"warning: no readable checkpoint in {run_dir}; starting from step 0")
         return
@@ -118,8 +118,9 @@ def restore_from_checkpoint(trainer: Trainer, config: TrainConfig, candidates: l
         model_state = load_model(model_path(run_dir, chosen))[0].state_dict()
         state = load_training_state(run_dir, chosen)
     trainer.parallel.load_full_state(trainer.optimizer, model_state, state["optimizer"] if state else None)
-    trainer.restore(chosen, broadcast_object({k: v for k, v in state.items() if k != "optimizer"} if state else None,
-                                             job))
+    if trainer.parallel.sharded:  # the other ranks read nothing: rank 0 sends the loader, schedule and RNG state
+        state = broadcast_object(None if state is None else {k: v for k, v in state.items() if k != "optimizer"})
+    trainer.restore(chosen, state)
     trainer.last_checkpoint = str(model_path(run_dir, chosen))
     print_fn(f"resuming from the checkpoint at step {chosen} of {trainer.total_steps} in {run_dir}"
              + (f" (written by {state['world_size']} process(es), now {job.world_size})"
