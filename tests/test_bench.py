@@ -13,6 +13,7 @@ def test_kernel_categories_of_real_h100_kernel_names():
     assert kernel_category("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<Adam>") == "optimizer"
     assert kernel_category("ncclDevKernel_AllReduce_Sum_f32_RING_LL") == "communication"
     assert kernel_category("Memcpy HtoD (Pinned -> Device)") == "copy"
+    assert kernel_category("_loss_and_grad_kernel").startswith("loss")
 
 
 def test_bench_on_cpu_reports_step_time_and_tokens(tmp_path, capsys):

@@ -22,6 +22,7 @@ from llmpy.data.shards import write_shard
 # (category, substrings of CUDA kernel names), first match wins
 KERNEL_CATEGORIES = (
     ("communication", ("nccl",)),
+    ("loss (llmpy's fused head + cross-entropy kernel)", ("_loss_and_grad_kernel",)),
     ("attention", ("flash", "fmha", "attention", "attn", "sdpa", "cudnn_generated_fort_native_sdpa")),
     ("optimizer", ("adam", "multi_tensor_apply", "foreach")),
     ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "sm90_", "sm80_", "wgmma")),
@@ -54,6 +55,7 @@ def bench_config(args: argparse.Namespace, train_data: str) -> TrainConfig:
         max_steps=args.warmup + args.steps + (args.profile_steps if args.profile else 0), val_every=0,
         sample_every=0, checkpoint_every=0, log_every=0, recompute=args.recompute, zero_stage=args.zero_stage,
         device=args.device, dtype=args.dtype, compile=args.compile, attention=args.attention,
+        compile_mode=args.compile_mode, fused_loss=args.fused_loss,
         auto_batch=args.auto_batch, seed=args.seed,
     )
 
@@ -87,7 +89,8 @@ def run_bench(args: argparse.Namespace, print_fn=print) -> dict:
             "batch_size": trainer.config.batch_size, "seq_len": args.seq_len,
             "total_batch_size": trainer.tokens_per_step, "grad_accum_steps": trainer.grad_accum_steps,
             "world_size": trainer.job.world_size, "zero_stage": args.zero_stage, "recompute": args.recompute,
-            "attention": args.attention,
+            "attention": args.attention, "compile_mode": args.compile_mode,
+            "fused_loss": bool(getattr(trainer.raw_model, "fused_loss", False)),
             "compile": args.compile == 1 or (args.compile == -1 and trainer.runtime.is_cuda),
             "precision": trainer.runtime.precision, "device": trainer.runtime.device_name(),
             "steps": args.steps, "step_ms_median": 1000 * step_s, "step_ms_min": 1000 * min(times),
@@ -144,6 +147,114 @@ def profile_steps(trainer, first_step: int, steps: int, out_dir: Path, say) -> d
     return {"step_ms": step_ms, "ms_per_step": breakdown, "top_kernels_ms": top, "trace": str(trace)}
 
 
+# --check passes when the fast path is this close to eager fp32 (bf16 keeps 8 bits of mantissa: ~0.4% per rounding)
+CHECK_LOSS_RTOL = 1e-2
+CHECK_GRAD_RTOL = 5e-2
+
+
+def _loss_and_grads(model, x, y, context, run=None) -> tuple[float, dict]:
+    """One forward and backward of `model` (through `run`, e.g. its compiled wrapper): loss and fp32 gradients."""
+    model.zero_grad(set_to_none=True)
+    with context:
+        _, loss = (model if run is None else run)(x, y, return_logits=False)
+    loss.backward()
+    return loss.item(), {name: p.grad.detach().float().clone() for name, p in model.named_parameters()
+                         if p.grad is not None}
+
+
+def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
+    """--check: the loss and gradients of the configured fast path (precision, compile mode, fused loss, recompute)
+    against the eager fp32 model (plain loss, TF32 off) on one fixed random batch, from the same weights."""
+    import contextlib
+    import copy
+
+    from llmpy.runtime import seed_everything, select_runtime
+    from llmpy.train.build import build_model, fused_loss_wanted
+    from llmpy.train.parallel import compiled
+
+    runtime = select_runtime(args.device, args.dtype, tf32=False, attention=args.attention)
+    seed_everything(args.seed)
+    reference = build_model(args.model, args.seq_len).to(runtime.device)
+    fast = copy.deepcopy(reference)
+    fast.set_recompute(args.recompute)
+    fast.fused_loss = fused_loss_wanted(args.fused_loss, runtime)
+    use_compile = args.compile == 1 or (args.compile == -1 and runtime.is_cuda)
+    generator = torch.Generator().manual_seed(args.seed)
+    x = torch.randint(0, 50257, (args.batch_size, args.seq_len + 1), generator=generator)
+    x, y = x[:, :-1].to(runtime.device), x[:, 1:].to(runtime.device)
+    ref_loss, ref_grads = _loss_and_grads(reference, x, y, contextlib.nullcontext())
+    fast_loss, fast_grads = _loss_and_grads(fast, x, y, runtime.autocast(),
+                                            compiled(fast, args.compile_mode if use_compile else None))
+    diff = torch.sqrt(sum(((fast_grads[n] - g) ** 2).sum() for n, g in ref_grads.items())).item()
+    norm = torch.sqrt(sum((g ** 2).sum() for g in ref_grads.values())).item()
+    cosines = {n: torch.nn.functional.cosine_similarity(fast_grads[n].flatten(), g.flatten(), dim=0).item()
+               for n, g in ref_grads.items() if g.abs().max() > 0}
+    worst = min(cosines, key=cosines.get)
+    result = {
+        "check": "fast path vs eager fp32", "model": args.model, "batch_size": args.batch_size,
+        "seq_len": args.seq_len, "device": runtime.device_name(), "precision": runtime.precision,
+        "compile": use_compile, "compile_mode": args.compile_mode, "fused_loss": fast.fused_loss,
+        "recompute": args.recompute, "loss_fp32_eager": ref_loss, "loss_fast": fast_loss,
+        "loss_rel_diff": abs(fast_loss - ref_loss) / abs(ref_loss), "grad_norm_fp32_eager": norm,
+        "grad_rel_diff": diff / norm, "worst_grad_cosine": cosines[worst], "worst_grad_parameter": worst,
+    }
+    if runtime.is_cuda and fast.fused_loss:
+        result.update(check_loss_kernel(runtime.device, args.seed))
+    result["passed"] = bool(result["loss_rel_diff"] <= CHECK_LOSS_RTOL and result["grad_rel_diff"] <= CHECK_GRAD_RTOL
+                            and result.get("kernel_passed", True))
+    print_fn(f"check {args.model} B={args.batch_size} T={args.seq_len} on {result['device']} "
+             f"({runtime.precision}{', compiled ' + args.compile_mode if use_compile else ''}"
+             f"{', fused loss' if fast.fused_loss else ''}, -r {args.recompute}) vs eager fp32: loss "
+             f"{fast_loss:.6f} vs {ref_loss:.6f} (rel diff {result['loss_rel_diff']:.2e}, limit {CHECK_LOSS_RTOL:g}); "
+             f"gradients rel diff {result['grad_rel_diff']:.2e} (limit {CHECK_GRAD_RTOL:g}), worst cosine "
+             f"{cosines[worst]:.5f} ({worst}) => {'PASS' if result['passed'] else 'FAIL'}")
+    print_fn(json.dumps(result))
+    return result
+
+
+def check_loss_kernel(device: torch.device, seed: int, rows: int = 8192) -> dict:
+    """The Triton loss kernel against its PyTorch reference on GPT-2-sized bf16 logits; every launch configuration
+    in LOSS_KERNEL_LAUNCHES timed (ms per call and the memory bandwidth it implies, 2 bytes read + 2 written)."""
+    from llmpy.kernels.cross_entropy import kernel_launch_config, reference_loss_and_grad, triton_loss_and_grad_
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+    logits = (2 * torch.randn(rows, 50304, generator=generator, device=device)).to(torch.bfloat16)
+    targets = torch.randint(0, 50257, (rows,), generator=generator, device=device)
+    targets[::7] = -1
+    ref_losses, ref_grad = reference_loss_and_grad(logits, targets, 50257)
+    grad = torch.empty_like(logits)
+    losses = triton_loss_and_grad_(logits, targets, 50257, out=grad)
+    loss_diff = (losses - ref_losses).abs().max().item()
+    grad_diff = (grad.float() - ref_grad.float()).abs().max().item()
+    timings = {}
+    launches = [("reference", None)] + [(",".join(map(str, c)), c) for c in LOSS_KERNEL_LAUNCHES]
+    for name, launch in launches:
+        def call():
+            if launch is None:
+                return reference_loss_and_grad(logits, targets, 50257)
+            return triton_loss_and_grad_(logits, targets, 50257, out=grad, launch=launch)
+        call()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(10):
+            call()
+        end.record()
+        torch.cuda.synchronize(device)
+        ms = start.elapsed_time(end) / 10
+        timings[name] = {"ms": ms, "tb_per_s": 2 * logits.numel() * 2 / ms / 1e9}
+    # the padded columns and the ignored rows get exactly zero; the rest within one bf16 rounding of the reference
+    return {"kernel_rows": rows, "kernel_loss_max_abs_diff": loss_diff, "kernel_grad_max_abs_diff": grad_diff,
+            "kernel_default_launch": ",".join(map(str, kernel_launch_config())), "kernel_timings": timings,
+            "kernel_passed": bool(loss_diff <= 1e-3 and grad_diff <= 2e-3
+                                  and grad[:, 50257:].abs().max().item() == 0
+                                  and grad[::7].abs().max().item() == 0)}
+
+
+# (columns per chunk, warps, programs per SM, lanewise) timed by --check on CUDA
+LOSS_KERNEL_LAUNCHES = ((4096, 8, 4, 0), (8192, 16, 2, 0), (4096, 8, 8, 0), (4096, 8, 4, 1), (8192, 8, 4, 1),
+                        (2048, 4, 8, 1), (4096, 16, 2, 1), (8192, 16, 2, 1), (4096, 4, 8, 1))
+
+
 def format_result(result: dict) -> str:
     mfu_text = f" | MFU {100 * result['mfu']:.1f}%" if result.get("mfu") is not None else ""
     memory = f" | peak {result['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in result else ""
@@ -163,6 +274,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-z", "--zero-stage", type=int, default=0)
     parser.add_argument("--compile", type=int, default=-1, help="-1 on CUDA, 0 off, 1 on")
     parser.add_argument("--attention", default="auto", help="auto | flash | cudnn | efficient | math")
+    parser.add_argument("--compile-mode", default="default",
+                        help="default | tuned | max-autotune-no-cudagraphs")
+    parser.add_argument("--fused-loss", type=int, default=-1, help="head + loss in one pass: -1 on CUDA, 0 off, 1 on")
     parser.add_argument("--auto-batch", type=int, default=0, help="1: halve -b until it fits (off in bench)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -170,9 +284,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", metavar="DIR", default="", help="profile extra steps; trace + breakdown")
     parser.add_argument("--profile-steps", type=int, default=2)
     parser.add_argument("--json", metavar="FILE", default="", help="also append the result as a JSON line here")
+    parser.add_argument("--check", action="store_true",
+                        help="instead of timing: compare the fast path's loss and gradients on one fixed batch of -b "
+                             "rows with the eager fp32 model; exit 1 if they differ by more than bf16 tolerance")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.check:
+        result = check_fast_path(args)
+        if args.json:
+            with open(args.json, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(result) + "\n")
+        return 0 if result["passed"] else 1
     result = run_bench(args)
     if args.json and int(os.environ.get("RANK", "0")) == 0:
         with open(args.json, "a", encoding="utf-8") as handle:

@@ -18,6 +18,10 @@ GPT2_BLOCK_SIZE = 1024
 _DEPTH_TO_WIDTH = {6: 384, 12: 768, 24: 1024, 36: 1280, 48: 1600}
 # Hugging Face / OpenAI names for the same four checkpoints.
 GPT2_NAMES = {"gpt2": "d12", "gpt2-medium": "d24", "gpt2-large": "d36", "gpt2-xl": "d48"}
+# torch.compile's modes, plus "tuned": the default mode with Inductor's coordinate-descent tuning of its kernels.
+# The CUDA-graph modes (reduce-overhead, max-autotune) are left out: their graphs break on the accumulation step
+# ("Gradient addition node due to multiple use of tensor", H100 2026-11-25), and the GPU idles only ~1.5% anyway.
+COMPILE_MODES = ("default", "tuned", "max-autotune-no-cudagraphs")
 DESCRIPTOR_RE = re.compile(r"d(\d+)(?:w(\d+))?")
 
 
@@ -124,6 +128,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | bf16 | fp32
     compile: int = -1  # -1 = on for CUDA, off elsewhere
+    compile_mode: str = "default"  # torch.compile mode, or "tuned" (default + Inductor's coordinate-descent tuning)
+    fused_loss: int = -1  # head + cross-entropy in one kernel pass (-1 = on CUDA when Triton is there, 0 off, 1 on)
     tensorboard: str = ""  # TensorBoard log directory ("" = off)
     wandb: str = ""  # Weights & Biases project ("" = off)
     attention: str = "auto"  # SDPA kernel preference: auto | flash | cudnn | efficient | math
@@ -155,6 +161,9 @@ class TrainConfig:
         need(self.dtype in ("auto", "bf16", "fp32"), f"--dtype must be auto, bf16 or fp32, got {self.dtype!r}")
         need(self.recompute in (0, 1, 2, 3), f"-r/--recompute must be 0 (none), 1 (GELU), 2 (GELU+LayerNorm) or 3 "
              f"(whole blocks), got {self.recompute}")
+        need(self.compile_mode in COMPILE_MODES, f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got "
+             f"{self.compile_mode!r}")
+        need(self.fused_loss in (-1, 0, 1), f"--fused-loss must be -1 (on CUDA), 0 or 1, got {self.fused_loss}")
         need(self.zero_stage in (0, 1, 3), f"-z/--zero-stage must be 0 (DDP), 1 (sharded optimizer state) or 3 "
              f"(FSDP full sharding), got {self.zero_stage}")
         self.grad_accum_steps(world_size)  # raises on a -d that does not divide

@@ -124,6 +124,9 @@ class GPT(nn.Module):
         vocab_mask = torch.zeros(config.padded_vocab_size)
         vocab_mask[config.vocab_size:] = float("-inf")
         self.register_buffer("vocab_mask", vocab_mask, persistent=False)
+        # training loss through llmpy.kernels.cross_entropy (head + loss + its gradient in one pass over the logits);
+        # the same math as the plain path, set by --fused-loss
+        self.fused_loss = False
         self.reset_parameters()
 
     @torch.no_grad()
@@ -173,6 +176,11 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(T)
         x = self.transformer.ln_f(x)
+        if self.fused_loss and targets is not None and not return_logits and torch.is_grad_enabled():
+            from llmpy.kernels.cross_entropy import head_loss
+
+            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+            return None, head_loss(x.to(dtype), self.lm_head.weight.to(dtype), targets, self.config.vocab_size)
         logits = self.lm_head(x)  # (B, T, padded V)
         loss = None
         if targets is not None:

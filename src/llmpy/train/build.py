@@ -67,6 +67,15 @@ def total_steps_for(config: TrainConfig, loader: TokenLoader) -> int:
     return config.max_steps if config.max_steps > 0 else loader.steps_per_epoch
 
 
+def fused_loss_wanted(flag: int, runtime: Runtime) -> bool:
+    """--fused-loss: 1 on, 0 off, -1 on where its Triton kernel runs (CUDA with Triton installed)."""
+    if flag != -1:
+        return bool(flag)
+    from llmpy.kernels.cross_entropy import triton
+
+    return runtime.is_cuda and triton is not None
+
+
 def check_options_available(config: TrainConfig, print_fn) -> None:
     """Say plainly which accepted llm.c options this version does not act on."""
     if config.zero_stage in (1, 3) and not torch.distributed.is_initialized():
@@ -165,9 +174,10 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
 
     raw_model = build_model(config.model, config.seq_len).to(runtime.device)
     raw_model.set_recompute(config.recompute)
+    raw_model.fused_loss = fused_loss_wanted(config.fused_loss, runtime)
     num_params = raw_model.num_parameters()
     use_compile = config.compile == 1 or (config.compile == -1 and runtime.is_cuda)
-    parallel = parallelize(raw_model, runtime, job, config.zero_stage, use_compile)
+    parallel = parallelize(raw_model, runtime, job, config.zero_stage, config.compile_mode if use_compile else None)
     if config.auto_batch and runtime.is_cuda:
         config.batch_size = fit_micro_batch(config, parallel, runtime, num_params, print_fn)
         grad_accum_steps = config.grad_accum_steps(world_size)
@@ -195,15 +205,18 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
 
     header = {
         "device": runtime.device_name(), "precision": runtime.precision, "compile": use_compile,
+        "compile_mode": config.compile_mode if use_compile else None, "fused_loss": raw_model.fused_loss,
         "num_parameters": num_params, "model_config": raw_model.config.to_dict(),
         "grad_accum_steps": grad_accum_steps, "total_steps": total_steps, "world_size": world_size,
         "parallelism": parallel.description,
         "torch": str(torch.__version__), "argv": sys.argv,
     }
+    compile_note = "" if not use_compile else ", compiled" + (f" {config.compile_mode}" if config.compile_mode != "default" else "")
     print_fn(
         f"model {config.model}: {raw_model.config.n_layer} layers, {raw_model.config.n_head} heads, "
         f"{raw_model.config.n_embd} channels | num_parameters: {num_params:,}\n"
-        f"device {header['device']} ({runtime.precision}{', compiled' if use_compile else ''}) | B={config.batch_size} "
+        f"device {header['device']} ({runtime.precision}{compile_note}{', fused loss' if raw_model.fused_loss else ''}) "
+        f"| B={config.batch_size} "
         f"T={config.seq_len} | total batch {grad_accum_steps * config.tokens_per_micro_step(world_size):,} tokens "
         f"=> grad accumulation {grad_accum_steps} | {total_steps} steps | "
         f"train {train_loader.tokens_per_epoch:,} tokens/epoch"

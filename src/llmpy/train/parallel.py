@@ -110,16 +110,29 @@ class Parallelism:
                                      options=StateDictOptions(full_state_dict=True))
 
 
-def parallelize(raw_model: GPT, runtime: Runtime, job: Distributed, zero_stage: int, use_compile: bool) -> Parallelism:
-    """Wrap `raw_model` (already on its device) for this job and `-z`; compile if asked."""
+def compiled(module: torch.nn.Module, mode: str | None) -> torch.nn.Module:
+    """torch.compile(module) in --compile-mode `mode` (None: not compiled). "tuned" is the default mode with
+    Inductor's coordinate-descent tuning of the block sizes of its generated kernels (a longer first step)."""
+    if mode is None:
+        return module
+    if mode == "tuned":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.coordinate_descent_tuning = True
+        mode = "default"
+    return torch.compile(module, mode=None if mode == "default" else mode)
+
+
+def parallelize(raw_model: GPT, runtime: Runtime, job: Distributed, zero_stage: int,
+                compile_mode: str | None) -> Parallelism:
+    """Wrap `raw_model` (already on its device) for this job and `-z`; compile in `compile_mode` (None: eager)."""
     if not dist.is_initialized():
-        model = torch.compile(raw_model) if use_compile else raw_model
-        return Parallelism(raw_model, model, job, zero_stage)
+        return Parallelism(raw_model, compiled(raw_model, compile_mode), job, zero_stage)
     if zero_stage == 0:
         from torch.nn.parallel import DistributedDataParallel
 
         ddp = DistributedDataParallel(raw_model, device_ids=[runtime.device.index] if runtime.is_cuda else None)
-        return Parallelism(raw_model, torch.compile(ddp) if use_compile else ddp, job, 0, ddp)
+        return Parallelism(raw_model, compiled(ddp, compile_mode), job, 0, ddp)
     if zero_stage not in (1, 3):
         raise LlmpyError(f"-z {zero_stage}: use 0 (DDP), 1 (sharded optimizer state) or 3 (full sharding)")
     from torch.distributed.device_mesh import init_device_mesh
@@ -134,4 +147,4 @@ def parallelize(raw_model: GPT, runtime: Runtime, job: Distributed, zero_stage: 
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
     # the root unit holds the embeddings, the tied head and the final LayerNorm
     fully_shard(raw_model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
-    return Parallelism(raw_model, torch.compile(raw_model) if use_compile else raw_model, job, zero_stage)
+    return Parallelism(raw_model, compiled(raw_model, compile_mode), job, zero_stage)

@@ -1,0 +1,193 @@
+"""The output head and the cross-entropy in one autograd step, as llm.c's fused classifier does it.
+
+The usual path writes the (B*T, padded V) logits, reads them in a softmax/cross-entropy forward kernel, and in the
+backward reads them again to write their gradient. Here one kernel reads each row of logits once (an online
+softmax over chunks of the row, then a second pass over the same row, which is still in L2) and writes, in the
+forward pass, both the row's loss and the gradient of the loss with respect to the logits: softmax - one_hot(target).
+The backward pass is then only the two matmuls of the head, scaled by the incoming gradient / the number of targets.
+
+Math: the softmax runs in fp32 over the real vocabulary only (the padded columns get zero gradient); targets equal
+to `ignore_index` contribute neither loss nor gradient; the loss is the mean over the other targets, as
+`F.cross_entropy(..., ignore_index=-1)` computes it. The gradient with respect to the logits is stored in the logits'
+dtype (bf16 under autocast, as llm.c stores it) and unscaled: the 1/count factor is applied to the head's two matmul
+outputs, which are 65x smaller than the logits.
+
+On CUDA the kernel is Triton; everywhere else (and as the reference the Triton kernel is tested against) it is the
+same computation in PyTorch ops, row block by row block so the fp32 copy of the logits never exists whole.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # Triton ships with CUDA builds of torch; CPU builds may lack it (the PyTorch path is used then)
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the installation
+    triton = None
+
+IGNORE_INDEX = -1
+_REFERENCE_ROWS = 1024  # rows per block in the PyTorch path: bounds its fp32 temporaries
+
+
+def reference_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int,
+                            ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row losses (fp32, or fp64 for fp64 logits) and d(sum of losses)/d(logits) in the logits' dtype, in plain
+    PyTorch ops. logits (N, V_padded), targets (N,) int64; columns >= vocab_size are padding.
+    """
+    n_rows, n_cols = logits.shape
+    math_dtype = torch.promote_types(logits.dtype, torch.float32)
+    losses = torch.zeros(n_rows, dtype=math_dtype, device=logits.device)
+    grad = torch.zeros_like(logits)
+    for start in range(0, n_rows, _REFERENCE_ROWS):
+        rows = slice(start, min(start + _REFERENCE_ROWS, n_rows))
+        real = logits[rows, :vocab_size].to(math_dtype)
+        target = targets[rows]
+        valid = target != ignore_index
+        safe_target = torch.where(valid, target, torch.zeros_like(target))
+        lse = torch.logsumexp(real, dim=-1)
+        picked = real.gather(1, safe_target[:, None]).squeeze(1)
+        losses[rows] = torch.where(valid, lse - picked, torch.zeros_like(lse))
+        probs = torch.exp(real - lse[:, None])
+        probs.scatter_add_(1, safe_target[:, None], -torch.ones_like(picked)[:, None])
+        grad[rows, :vocab_size] = (probs * valid[:, None]).to(logits.dtype)
+    return losses, grad
+
+
+if triton is not None:
+
+    @triton.jit
+    def _loss_and_grad_kernel(logits_ptr, grad_ptr, targets_ptr, losses_ptr, n_rows, row_stride, n_cols,
+                              vocab_size, ignore_index, BLOCK: tl.constexpr, LANEWISE: tl.constexpr):
+        """Persistent: each program takes rows pid, pid + programs, ... For each row, the log-sum-exp first, then a
+        last pass writes softmax - one_hot. Few rows are in flight at once, so the later passes read the row back
+        from L2, not from memory. The log-sum-exp either takes one pass with an online max (reducing across the
+        program at every chunk) or, LANEWISE, two passes (max, then sum of exp) that each reduce only at the end."""
+        for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
+            offset = tl.cast(row, tl.int64) * row_stride  # past 2**31 elements for B*T*V logits
+            row_logits = logits_ptr + offset
+            row_grad = grad_ptr + offset
+            target = tl.load(targets_ptr + row)
+            if LANEWISE:
+                lane_max = tl.full([BLOCK], -float("inf"), tl.float32)
+                for start in range(0, vocab_size, BLOCK):
+                    cols = start + tl.arange(0, BLOCK)
+                    x = tl.load(row_logits + cols, mask=cols < vocab_size, other=-float("inf"),
+                                eviction_policy="evict_last").to(tl.float32)
+                    lane_max = tl.maximum(lane_max, x)
+                row_max = tl.max(lane_max, axis=0)
+                lane_sum = tl.zeros([BLOCK], tl.float32)
+                for start in range(0, vocab_size, BLOCK):
+                    cols = start + tl.arange(0, BLOCK)
+                    x = tl.load(row_logits + cols, mask=cols < vocab_size, other=-float("inf"),
+                                eviction_policy="evict_last").to(tl.float32)
+                    lane_sum += tl.exp(x - row_max)
+                lse = row_max + tl.log(tl.sum(lane_sum, axis=0))
+            else:
+                running_max = -float("inf")
+                running_sum = 0.0
+                for start in range(0, vocab_size, BLOCK):
+                    cols = start + tl.arange(0, BLOCK)
+                    x = tl.load(row_logits + cols, mask=cols < vocab_size, other=-float("inf"),
+                                eviction_policy="evict_last").to(tl.float32)
+                    new_max = tl.maximum(running_max, tl.max(x, axis=0))
+                    running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(x - new_max), axis=0)
+                    running_max = new_max
+                lse = running_max + tl.log(running_sum)
+            valid = target != ignore_index
+            safe_target = tl.where(valid, target, 0)
+            picked = tl.load(row_logits + safe_target).to(tl.float32)
+            tl.store(losses_ptr + row, tl.where(valid, lse - picked, 0.0))
+            keep = tl.where(valid, 1.0, 0.0)
+            for start in range(0, n_cols, BLOCK):
+                cols = start + tl.arange(0, BLOCK)
+                x = tl.load(row_logits + cols, mask=cols < vocab_size, other=-float("inf"),
+                            eviction_policy="evict_first").to(tl.float32)
+                g = tl.exp(x - lse) - tl.where(cols == safe_target, 1.0, 0.0)
+                tl.store(row_grad + cols, (g * keep).to(row_grad.dtype.element_ty), mask=cols < n_cols)
+
+
+def kernel_launch_config() -> tuple[int, int, int, int]:
+    """(columns per chunk, warps per program, programs per SM, lanewise 0/1); LLMPY_LOSS_KERNEL="B,W,P,L" overrides
+    it (for tuning; `llmpy bench --check` times several on CUDA)."""
+    import os
+
+    text = os.environ.get("LLMPY_LOSS_KERNEL", "")
+    if text:
+        try:
+            block, warps, per_sm, lanewise = (int(v) for v in text.split(","))
+            return block, warps, per_sm, lanewise
+        except ValueError:
+            raise ValueError(f"LLMPY_LOSS_KERNEL={text!r}: expected four integers BLOCK,WARPS,PROGRAMS_PER_SM,LANEWISE") from None
+    return DEFAULT_LAUNCH
+
+
+# the fastest of the launches `llmpy bench --check` timed on an H100 (2026-11-25): 0.91 ms for 8192 x 50304 bf16
+DEFAULT_LAUNCH = (4096, 8, 4, 0)
+
+
+def triton_loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int,
+                          ignore_index: int = IGNORE_INDEX, out: torch.Tensor | None = None,
+                          launch: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """The Triton kernel: per-row losses, with the gradient written to `out` (default: over `logits` itself; the
+    kernel reads each row fully before writing it). The same result as `reference_loss_and_grad`; it runs on CPU
+    under TRITON_INTERPRET=1."""
+    if triton is None:
+        raise RuntimeError("Triton is not installed")
+    if logits.stride(1) != 1:
+        raise ValueError("the loss kernel needs logits with contiguous rows")
+    out = logits if out is None else out
+    block, num_warps, programs_per_sm, lanewise = launch or kernel_launch_config()
+    n_rows, n_cols = logits.shape
+    losses = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+    if n_rows:
+        processors = torch.cuda.get_device_properties(logits.device).multi_processor_count if logits.is_cuda else 2
+        grid = (min(n_rows, processors * programs_per_sm),)
+        _loss_and_grad_kernel[grid](logits, out, targets.contiguous(), losses, n_rows, logits.stride(0), n_cols,
+                                    vocab_size, ignore_index, BLOCK=block, LANEWISE=bool(lanewise),
+                                    num_warps=num_warps)
+    return losses
+
+
+@torch.library.custom_op("llmpy::loss_and_grad_", mutates_args=("logits",))
+def loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Per-row cross-entropy losses; `logits` is overwritten with their gradient (see the module docstring)."""
+    if logits.is_cuda and triton is not None and logits.dtype != torch.float64:
+        return triton_loss_and_grad_(logits, targets, vocab_size)
+    losses, grad = reference_loss_and_grad(logits, targets, vocab_size)
+    logits.copy_(grad)
+    return losses
+
+
+@loss_and_grad_.register_fake
+def _(logits, targets, vocab_size):
+    return logits.new_empty(logits.shape[0], dtype=torch.promote_types(logits.dtype, torch.float32))
+
+
+class _HeadLoss(torch.autograd.Function):
+    """mean cross-entropy of (x @ weight.T) against targets; the backward reuses the gradient the forward wrote."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        grad_logits = x @ weight.t()  # (N, V_padded) logits in the inputs' dtype; the kernel turns them into their grad
+        losses = loss_and_grad_(grad_logits, targets, vocab_size)
+        count = (targets != IGNORE_INDEX).sum()
+        ctx.save_for_backward(x, weight, grad_logits, count)
+        return losses.sum() / count
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        x, weight, grad_logits, count = ctx.saved_tensors
+        scale = grad_loss / count
+        grad_x = (grad_logits @ weight) * scale.to(grad_logits.dtype)
+        grad_weight = (grad_logits.t() @ x) * scale.to(grad_logits.dtype)
+        return grad_x, grad_weight, None, None
+
+
+def head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Mean cross-entropy of the head's logits x @ weight.T (rows >= vocab_size of weight are padding).
+
+    x (..., C) and weight (V_padded, C) must share a dtype (the caller casts them under autocast); targets (...,)
+    int64 with -1 for positions without a target.
+    """
+    return _HeadLoss.apply(x.reshape(-1, x.size(-1)), weight, targets.reshape(-1), vocab_size)

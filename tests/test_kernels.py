@@ -1,0 +1,168 @@
+"""The fused head + cross-entropy (llmpy.kernels.cross_entropy) against F.cross_entropy and autograd.
+
+The Triton kernel runs on the CPU through Triton's interpreter (TRITON_INTERPRET=1, set before Triton is imported,
+so in a child process); the PyTorch path is what CPUs use and what the GPU kernel is checked against on the device
+(`llmpy bench --check`)."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmpy.cli import main
+from llmpy.config import ModelConfig, TrainConfig
+from llmpy.errors import LlmpyError
+from llmpy.kernels.cross_entropy import head_loss, reference_loss_and_grad
+from llmpy.model import GPT
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _autograd_reference(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int):
+    """Per-row losses and d(sum)/d(logits) from F.cross_entropy on the real columns, through autograd, in fp64."""
+    real = logits[:, :vocab_size].double().requires_grad_(True)
+    losses = F.cross_entropy(real, targets, ignore_index=-1, reduction="none")
+    losses.sum().backward()
+    grad = torch.zeros(logits.shape, dtype=torch.float64)
+    grad[:, :vocab_size] = real.grad
+    return losses.detach(), grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reference_matches_autograd_cross_entropy(dtype):
+    torch.manual_seed(0)
+    logits = (4 * torch.randn(2500, 72)).to(dtype)  # 2500 rows: more than one row block of the reference
+    logits[:, 70:] = 0  # padded columns hold zeros, as the padded wte rows make them
+    targets = torch.randint(0, 70, (2500,))
+    targets[::5] = -1
+    losses, grad = reference_loss_and_grad(logits, targets, 70)
+    want_losses, want_grad = _autograd_reference(logits, targets, 70)
+    assert grad.dtype == dtype and losses.dtype == torch.float32
+    torch.testing.assert_close(losses.double(), want_losses, atol=1e-5, rtol=1e-5)
+    tolerance = 1e-6 if dtype == torch.float32 else 4e-3  # bf16 storage: half a unit in the last place near 1
+    torch.testing.assert_close(grad.double(), want_grad, atol=tolerance, rtol=0)
+    assert grad[:, 70:].abs().max() == 0 and grad[::5].abs().max() == 0
+
+
+def test_triton_kernel_under_the_interpreter_matches_autograd(tmp_path):
+    pytest.importorskip("triton")
+    script = tmp_path / "kernel.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys
+        import torch
+        from llmpy.kernels.cross_entropy import triton_loss_and_grad_
+        torch.manual_seed(1)
+        results = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            logits = (4 * torch.randn(9, 50)).to(dtype)
+            logits[:, 45:] = 0
+            targets = torch.randint(0, 45, (9,))
+            targets[2] = -1
+            for lanewise in (0, 1):
+                out = torch.full_like(logits, 7.0)
+                # 16-column chunks: 3 chunks per row, the last one partly padding; 2 programs loop over 9 rows
+                losses = triton_loss_and_grad_(logits, targets, 45, out=out, launch=(16, 1, 1, lanewise))
+                inplace = logits.clone()
+                triton_loss_and_grad_(inplace, targets, 45, launch=(16, 1, 1, lanewise))
+                results[f"{dtype}-{lanewise}"] = dict(losses=losses.tolist(), grad=out.double().tolist(),
+                                                      same_in_place=bool(torch.equal(inplace, out)))
+            results[f"{dtype}-inputs"] = dict(logits=logits.double().tolist(), targets=targets.tolist())
+        json.dump(results, sys.stdout)
+    """))
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(SRC))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads(run.stdout)
+    for dtype, tolerance in (("torch.float32", 1e-6), ("torch.bfloat16", 4e-3)):
+        inputs = results[f"{dtype}-inputs"]
+        logits = torch.tensor(inputs["logits"], dtype=torch.float64)
+        targets = torch.tensor(inputs["targets"])
+        want_losses, want_grad = _autograd_reference(logits, targets, 45)
+        for lanewise in (0, 1):
+            got = results[f"{dtype}-{lanewise}"]
+            torch.testing.assert_close(torch.tensor(got["losses"], dtype=torch.float64), want_losses,
+                                       atol=1e-5, rtol=1e-5)
+            grad = torch.tensor(got["grad"], dtype=torch.float64)
+            torch.testing.assert_close(grad, want_grad, atol=tolerance, rtol=0)
+            assert grad[:, 45:].abs().max() == 0 and grad[2].abs().max() == 0  # padding, ignored row: exactly 0
+            assert got["same_in_place"]
+
+
+def test_head_loss_value_and_gradients_match_linear_plus_cross_entropy():
+    torch.manual_seed(2)
+    x = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(24, 16, dtype=torch.float64) * 0.3
+    weight[20:] = 0
+    weight.requires_grad_(True)
+    targets = torch.randint(0, 20, (40,))
+    targets[:3] = -1
+    loss = head_loss(x, weight, targets, 20)
+    (3.0 * loss).backward()  # a non-unit incoming gradient reaches both matmuls
+    x2, w2 = x.detach().clone().requires_grad_(True), weight.detach().clone().requires_grad_(True)
+    want = F.cross_entropy((x2 @ w2.t())[:, :20], targets, ignore_index=-1)
+    (3.0 * want).backward()
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(weight.grad, w2.grad)
+    assert weight.grad[20:].abs().max() == 0
+
+
+def _tiny_gpt() -> GPT:
+    torch.manual_seed(3)
+    return GPT(ModelConfig(block_size=64, vocab_size=50257, padded_vocab_size=50304, n_layer=2, n_head=2, n_embd=64))
+
+
+def test_gpt_with_fused_loss_trains_like_the_plain_loss():
+    plain = _tiny_gpt()
+    fused = copy.deepcopy(plain)
+    fused.fused_loss = True
+    torch.manual_seed(4)
+    idx = torch.randint(0, 50257, (2, 64))
+    targets = torch.randint(0, 50257, (2, 64))
+    targets[0, :7] = -1
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.1) for m in (plain, fused)]
+    for _ in range(3):
+        losses = []
+        for model, optimizer in zip((plain, fused), optimizers):
+            optimizer.zero_grad()
+            _, loss = model(idx, targets, return_logits=False)
+            loss.backward()
+            losses.append(loss.item())
+        assert abs(losses[0] - losses[1]) < 1e-5
+        for (name, a), b in zip(plain.named_parameters(), fused.parameters()):  # fp32 summation order only
+            torch.testing.assert_close(b.grad, a.grad, atol=1e-3 * a.grad.abs().max().item(), rtol=0, msg=name)
+        for optimizer in optimizers:
+            optimizer.step()
+    # AdamW turns last-bit gradient differences on weights whose true gradient is ~0 (the key bias) into small
+    # steps; a real error (a wrong scale, a missing term) would move weights by whole lr-sized steps (1e-3)
+    for (name, a), b in zip(plain.named_parameters(), fused.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0, msg=name)
+    # eval and sampling still see the plain path: logits come back, the loss too, without gradients
+    with torch.no_grad():
+        logits, loss = fused(idx, targets)
+    assert logits.shape == (2, 64, 50257) and loss is not None
+
+
+def test_bench_check_passes_for_bf16_compiled_fused_path_on_cpu(tmp_path, capsys):
+    out = tmp_path / "check.jsonl"
+    code = main(["bench", "--check", "--model", "d2w64", "-b", "2", "-t", "32", "--device", "cpu", "--dtype", "bf16",
+                 "--compile", "1", "--fused-loss", "1", "-r", "1", "--json", str(out)])
+    result = json.loads(out.read_text().splitlines()[-1])
+    assert code == 0 and result["passed"], result
+    assert result["fused_loss"] and result["compile"] and result["precision"] == "bf16"
+    assert 0 < result["loss_rel_diff"] < 1e-2 and 0 < result["grad_rel_diff"] < 5e-2  # bf16 differs, a little
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_bad_compile_mode_and_fused_loss_values_are_refused():
+    with pytest.raises(LlmpyError, match="--compile-mode"):
+        TrainConfig(train_data="x", compile_mode="reduce-overhead").validate()
+    with pytest.raises(LlmpyError, match="--fused-loss"):
+        TrainConfig(train_data="x", fused_loss=2).validate()
