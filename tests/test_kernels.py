@@ -68,9 +68,9 @@ def test_triton_kernel_under_the_interpreter_matches_autograd(tmp_path):
             for lanewise in (0, 1):
                 out = torch.full_like(logits, 7.0)
                 # 16-column chunks: 3 chunks per row, the last one partly padding; 2 programs loop over 9 rows
-                losses = triton_loss_and_grad_(logits, targets, 45, out=out, launch=(16, 1, 1, lanewise))
+                losses = triton_loss_and_grad_(logits, targets, 45, out=out, launch=(16, 1, 1, lanewise, 1 + lanewise))
                 inplace = logits.clone()
-                triton_loss_and_grad_(inplace, targets, 45, launch=(16, 1, 1, lanewise))
+                triton_loss_and_grad_(inplace, targets, 45, launch=(16, 1, 1, lanewise, 1 + lanewise))
                 results[f"{dtype}-{lanewise}"] = dict(losses=losses.tolist(), grad=out.double().tolist(),
                                                       same_in_place=bool(torch.equal(inplace, out)))
             results[f"{dtype}-inputs"] = dict(logits=logits.double().tolist(), targets=targets.tolist())

@@ -250,9 +250,10 @@ def check_loss_kernel(device: torch.device, seed: int, rows: int = 8192) -> dict
                                   and grad[::7].abs().max().item() == 0)}
 
 
-# (columns per chunk, warps, programs per SM, lanewise) timed by --check on CUDA
-LOSS_KERNEL_LAUNCHES = ((4096, 8, 4, 0), (8192, 16, 2, 0), (4096, 8, 8, 0), (4096, 8, 4, 1), (8192, 8, 4, 1),
-                        (2048, 4, 8, 1), (4096, 16, 2, 1), (8192, 16, 2, 1), (4096, 4, 8, 1))
+# (columns per chunk, warps, programs per SM, lanewise, pipeline stages) timed by --check on CUDA
+LOSS_KERNEL_LAUNCHES = ((4096, 8, 4, 0, 1), (4096, 8, 4, 0, 2), (4096, 8, 4, 0, 3), (4096, 4, 8, 0, 3),
+                        (2048, 4, 8, 0, 3), (2048, 8, 4, 0, 3), (8192, 8, 2, 0, 2), (4096, 8, 2, 0, 3),
+                        (4096, 16, 2, 0, 3), (4096, 8, 4, 1, 3), (4096, 4, 8, 1, 3), (2048, 4, 8, 1, 3))
 
 
 def format_result(result: dict) -> str:

@@ -58,11 +58,13 @@ if triton is not None:
 
     @triton.jit
     def _loss_and_grad_kernel(logits_ptr, grad_ptr, targets_ptr, losses_ptr, n_rows, row_stride, n_cols,
-                              vocab_size, ignore_index, BLOCK: tl.constexpr, LANEWISE: tl.constexpr):
+                              vocab_size, ignore_index, BLOCK: tl.constexpr, LANEWISE: tl.constexpr,
+                              STAGES: tl.constexpr):
         """Persistent: each program takes rows pid, pid + programs, ... For each row, the log-sum-exp first, then a
         last pass writes softmax - one_hot. Few rows are in flight at once, so the later passes read the row back
         from L2, not from memory. The log-sum-exp either takes one pass with an online max (reducing across the
-        program at every chunk) or, LANEWISE, two passes (max, then sum of exp) that each reduce only at the end."""
+        program at every chunk) or, LANEWISE, two passes (max, then sum of exp) that each reduce only at the end.
+        STAGES > 1 lets Triton prefetch the next chunks while the current one is reduced (software pipelining)."""
         for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
             offset = tl.cast(row, tl.int64) * row_stride  # past 2**31 elements for B*T*V logits
             row_logits = logits_ptr + offset
@@ -70,14 +72,14 @@ if triton is not None:
             target = tl.load(targets_ptr + row)
             if LANEWISE:
                 lane_max = tl.full([BLOCK], -float("inf"), tl.float32)
-                for start in range(0, vocab_size, BLOCK):
+                for start in tl.range(0, vocab_size, BLOCK, num_stages=STAGES):
                     cols = start + tl.arange(0, BLOCK)
                     x = tl.load(row_logits + cols, mask=cols < vocab_size, other=-float("inf"),
                                 eviction_policy="evict_last").to(tl.float32)
                     lane_max = tl.maximum(lane_max, x)
                 row_max = tl.max(lane_max, axis=0)
                 lane_sum = tl.zeros([BLOCK], tl.float32)
-                for start in range(0, vocab_size, BLOCK):
+                for start in tl.range(0, vocab_size, BLOCK, num_stages=STAGES):
                     cols = start + tl.arange(0, BLOCK)
                     x = tl.load(row_logits + cols, mask=cols < vocab_size, other=-float("inf"),
                                 eviction_policy="evict_last").to(tl.float32)
@@ -86,7 +88,7 @@ if triton is not None:
             else:
                 running_max = -float("inf")
                 running_sum = 0.0
-                for start in range(0, vocab_size, BLOCK):
+                for start in tl.range(0, vocab_size, BLOCK, num_stages=STAGES):
                     cols = start + tl.arange(0, BLOCK)
                     x = tl.load(row_logits + cols, mask=cols < vocab_size, other=-float("inf"),
                                 eviction_policy="evict_last").to(tl.float32)
@@ -99,7 +101,7 @@ if triton is not None:
             picked = tl.load(row_logits + safe_target).to(tl.float32)
             tl.store(losses_ptr + row, tl.where(valid, lse - picked, 0.0))
             keep = tl.where(valid, 1.0, 0.0)
-            for start in range(0, n_cols, BLOCK):
+            for start in tl.range(0, n_cols, BLOCK, num_stages=STAGES):
                 cols = start + tl.arange(0, BLOCK)
                 x = tl.load(row_logits + cols, mask=cols < vocab_size, other=-float("inf"),
                             eviction_policy="evict_first").to(tl.float32)
@@ -107,28 +109,30 @@ if triton is not None:
                 tl.store(row_grad + cols, (g * keep).to(row_grad.dtype.element_ty), mask=cols < n_cols)
 
 
-def kernel_launch_config() -> tuple[int, int, int, int]:
-    """(columns per chunk, warps per program, programs per SM, lanewise 0/1); LLMPY_LOSS_KERNEL="B,W,P,L" overrides
+def kernel_launch_config() -> tuple[int, int, int, int, int]:
+    """(columns per chunk, warps per program, programs per SM, lanewise 0/1, pipeline stages);
+    LLMPY_LOSS_KERNEL="B,W,P,L,S" overrides
     it (for tuning; `llmpy bench --check` times several on CUDA)."""
     import os
 
     text = os.environ.get("LLMPY_LOSS_KERNEL", "")
     if text:
         try:
-            block, warps, per_sm, lanewise = (int(v) for v in text.split(","))
-            return block, warps, per_sm, lanewise
+            block, warps, per_sm, lanewise, stages = (int(v) for v in text.split(","))
+            return block, warps, per_sm, lanewise, stages
         except ValueError:
-            raise ValueError(f"LLMPY_LOSS_KERNEL={text!r}: expected four integers BLOCK,WARPS,PROGRAMS_PER_SM,LANEWISE") from None
+            raise ValueError(f"LLMPY_LOSS_KERNEL={text!r}: expected five integers BLOCK,WARPS,PROGRAMS_PER_SM,"
+                             "LANEWISE,STAGES") from None
     return DEFAULT_LAUNCH
 
 
 # the fastest of the launches `llmpy bench --check` timed on an H100 (2026-11-25): 0.91 ms for 8192 x 50304 bf16
-DEFAULT_LAUNCH = (4096, 8, 4, 0)
+DEFAULT_LAUNCH = (4096, 8, 4, 0, 1)
 
 
 def triton_loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int,
                           ignore_index: int = IGNORE_INDEX, out: torch.Tensor | None = None,
-                          launch: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+                          launch: tuple[int, int, int, int, int] | None = None) -> torch.Tensor:
     """The Triton kernel: per-row losses, with the gradient written to `out` (default: over `logits` itself; the
     kernel reads each row fully before writing it). The same result as `reference_loss_and_grad`; it runs on CPU
     under TRITON_INTERPRET=1."""
@@ -137,14 +141,14 @@ def triton_loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, vocab_siz
     if logits.stride(1) != 1:
         raise ValueError("the loss kernel needs logits with contiguous rows")
     out = logits if out is None else out
-    block, num_warps, programs_per_sm, lanewise = launch or kernel_launch_config()
+    block, num_warps, programs_per_sm, lanewise, stages = launch or kernel_launch_config()
     n_rows, n_cols = logits.shape
     losses = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
     if n_rows:
         processors = torch.cuda.get_device_properties(logits.device).multi_processor_count if logits.is_cuda else 2
         grid = (min(n_rows, processors * programs_per_sm),)
         _loss_and_grad_kernel[grid](logits, out, targets.contiguous(), losses, n_rows, logits.stride(0), n_cols,
-                                    vocab_size, ignore_index, BLOCK=block, LANEWISE=bool(lanewise),
+                                    vocab_size, ignore_index, BLOCK=block, LANEWISE=bool(lanewise), STAGES=stages,
                                     num_warps=num_warps)
     return losses
 
