@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from llmpy.errors import LlmpyError
-from llmpy.train.memory import find_micro_batch, step_fits
+from llmpy.train.memory import find_micro_batch, static_shapes, step_fits
 
 
 def test_halves_until_it_fits_and_keeps_the_total_batch():
@@ -51,3 +51,28 @@ def test_step_fits_catches_out_of_memory_and_leaves_no_gradients():
     assert step_fits(model, contextlib.nullcontext, torch.device("cpu"), 4, 8, reserve_bytes=1024)
     assert model.weight.grad is None  # the probe's gradient is gone: the first real step starts clean
     assert not step_fits(model, contextlib.nullcontext, torch.device("cpu"), 8, 8, reserve_bytes=1024)
+
+
+def test_probed_batch_sizes_compile_static_graphs_that_training_reuses():
+    graphs = []
+
+    def backend(graph_module, inputs):
+        graphs.append([tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)] +
+                      [x for x in inputs if not isinstance(x, torch.Tensor)])  # SymInts show up as extra inputs
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    step = torch.compile(lambda x: (x * 2).sum(), backend=backend)
+    with static_shapes():
+        for batch in (16, 8, 4):  # three probes, as when -b 16 and 8 do not fit
+            step(torch.ones(batch, 3))
+    step(torch.ones(4, 3))  # training at the chosen -b: no new compilation
+    assert graphs == [[(16, 3)], [(8, 3)], [(4, 3)]]
+    # without static_shapes, the second size makes the batch dimension symbolic (what training would then run)
+    torch._dynamo.reset()
+    graphs.clear()
+    step = torch.compile(lambda x: (x * 2).sum(), backend=backend)
+    step(torch.ones(16, 3))
+    step(torch.ones(8, 3))
+    assert len(graphs) == 2 and len(graphs[1]) > 1
+    torch._dynamo.reset()

@@ -19,7 +19,7 @@ from llmpy.runtime import Runtime, seed_everything, select_runtime
 from llmpy.train.checkpoint import completed_steps, load_model, load_training_state, model_path
 from llmpy.train.optim import LRSchedule, build_optimizer
 from llmpy.train.faults import BadStepCounter
-from llmpy.train.memory import find_micro_batch, step_fits
+from llmpy.train.memory import find_micro_batch, static_shapes, step_fits
 from llmpy.train.parallel import parallelize
 from llmpy.train.trainer import Trainer
 
@@ -150,7 +150,8 @@ def fit_micro_batch(config: TrainConfig, parallel, runtime: Runtime, num_params:
         ok = step_fits(parallel.model, runtime.autocast, runtime.device, batch_size, config.seq_len, reserve)
         return bool(all_reduce_mean(torch.tensor(float(ok), device=runtime.device), parallel.job).item() == 1.0)
 
-    return find_micro_batch(fits, config.batch_size, config.seq_len * world_size, total, print_fn)
+    with static_shapes():
+        return find_micro_batch(fits, config.batch_size, config.seq_len * world_size, total, print_fn)
 
 
 def _silent(*args, **kwargs) -> None:

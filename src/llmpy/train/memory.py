@@ -32,6 +32,15 @@ def step_fits(model: torch.nn.Module, autocast, device: torch.device, batch_size
     return fitted
 
 
+def static_shapes():
+    """While probing micro-batch sizes: compile each probed shape as its own static graph. Without this, the second
+    shape makes torch.compile mark the batch dimension dynamic, and training would run the slower dynamic-shape
+    kernels; with it, the last probe's graph is exactly the one training reuses."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(automatic_dynamic_shapes=False)
+
+
 def find_micro_batch(fits: Callable[[int], bool], batch_size: int, tokens_per_sample: int, total_batch: int,
                      print_fn=print) -> int:
     """The largest micro-batch <= `batch_size` that `fits`, halving, keeping `total_batch` (tokens per step over all
