@@ -59,12 +59,12 @@ def test_single_gpu_efficiency_and_explicit_efficiency():
 
 def test_default_throughput_is_the_measured_d12_h100_number():
     default = plan.make_plan(plan.PlanInputs(model="d12", gpu="H100"))
-    assert default.tok_per_sec_per_gpu == pytest.approx(523_665)
-    assert default.mfu == pytest.approx(523_665 * D12_FLOPS_PER_TOKEN / 989e12)
+    assert default.tok_per_sec_per_gpu == pytest.approx(545_470)
+    assert default.mfu == pytest.approx(545_470 * D12_FLOPS_PER_TOKEN / 989e12)
     assert default.price_per_gpu_hour == plan.DEFAULT_PRICE_PER_GPU_HOUR["H100"]
     # another GPU keeps the MFU: tok/s scales with the peak (A100: 312 TFLOP/s)
     a100 = plan.make_plan(plan.PlanInputs(model="gpt2", gpu="A100"))
-    assert a100.tok_per_sec_per_gpu == pytest.approx(523_665 * 312 / 989)
+    assert a100.tok_per_sec_per_gpu == pytest.approx(545_470 * 312 / 989)
 
 
 def test_mfu_gives_throughput_through_6n_plus_6lct():

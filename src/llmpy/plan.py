@@ -12,9 +12,9 @@ from llmpy.config import ModelConfig
 from llmpy.errors import LlmpyError
 from llmpy.metrics.mfu import parameter_count, peak_flops, training_flops_per_token
 
-# Measured (benchmarks/RESULTS.md, 2026-11-25, call C): llmpy bench, d12, B=64, T=1024, -d 524288, -r 0, compiled, bf16,
-# fused loss, one H100 SXM.
-MEASURED = {"model": "d12", "gpu": "H100", "seq_len": 1024, "tokens_per_sec": 523_665.0, "date": "2026-11-25"}
+# Measured (benchmarks/RESULTS.md, 2026-11-25, call F): llmpy bench, d12, B=128, T=1024, -d 524288, -r 0, compiled,
+# bf16, fused loss, one H100 SXM.
+MEASURED = {"model": "d12", "gpu": "H100", "seq_len": 1024, "tokens_per_sec": 545_470.0, "date": "2026-11-25"}
 # Assumed on-demand cloud prices in $ per GPU-hour (rough list prices, not quotes): pass --price-per-gpu-hour.
 DEFAULT_PRICE_PER_GPU_HOUR = {"H100": 2.99, "H200": 3.79, "A100": 1.29, "B200": 5.99, "L40S": 1.25, "L4": 0.80,
                               "A10G": 1.01, "A10": 0.75}
