@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from llmpy.cli import main
 from llmpy.config import ModelConfig, TrainConfig
 from llmpy.errors import LlmpyError
-from llmpy.kernels.cross_entropy import head_loss, reference_loss_and_grad
+from llmpy.kernels.cross_entropy import head_loss, kernel_launch_config, reference_loss_and_grad
 from llmpy.model import GPT
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -65,6 +65,9 @@ def test_triton_kernel_under_the_interpreter_matches_autograd(tmp_path):
             logits[:, 45:] = 0
             targets = torch.randint(0, 45, (9,))
             targets[2] = -1
+            targets[4] = 44  # the last real column
+            targets[5] = 45  # a padded column: not a real token
+            targets[6] = -100  # PyTorch's ignore value, not ours: out of range here
             for lanewise in (0, 1):
                 out = torch.full_like(logits, 7.0)
                 # 16-column chunks: 3 chunks per row, the last one partly padding; 2 programs loop over 9 rows
@@ -84,15 +87,42 @@ def test_triton_kernel_under_the_interpreter_matches_autograd(tmp_path):
         inputs = results[f"{dtype}-inputs"]
         logits = torch.tensor(inputs["logits"], dtype=torch.float64)
         targets = torch.tensor(inputs["targets"])
-        want_losses, want_grad = _autograd_reference(logits, targets, 45)
+        in_range = torch.tensor([i not in (5, 6) for i in range(9)])
+        want_losses, want_grad = _autograd_reference(logits[in_range], targets[in_range], 45)
         for lanewise in (0, 1):
             got = results[f"{dtype}-{lanewise}"]
-            torch.testing.assert_close(torch.tensor(got["losses"], dtype=torch.float64), want_losses,
-                                       atol=1e-5, rtol=1e-5)
+            losses = torch.tensor(got["losses"], dtype=torch.float64)
+            torch.testing.assert_close(losses[in_range], want_losses, atol=1e-5, rtol=1e-5)
             grad = torch.tensor(got["grad"], dtype=torch.float64)
-            torch.testing.assert_close(grad, want_grad, atol=tolerance, rtol=0)
+            torch.testing.assert_close(grad[in_range], want_grad, atol=tolerance, rtol=0)
             assert grad[:, 45:].abs().max() == 0 and grad[2].abs().max() == 0  # padding, ignored row: exactly 0
+            # a target that is no real token: infinite loss (the trainer skips the step), no gradient anywhere
+            assert losses[5] == losses[6] == float("inf") and grad[5].abs().max() == grad[6].abs().max() == 0
             assert got["same_in_place"]
+
+
+def test_out_of_range_targets_and_all_ignored_batches():
+    torch.manual_seed(5)
+    logits = torch.randn(4, 24)
+    losses, grad = reference_loss_and_grad(logits, torch.tensor([3, 20, 23, -1]), 20)
+    assert losses[0].isfinite() and losses[1] == losses[2] == float("inf") and losses[3] == 0
+    assert grad[1:].abs().max() == 0 and grad[0, 20:].abs().max() == 0
+    # no target at all: the loss is nan like F.cross_entropy's, but no nan reaches the gradients
+    x = torch.randn(4, 8, requires_grad=True)
+    weight = torch.randn(24, 8, requires_grad=True)
+    loss = head_loss(x, weight, torch.full((4,), -1), 20)
+    assert loss.isnan() and F.cross_entropy(x @ weight.t(), torch.full((4,), -1), ignore_index=-1).isnan()
+    loss.backward()
+    assert x.grad.abs().max() == 0 and weight.grad.abs().max() == 0
+
+
+@pytest.mark.parametrize("text", ["16,1,0,0,1", "100,8,4,0,1", "4096,8,4,2,1", "4096,8,4", "a,b,c,d,e"])
+def test_bad_loss_kernel_launch_is_a_one_line_error(text, monkeypatch):
+    monkeypatch.setenv("LLMPY_LOSS_KERNEL", text)
+    with pytest.raises(LlmpyError, match="LLMPY_LOSS_KERNEL"):
+        kernel_launch_config()
+    monkeypatch.setenv("LLMPY_LOSS_KERNEL", "2048,4,8,1,2")
+    assert kernel_launch_config() == (2048, 4, 8, 1, 2)
 
 
 def test_head_loss_value_and_gradients_match_linear_plus_cross_entropy():

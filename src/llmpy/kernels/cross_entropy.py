@@ -8,7 +8,9 @@ The backward pass is then only the two matmuls of the head, scaled by the incomi
 
 Math: the softmax runs in fp32 over the real vocabulary only (the padded columns get zero gradient); targets equal
 to `ignore_index` contribute neither loss nor gradient; the loss is the mean over the other targets, as
-`F.cross_entropy(..., ignore_index=-1)` computes it. The gradient with respect to the logits is stored in the logits'
+`F.cross_entropy(..., ignore_index=-1)` computes it. A target outside [0, vocab_size) (a shard from another
+tokenizer) gives an infinite loss and no gradient, as the plain path's -inf mask does, so the trainer's non-finite
+check skips that step instead of training the padded rows. The gradient with respect to the logits is stored in the logits'
 dtype (bf16 under autocast, as llm.c stores it) and unscaled: the 1/count factor is applied to the head's two matmul
 outputs, which are 65x smaller than the logits.
 
@@ -43,11 +45,13 @@ def reference_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, vocab_s
         rows = slice(start, min(start + _REFERENCE_ROWS, n_rows))
         real = logits[rows, :vocab_size].to(math_dtype)
         target = targets[rows]
-        valid = target != ignore_index
+        counted = target != ignore_index
+        valid = counted & (target >= 0) & (target < vocab_size)
         safe_target = torch.where(valid, target, torch.zeros_like(target))
         lse = torch.logsumexp(real, dim=-1)
         picked = real.gather(1, safe_target[:, None]).squeeze(1)
-        losses[rows] = torch.where(valid, lse - picked, torch.zeros_like(lse))
+        invalid_loss = torch.where(counted, torch.full_like(lse, float("inf")), torch.zeros_like(lse))
+        losses[rows] = torch.where(valid, lse - picked, invalid_loss)
         probs = torch.exp(real - lse[:, None])
         probs.scatter_add_(1, safe_target[:, None], -torch.ones_like(picked)[:, None])
         grad[rows, :vocab_size] = (probs * valid[:, None]).to(logits.dtype)
@@ -96,10 +100,11 @@ if triton is not None:
                     running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(x - new_max), axis=0)
                     running_max = new_max
                 lse = running_max + tl.log(running_sum)
-            valid = target != ignore_index
+            counted = target != ignore_index
+            valid = counted & (target >= 0) & (target < vocab_size)
             safe_target = tl.where(valid, target, 0)
             picked = tl.load(row_logits + safe_target).to(tl.float32)
-            tl.store(losses_ptr + row, tl.where(valid, lse - picked, 0.0))
+            tl.store(losses_ptr + row, tl.where(valid, lse - picked, tl.where(counted, float("inf"), 0.0)))
             keep = tl.where(valid, 1.0, 0.0)
             for start in tl.range(0, n_cols, BLOCK, num_stages=STAGES):
                 cols = start + tl.arange(0, BLOCK)
@@ -110,20 +115,28 @@ if triton is not None:
 
 
 def kernel_launch_config() -> tuple[int, int, int, int, int]:
-    """(columns per chunk, warps per program, programs per SM, lanewise 0/1, pipeline stages);
-    LLMPY_LOSS_KERNEL="B,W,P,L,S" overrides
-    it (for tuning; `llmpy bench --check` times several on CUDA)."""
+    """(columns per chunk, warps per program, programs per SM, lanewise 0/1, pipeline stages); the environment
+    variable LLMPY_LOSS_KERNEL="B,W,P,L,S" overrides it (for tuning; `llmpy bench --check` times several on CUDA)."""
     import os
 
     text = os.environ.get("LLMPY_LOSS_KERNEL", "")
-    if text:
-        try:
-            block, warps, per_sm, lanewise, stages = (int(v) for v in text.split(","))
-            return block, warps, per_sm, lanewise, stages
-        except ValueError:
-            raise ValueError(f"LLMPY_LOSS_KERNEL={text!r}: expected five integers BLOCK,WARPS,PROGRAMS_PER_SM,"
-                             "LANEWISE,STAGES") from None
-    return DEFAULT_LAUNCH
+    return parse_launch(text) if text else DEFAULT_LAUNCH
+
+
+def parse_launch(text: str) -> tuple[int, int, int, int, int]:
+    """LLMPY_LOSS_KERNEL's value, checked: a power-of-two chunk, positive counts, lanewise 0 or 1."""
+    from llmpy.errors import LlmpyError
+
+    problem = f"LLMPY_LOSS_KERNEL={text!r}: expected BLOCK,WARPS,PROGRAMS_PER_SM,LANEWISE,STAGES"
+    try:
+        block, warps, per_sm, lanewise, stages = (int(v) for v in text.split(","))
+    except ValueError:
+        raise LlmpyError(f"{problem} (five integers, e.g. {','.join(map(str, DEFAULT_LAUNCH))})") from None
+    if block < 16 or block & (block - 1) or warps not in (1, 2, 4, 8, 16, 32) or per_sm < 1 or stages < 1 \
+            or lanewise not in (0, 1):
+        raise LlmpyError(f"{problem}; BLOCK must be a power of two >= 16, WARPS a power of two <= 32, "
+                         "PROGRAMS_PER_SM and STAGES >= 1, LANEWISE 0 or 1")
+    return block, warps, per_sm, lanewise, stages
 
 
 # the fastest of the launches `llmpy bench --check` timed on an H100 (2026-11-25): 0.91 ms for 8192 x 50304 bf16
@@ -141,12 +154,14 @@ def triton_loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, vocab_siz
     if logits.stride(1) != 1:
         raise ValueError("the loss kernel needs logits with contiguous rows")
     out = logits if out is None else out
+    if out.shape != logits.shape or out.stride() != logits.stride() or out.dtype != logits.dtype:
+        raise ValueError("the loss kernel's `out` must have the logits' shape, strides and dtype")
     block, num_warps, programs_per_sm, lanewise, stages = launch or kernel_launch_config()
     n_rows, n_cols = logits.shape
     losses = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
     if n_rows:
         processors = torch.cuda.get_device_properties(logits.device).multi_processor_count if logits.is_cuda else 2
-        grid = (min(n_rows, processors * programs_per_sm),)
+        grid = (max(1, min(n_rows, processors * programs_per_sm)),)
         _loss_and_grad_kernel[grid](logits, out, targets.contiguous(), losses, n_rows, logits.stride(0), n_cols,
                                     vocab_size, ignore_index, BLOCK=block, LANEWISE=bool(lanewise), STAGES=stages,
                                     num_warps=num_warps)
@@ -182,9 +197,11 @@ class _HeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         x, weight, grad_logits, count = ctx.saved_tensors
-        scale = grad_loss / count
-        grad_x = (grad_logits @ weight) * scale.to(grad_logits.dtype)
-        grad_weight = (grad_logits.t() @ x) * scale.to(grad_logits.dtype)
+        # in fp32: a scale rounded to bf16 would bias the whole gradient the same way; no targets at all gives
+        # zero gradient (the loss is nan then, as F.cross_entropy's, and the trainer skips the step)
+        scale = (grad_loss / count.clamp(min=1)).float()
+        grad_x = ((grad_logits @ weight).float() * scale).to(x.dtype)
+        grad_weight = ((grad_logits.t() @ x).float() * scale).to(weight.dtype)
         return grad_x, grad_weight, None, None
 
 

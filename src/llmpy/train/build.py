@@ -69,11 +69,12 @@ def total_steps_for(config: TrainConfig, loader: TokenLoader) -> int:
 
 def fused_loss_wanted(flag: int, runtime: Runtime) -> bool:
     """--fused-loss: 1 on, 0 off, -1 on where its Triton kernel runs (CUDA with Triton installed)."""
-    if flag != -1:
-        return bool(flag)
-    from llmpy.kernels.cross_entropy import triton
+    from llmpy.kernels.cross_entropy import kernel_launch_config, triton
 
-    return runtime.is_cuda and triton is not None
+    wanted = bool(flag) if flag != -1 else runtime.is_cuda and triton is not None
+    if wanted and runtime.is_cuda:
+        kernel_launch_config()  # a bad LLMPY_LOSS_KERNEL fails here, in one line, not at the first step
+    return wanted
 
 
 def check_options_available(config: TrainConfig, print_fn) -> None:
