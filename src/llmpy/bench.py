@@ -213,6 +213,12 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
     return result
 
 
+# (columns per chunk, warps, programs per SM, lanewise, pipeline stages) timed by --check on CUDA
+LOSS_KERNEL_LAUNCHES = ((4096, 8, 4, 0, 1), (4096, 8, 4, 0, 2), (4096, 8, 4, 0, 3), (4096, 4, 8, 0, 3),
+                        (2048, 4, 8, 0, 3), (2048, 8, 4, 0, 3), (8192, 8, 2, 0, 2), (4096, 8, 2, 0, 3),
+                        (4096, 16, 2, 0, 3), (4096, 8, 4, 1, 3), (4096, 4, 8, 1, 3), (2048, 4, 8, 1, 3))
+
+
 def check_loss_kernel(device: torch.device, seed: int, rows: int = 8192) -> dict:
     """The Triton loss kernel against its PyTorch reference on GPT-2-sized bf16 logits; every launch configuration
     in LOSS_KERNEL_LAUNCHES timed (ms per call and the memory bandwidth it implies, 2 bytes read + 2 written)."""
@@ -249,12 +255,6 @@ def check_loss_kernel(device: torch.device, seed: int, rows: int = 8192) -> dict
             "kernel_passed": bool(loss_diff <= 1e-3 and grad_diff <= 2e-3
                                   and grad[:, 50257:].abs().max().item() == 0
                                   and grad[::7].abs().max().item() == 0)}
-
-
-# (columns per chunk, warps, programs per SM, lanewise, pipeline stages) timed by --check on CUDA
-LOSS_KERNEL_LAUNCHES = ((4096, 8, 4, 0, 1), (4096, 8, 4, 0, 2), (4096, 8, 4, 0, 3), (4096, 4, 8, 0, 3),
-                        (2048, 4, 8, 0, 3), (2048, 8, 4, 0, 3), (8192, 8, 2, 0, 2), (4096, 8, 2, 0, 3),
-                        (4096, 16, 2, 0, 3), (4096, 8, 4, 1, 3), (4096, 4, 8, 1, 3), (2048, 4, 8, 1, 3))
 
 
 def format_result(result: dict) -> str:
