@@ -62,7 +62,7 @@ def bench_config(args: argparse.Namespace, train_data: str) -> TrainConfig:
 
 def run_bench(args: argparse.Namespace, print_fn=print) -> dict:
     """Build a trainer on random data, run warm-up then timed steps, optionally profile; returns the result."""
-    from llmpy.train.build import build_trainer
+    from llmpy.train.build import build_trainer, compile_mode_for
 
     with tempfile.TemporaryDirectory(prefix="llmpy-bench-") as tmp:
         probe = TrainConfig(train_data="-", batch_size=args.batch_size, seq_len=args.seq_len,
@@ -91,7 +91,7 @@ def run_bench(args: argparse.Namespace, print_fn=print) -> dict:
             "world_size": trainer.job.world_size, "zero_stage": args.zero_stage, "recompute": args.recompute,
             "attention": args.attention, "compile_mode": args.compile_mode,
             "fused_loss": bool(getattr(trainer.raw_model, "fused_loss", False)),
-            "compile": args.compile == 1 or (args.compile == -1 and trainer.runtime.is_cuda),
+            "compile": compile_mode_for(args.compile, args.compile_mode, trainer.runtime) is not None,
             "precision": trainer.runtime.precision, "device": trainer.runtime.device_name(),
             "steps": args.steps, "step_ms_median": 1000 * step_s, "step_ms_min": 1000 * min(times),
             "step_ms_max": 1000 * max(times), "data_ms_median": 1000 * statistics.median(data_times),
@@ -169,7 +169,7 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
     import copy
 
     from llmpy.runtime import seed_everything, select_runtime
-    from llmpy.train.build import build_model, fused_loss_wanted
+    from llmpy.train.build import build_model, compile_mode_for, fused_loss_wanted
     from llmpy.train.parallel import compiled
 
     runtime = select_runtime(args.device, args.dtype, tf32=False, attention=args.attention)
@@ -178,14 +178,15 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
     fast = copy.deepcopy(reference)
     fast.set_recompute(args.recompute)
     fast.fused_loss = fused_loss_wanted(args.fused_loss, runtime)
-    use_compile = args.compile == 1 or (args.compile == -1 and runtime.is_cuda)
+    compile_mode = compile_mode_for(args.compile, args.compile_mode, runtime)
+    use_compile = compile_mode is not None
     generator = torch.Generator().manual_seed(args.seed)
     x = torch.randint(0, 50257, (args.batch_size, args.seq_len + 1), generator=generator)
     x, y = x[:, :-1].to(runtime.device), x[:, 1:].clone().to(runtime.device)
     y[0, : args.seq_len // 4] = -1  # positions without a target (as padding would make them) take part too
     ref_loss, ref_grads = _loss_and_grads(reference, x, y, contextlib.nullcontext())
     fast_loss, fast_grads = _loss_and_grads(fast, x, y, runtime.autocast(),
-                                            compiled(fast, args.compile_mode if use_compile else None))
+                                            compiled(fast, compile_mode))
     diff = torch.sqrt(sum(((fast_grads[n] - g) ** 2).sum() for n, g in ref_grads.items())).item()
     norm = torch.sqrt(sum((g ** 2).sum() for g in ref_grads.values())).item()
     cosines = {n: torch.nn.functional.cosine_similarity(fast_grads[n].flatten(), g.flatten(), dim=0).item()

@@ -67,6 +67,11 @@ def total_steps_for(config: TrainConfig, loader: TokenLoader) -> int:
     return config.max_steps if config.max_steps > 0 else loader.steps_per_epoch
 
 
+def compile_mode_for(flag: int, mode: str, runtime: Runtime) -> str | None:
+    """--compile (-1 = on CUDA only, 0 off, 1 on) and --compile-mode: the mode to compile in, None for eager."""
+    return mode if flag == 1 or (flag == -1 and runtime.is_cuda) else None
+
+
 def fused_loss_wanted(flag: int, runtime: Runtime) -> bool:
     """--fused-loss: 1 on, 0 off, -1 on where its Triton kernel runs (CUDA with Triton installed)."""
     from llmpy.kernels.cross_entropy import kernel_launch_config, triton
@@ -178,8 +183,9 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
     raw_model.set_recompute(config.recompute)
     raw_model.fused_loss = fused_loss_wanted(config.fused_loss, runtime)
     num_params = raw_model.num_parameters()
-    use_compile = config.compile == 1 or (config.compile == -1 and runtime.is_cuda)
-    parallel = parallelize(raw_model, runtime, job, config.zero_stage, config.compile_mode if use_compile else None)
+    compile_mode = compile_mode_for(config.compile, config.compile_mode, runtime)
+    use_compile = compile_mode is not None
+    parallel = parallelize(raw_model, runtime, job, config.zero_stage, compile_mode)
     if config.auto_batch and runtime.is_cuda:
         config.batch_size = fit_micro_batch(config, parallel, runtime, num_params, print_fn)
         grad_accum_steps = config.grad_accum_steps(world_size)
@@ -207,13 +213,13 @@ def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=
 
     header = {
         "device": runtime.device_name(), "precision": runtime.precision, "compile": use_compile,
-        "compile_mode": config.compile_mode if use_compile else None, "fused_loss": raw_model.fused_loss,
+        "compile_mode": compile_mode, "fused_loss": raw_model.fused_loss,
         "num_parameters": num_params, "model_config": raw_model.config.to_dict(),
         "grad_accum_steps": grad_accum_steps, "total_steps": total_steps, "world_size": world_size,
         "parallelism": parallel.description,
         "torch": str(torch.__version__), "argv": sys.argv,
     }
-    compile_note = "" if not use_compile else ", compiled" + (f" {config.compile_mode}" if config.compile_mode != "default" else "")
+    compile_note = {None: "", "default": ", compiled"}.get(compile_mode, f", compiled {compile_mode}")
     print_fn(
         f"model {config.model}: {raw_model.config.n_layer} layers, {raw_model.config.n_head} heads, "
         f"{raw_model.config.n_embd} channels | num_parameters: {num_params:,}\n"
