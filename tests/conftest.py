@@ -73,3 +73,17 @@ def write_random_shards(root: Path, prefix: str, sizes: dict[str, int], seed: in
     for suffix, count in sizes.items():
         write_shard(root / f"{prefix}_{suffix}.bin", rng.integers(0, 50257, count))
     return root
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a supervisor's trainer, torchrun's workers), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found

@@ -14,12 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from llmpy.config import ModelConfig  # noqa: E402
 from llmpy.convert.hf import gpt_from_hf_state_dict, load_hf_model, save_hf_model  # noqa: E402
-from llmpy.convert.llmc import (  # noqa: E402
-    read_llmc_model,
-    read_llmc_tokenizer,
-    write_llmc_model,
-    write_llmc_tokenizer,
-)
+from llmpy.convert.llmc import read_llmc_model, write_llmc_model, write_llmc_tokenizer  # noqa: E402
 from llmpy.errors import LlmpyError  # noqa: E402
 from llmpy.model import GPT  # noqa: E402
 
@@ -63,7 +58,7 @@ def tokens() -> torch.Tensor:
 
 def llmpy_logits(model: GPT) -> torch.Tensor:
     with torch.no_grad():
-        return model.eval()(tokens())[0]
+        return model.logits(model.eval()(tokens()))
 
 
 def hf_logits(model) -> torch.Tensor:
@@ -90,6 +85,8 @@ def test_hf_round_trip(hf_model, tmp_path, safe):
 
 def test_hf_config_written(tiny_gpt, tmp_path):
     save_hf_model(tiny_gpt, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]  # no temp files
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o777 == 0o644
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "gpt2" and config["architectures"] == ["GPT2LMHeadModel"]
     assert (config["n_layer"], config["n_head"], config["n_embd"], config["n_positions"]) == (2, 2, 64, 64)
@@ -198,7 +195,7 @@ def test_llmc_read_numpy_written(tiny_gpt, tmp_path):
 def test_llmc_write_byte_identical(tiny_gpt, tmp_path, dtype):
     write_llmc_model(tiny_gpt, tmp_path / "model.bin", dtype=dtype)
     assert (tmp_path / "model.bin").read_bytes() == numpy_llmc_bytes(tiny_gpt, dtype)
-    assert not list(tmp_path.glob("*.tmp"))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]  # no temp file left behind
 
 
 def test_llmc_bf16_round_trip(tiny_gpt, tmp_path):
@@ -255,8 +252,11 @@ def test_llmc_tokenizer(tmp_path):
     write_llmc_tokenizer(path, BPE_FILE)
     header = np.frombuffer(path.read_bytes()[:1024], dtype=np.uint32)
     assert list(header[:4]) == [20240328, 2, 50257, 50256] and not header[4:].any()
-    tokens = read_llmc_tokenizer(path)
-    assert len(tokens) == 50257
+    data, tokens, offset = path.read_bytes(), [], 1024
+    while offset < len(data):  # llm.c's layout: one length byte, then the token's bytes
+        tokens.append(data[offset + 1 : offset + 1 + data[offset]])
+        offset += 1 + data[offset]
+    assert len(tokens) == 50257 and offset == len(data)
     assert tokens[15496] == b"Hello" and tokens[995] == b" world" and tokens[50256] == b"<|endoftext|>"
 
 

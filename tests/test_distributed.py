@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from conftest import write_random_shards
-from llmpy.train.checkpoint import completed_steps, load_model
+from llmpy.distributed import Launch, init_distributed, launch_from_env
+from llmpy.errors import LlmpyError
+from llmpy.checkpoint import completed_steps, load_model
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 
@@ -27,6 +29,9 @@ HELLASWAG = [
 ]
 
 
+STEPS = 4  # every run trains to this step; the resumed ones stop halfway first
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, bpe_file):
     root = tmp_path_factory.mktemp("data")
@@ -34,9 +39,10 @@ def data(tmp_path_factory, bpe_file):
     return write_random_shards(root, "d", {"val_000000": 3000, "train_000001": 12000}, seed=1)
 
 
-def args(data, run, steps=8, val_batches=2, zero=0, fused_loss=0):
+def args(data, run, steps=STEPS, val_batches=2, zero=0, fused_loss=0):
     return ["train", "-i", str(data / "d_train_*.bin"), "-j", str(data / "d_val_*.bin"), "-o", str(run),
-            "-e", "d2w64", "-b", "2", "-t", "32", "-d", "128", "-x", str(steps), "-n", "4", "-v", "4",
+            "-e", "d2w64", "-b", "2", "-t", "32", "-d", "128", "-x", str(steps), "-n", str(STEPS // 2),
+            "-v", str(STEPS // 2),
             "-m", str(val_batches), "-s", "0", "-l", "0.001", "--device", "cpu", "--compile", "0", "-y", "1",
             "--log-every", "0", "-z", str(zero), "--fused-loss", str(fused_loss), "-h", "1", "--hellaswag-file", str(data / "hellaswag.jsonl")]
 
@@ -71,8 +77,8 @@ def one_rank(data, bpe_file, tmp_path_factory):
 
 def assert_same_run(two, one, weight_atol=1e-6, norm_rel=1e-5, loss_abs=1e-6):
     train_one, train_two = records(one, "train"), records(two, "train")
-    assert sorted(train_two) == list(range(8))
-    for step in range(8):
+    assert sorted(train_two) == list(range(STEPS))
+    for step in range(STEPS):
         assert train_two[step]["loss"] == pytest.approx(train_one[step]["loss"], abs=loss_abs)
         assert train_two[step]["grad_norm"] == pytest.approx(train_one[step]["grad_norm"], rel=norm_rel)
     for step, record in records(one, "val").items():
@@ -83,16 +89,16 @@ def assert_same_run(two, one, weight_atol=1e-6, norm_rel=1e-5, loss_abs=1e-6):
     final_one, final_two = load_model(one)[0].state_dict(), load_model(two)[0].state_dict()
     for key in final_one:
         torch.testing.assert_close(final_two[key], final_one[key], atol=weight_atol, rtol=1e-5)
-    assert completed_steps(two, with_state=True)[-1] == 8
+    assert completed_steps(two, with_state=True)[-1] == STEPS
     assert (two / "main.log").read_text().count("s:0 trl:") == 1  # only rank 0 writes the log
 
 
 @pytest.mark.parametrize("zero", [0, 1, 3])
 def test_two_ranks_match_one_rank_with_accumulation_and_resume(data, bpe_file, one_rank, tmp_path, zero):
-    # accumulation 1 per rank, stopped at step 4, then resumed (-y 1) to step 8; -m counts batches per rank (llm.c),
-    # so 1 val batch on each of 2 ranks covers the same 128 tokens as 2 batches on 1 rank
+    # accumulation 1 per rank, stopped at step STEPS/2, then resumed (-y 1) to step STEPS; -m counts batches per rank
+    # (llm.c), so 1 val batch on each of 2 ranks covers the same 128 tokens as 2 batches on 1 rank
     two = tmp_path / "two"
-    launch(2, args(data, two, steps=4, val_batches=1, zero=zero), bpe_file)
+    launch(2, args(data, two, steps=STEPS // 2, val_batches=1, zero=zero), bpe_file)
     if zero == 3:  # resharding: the 2-rank FSDP checkpoint resumes on 1 rank (plain), which must not change the math
         result = launch(1, args(data, two, val_batches=2), bpe_file)
         assert "written by 2 process(es), now 1" in result.stdout
@@ -101,7 +107,8 @@ def test_two_ranks_match_one_rank_with_accumulation_and_resume(data, bpe_file, o
         launch(2, args(data, two, val_batches=1, zero=zero), bpe_file)
     # FSDP computes on parameters gathered into flat buffers, so CPU kernels round differently in the last bit (grad
     # norm 2e-7 apart at step 0). AdamW turns such noise into lr-sized steps where the true gradient is zero (the
-    # attention key bias: softmax ignores it), so after 8 steps those weights sit ~5e-6 apart; losses stay within 1e-6.
+    # attention key bias: softmax ignores it), so after 8 steps those weights sit ~5e-6 apart (less after STEPS = 4);
+    # losses stay within 1e-6.
     assert_same_run(two, one_rank, **({} if zero == 0 else {"weight_atol": 2e-5, "norm_rel": 1e-4}))
 
 
@@ -126,3 +133,37 @@ def test_ranks_with_different_flags_fail_clearly(data, bpe_file, tmp_path):
     assert result.returncode != 0
     assert "rank 1 was started with another training configuration than rank 0 (differs in: learning_rate)" in \
         result.stderr
+
+
+# --- where rank and world come from: torchrun's variables or SLURM's, read without changing the environment ---
+
+SLURM_TASK = {"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "MASTER_ADDR": "node0"}
+
+
+def test_launch_from_torchrun_slurm_or_nothing():
+    assert launch_from_env({}) == Launch()
+    assert launch_from_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", **SLURM_TASK}) == \
+        Launch(rank=1, world_size=2, local_rank=1, launched=True)  # torchrun under srun: torchrun's env:// wins
+    assert launch_from_env(SLURM_TASK) == Launch(rank=3, world_size=4, local_rank=1, launched=True,
+                                                 init_method="tcp://node0:29500")
+    assert launch_from_env({**SLURM_TASK, "MASTER_PORT": "1234"}).init_method == "tcp://node0:1234"
+    assert launch_from_env({**SLURM_TASK, "SLURM_NTASKS": "1"}) == Launch()  # one task: no process group
+    with pytest.raises(LlmpyError, match="srun without torchrun: export MASTER_ADDR"):
+        launch_from_env({k: v for k, v in SLURM_TASK.items() if k != "MASTER_ADDR"})
+
+
+def test_srun_joins_over_tcp_and_leaves_the_environment_alone(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in SLURM_TASK.items():
+        monkeypatch.setenv(name, value)
+    calls = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **kw: calls.append((a, kw)))
+    before = dict(os.environ)
+    job = init_distributed(use_cuda=False)
+    assert (job.rank, job.world_size, job.local_rank) == (3, 4, 1)
+    assert len(calls) == 1 and calls[0][0] == ("gloo",)
+    assert {k: v for k, v in calls[0][1].items() if k != "timeout"} == \
+        dict(init_method="tcp://node0:29500", rank=3, world_size=4)
+    assert dict(os.environ) == before

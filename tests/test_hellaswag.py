@@ -12,14 +12,20 @@ from llmpy.model import GPT
 
 
 class Bigram(torch.nn.Module):
-    """logits[b, t] = table[idx[b, t]]: every loss is a log-probability we can write down by hand."""
+    """logits[b, t] = table[idx[b, t]]: every loss is a log-probability we can write down by hand.
+
+    The model API: forward gives the hidden states (here the table's rows themselves), `logits` the head over them."""
 
     def __init__(self, table):
         super().__init__()
         self.table = torch.nn.Parameter(table)
 
-    def forward(self, idx, targets=None, return_logits=True):
-        return self.table[idx], None
+    def forward(self, idx, kv_cache=None, output=None):
+        hidden = self.table[idx]
+        return hidden if output is None else output(hidden)
+
+    def logits(self, hidden):
+        return hidden
 
 
 def probabilities_table():

@@ -11,7 +11,7 @@ def greedy_without_cache(model, prompt, steps):
     """Reference: feed the whole (cropped) context every step and take the argmax."""
     idx = prompt
     for _ in range(steps):
-        logits, _ = model(idx[:, -model.config.block_size:])
+        logits = model.logits(model(idx[:, -model.config.block_size:]))
         idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return idx
 
@@ -32,10 +32,10 @@ def test_cached_logits_equal_full_forward():
     model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=64, block_size=16)).eval()
     tokens = torch.randint(0, 50257, (2, 12))
     with torch.no_grad():
-        full, _ = model(tokens)
+        full = model.logits(model(tokens))
         cache = KVCache(model.config.n_layer, 16)
-        prefix, _ = model(tokens[:, :7], kv_cache=cache)
-        steps = [model(tokens[:, t:t + 1], kv_cache=cache)[0] for t in range(7, 12)]
+        prefix = model.logits(model(tokens[:, :7], kv_cache=cache))
+        steps = [model.logits(model(tokens[:, t:t + 1], kv_cache=cache)) for t in range(7, 12)]
     torch.testing.assert_close(torch.cat([prefix, *steps], dim=1), full, atol=1e-5, rtol=1e-4)
     assert cache.length == 12
 

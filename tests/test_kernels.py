@@ -20,6 +20,7 @@ from llmpy.cli import main
 from llmpy.config import ModelConfig, TrainConfig
 from llmpy.errors import LlmpyError
 from llmpy.kernels.cross_entropy import head_loss, kernel_launch_config, reference_loss_and_grad
+from llmpy.loss import ModelWithLoss, build_loss
 from llmpy.model import GPT
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -152,7 +153,9 @@ def _tiny_gpt() -> GPT:
 def test_gpt_with_fused_loss_trains_like_the_plain_loss():
     plain = _tiny_gpt()
     fused = copy.deepcopy(plain)
-    fused.fused_loss = True
+    vocab = (plain.config.vocab_size, plain.config.padded_vocab_size)
+    steps = {plain: ModelWithLoss(plain, build_loss("plain", *vocab)),
+             fused: ModelWithLoss(fused, build_loss("fused", *vocab))}
     torch.manual_seed(4)
     idx = torch.randint(0, 50257, (2, 64))
     targets = torch.randint(0, 50257, (2, 64))
@@ -162,7 +165,8 @@ def test_gpt_with_fused_loss_trains_like_the_plain_loss():
         losses = []
         for model, optimizer in zip((plain, fused), optimizers):
             optimizer.zero_grad()
-            _, loss = model(idx, targets, return_logits=False)
+            loss = steps[model](idx, targets)
+            assert (type(loss.grad_fn).__name__ == "_HeadLossBackward") == (model is fused)  # the fused kernel path
             loss.backward()
             losses.append(loss.item())
         assert abs(losses[0] - losses[1]) < 1e-5
@@ -176,13 +180,17 @@ def test_gpt_with_fused_loss_trains_like_the_plain_loss():
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0, msg=name)
     # eval and sampling still see the plain path: logits come back, the loss too, without gradients
     with torch.no_grad():
-        logits, loss = fused(idx, targets)
-    assert logits.shape == (2, 64, 50257) and loss is not None
+        logits, loss = fused.logits(fused(idx)), steps[fused](idx, targets)
+        want = build_loss("plain", *vocab)(fused(idx), targets, fused.lm_head)
+    assert logits.shape == (2, 64, 50257) and loss.grad_fn is None
+    torch.testing.assert_close(loss, want, rtol=0, atol=0)
 
 
 def test_bench_check_passes_for_bf16_compiled_fused_path_on_cpu(tmp_path, capsys):
     out = tmp_path / "check.jsonl"
-    code = main(["bench", "--check", "--model", "d2w64", "-b", "2", "-t", "32", "--device", "cpu", "--dtype", "bf16",
+    # one block is enough to cover every module (attention, MLP with -r 1 recompute, fused head + loss) and keeps the
+    # CPU torch.compile, which dominates this test, short
+    code = main(["bench", "--check", "--model", "d1w64", "-b", "2", "-t", "8", "--device", "cpu", "--dtype", "bf16",
                  "--compile", "1", "--fused-loss", "1", "-r", "1", "--json", str(out)])
     result = json.loads(out.read_text().splitlines()[-1])
     assert code == 0 and result["passed"], result

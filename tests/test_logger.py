@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from llmpy.errors import LlmpyError
-from llmpy.metrics.logger import RunLogger, parse_main_log
+from llmpy.metrics.logger import RunLogger
+from llmpy.metrics.rundata import load_run
 
 
 def read_jsonl(path):
@@ -88,47 +88,23 @@ def test_disabled_logger_writes_nothing(tmp_path, monkeypatch, out_dir, enabled)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_parse_keeps_the_last_value_per_step_after_a_restart(tmp_path):
-    log = tmp_path / "main.log"
-    log.write_text(
-        "s:0 tel:10.9\n"
-        "s:0 trl:10.95 lr:0.000060 norm:17.0\n"
-        "s:1 trl:10.03 lr:0.000120 norm:7.19\n"
-        "s:2 trl:9.71 lr:0.000180 norm:3.29\n"
-        "s:3 trl:9.5 lr:0.00s:3 trl:9.5\n"  # garbled: two writes run together
-        "s:1 trl:10.01 lr:0.000120 norm:7.00\n"  # restarted from the step-1 checkpoint
-        "\n"
-        "garbage line\n"
-        "s:x trl:1.0\n"
-        "s:2 trl:9.70 lr:0.000180 norm:3.20\n"
-        "s:2 tel:9.8\n"
-        "s:250 eval:0.2945\n"
-    )
-    series = parse_main_log(log)
-    assert series["trl"] == {0: 10.95, 1: 10.01, 2: 9.70}
-    assert series["lr"] == {0: 0.00006, 1: 0.00012, 2: 0.00018}
-    assert series["norm"] == {0: 17.0, 1: 7.0, 2: 3.2}
-    assert series["tel"] == {0: 10.9, 2: 9.8}
-    assert series["eval"] == {250: 0.2945}
-
-
 def test_resume_after_a_line_cut_off_by_a_crash_starts_a_new_line(tmp_path):
     (tmp_path / "main.log").write_text("s:0 trl:3.000000 lr:0.000100 norm:1.000000\ns:1 trl:2.9")
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "kind": "train"}\n{"step": 1, "ki')
     with RunLogger(tmp_path, resume=True) as logger:
         logger.log_train(1, 2.5, 1e-4, 1.0)
-    assert parse_main_log(tmp_path / "main.log")["trl"] == {0: 3.0, 1: 2.5}
+    assert (tmp_path / "main.log").read_text().splitlines() == [
+        "s:0 trl:3.000000 lr:0.000100 norm:1.000000", "s:1 trl:2.9", "s:1 trl:2.500000 lr:0.000100 norm:1.000000"]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["loss"] == 2.5
 
 
-def test_parse_reads_what_the_logger_writes(tmp_path):
+def test_plot_reads_what_the_logger_writes_to_main_log(tmp_path):
     with RunLogger(tmp_path) as logger:
         logger.log_train(0, 3.25, 6e-4, 1.5)
-    series = parse_main_log(tmp_path / "main.log")
-    assert series == {"trl": {0: 3.25}, "lr": {0: 0.0006}, "norm": {0: 1.5}, "tel": {}, "eval": {}}
-
-
-def test_parse_missing_file_names_it(tmp_path):
-    with pytest.raises(LlmpyError, match="nope.log"):
-        parse_main_log(tmp_path / "nope.log")
+        logger.log_val(0, 3.5)
+        logger.log_eval(0, 0.25)
+    (tmp_path / "metrics.jsonl").unlink()  # main.log alone, as llm.c's tools see it
+    series = load_run(tmp_path).series
+    assert (series["train_loss"], series["lr"], series["grad_norm"]) == ({0: 3.25}, {0: 0.0006}, {0: 1.5})
+    assert (series["val_loss"], series["hellaswag"]) == ({0: 3.5}, {0: 0.25})

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from llmpy.errors import LlmpyError
-from llmpy.train.memory import find_micro_batch, static_shapes, step_fits
+from llmpy.train.memory import find_micro_batch, step_fits
+from llmpy.train.parallel import compiled
 
 
 def test_halves_until_it_fits_and_keeps_the_total_batch():
@@ -38,10 +39,10 @@ class _Greedy(torch.nn.Module):
         super().__init__()
         self.limit, self.weight = limit, torch.nn.Parameter(torch.ones(()))
 
-    def forward(self, tokens, targets, return_logits=False):
+    def forward(self, tokens, targets):  # a train module: (idx, targets) -> mean loss
         if tokens.shape[0] > self.limit:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return None, (tokens.float() * self.weight).mean()
+        return (tokens.float() * self.weight).mean()
 
 
 def test_step_fits_catches_out_of_memory_and_leaves_no_gradients():
@@ -53,7 +54,13 @@ def test_step_fits_catches_out_of_memory_and_leaves_no_gradients():
     assert not step_fits(model, contextlib.nullcontext, torch.device("cpu"), 8, 8, reserve_bytes=1024)
 
 
-def test_probed_batch_sizes_compile_static_graphs_that_training_reuses():
+class _Doubler(torch.nn.Module):
+    def forward(self, x):
+        return (x * 2).sum()
+
+
+@pytest.mark.parametrize("mode", ["default", "tuned"])
+def test_probed_batch_sizes_compile_static_graphs_that_training_reuses(mode, monkeypatch):
     graphs = []
 
     def backend(graph_module, inputs):
@@ -61,14 +68,22 @@ def test_probed_batch_sizes_compile_static_graphs_that_training_reuses():
                       [x for x in inputs if not isinstance(x, torch.Tensor)])  # SymInts show up as extra inputs
         return graph_module.forward
 
+    real_compile = torch.compile
+
+    def compile_with_recording_backend(model, **kwargs):
+        # llmpy's compile settings (dynamic=...), with a backend that records each graph instead of Inductor's
+        kwargs.pop("mode", None), kwargs.pop("options", None)
+        return real_compile(model, backend=backend, **kwargs)
+
     torch._dynamo.reset()
-    step = torch.compile(lambda x: (x * 2).sum(), backend=backend)
-    with static_shapes():
-        for batch in (16, 8, 4):  # three probes, as when -b 16 and 8 do not fit
-            step(torch.ones(batch, 3))
+    monkeypatch.setattr(torch, "compile", compile_with_recording_backend)
+    step = compiled(_Doubler(), mode)  # what the trainer (and so auto-batch's probes) runs
+    monkeypatch.setattr(torch, "compile", real_compile)
+    for batch in (16, 8, 4):  # three probes, as when -b 16 and 8 do not fit
+        step(torch.ones(batch, 3))
     step(torch.ones(4, 3))  # training at the chosen -b: no new compilation
     assert graphs == [[(16, 3)], [(8, 3)], [(4, 3)]]
-    # without static_shapes, the second size makes the batch dimension symbolic (what training would then run)
+    # without static shapes, the second size makes the batch dimension symbolic (what training would then run)
     torch._dynamo.reset()
     graphs.clear()
     step = torch.compile(lambda x: (x * 2).sum(), backend=backend)

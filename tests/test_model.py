@@ -8,9 +8,21 @@ import torch.nn.functional as F
 
 from llmpy.config import ModelConfig
 from llmpy.errors import LlmpyError
+from llmpy.loss import ModelWithLoss, build_loss
 from llmpy.model import GPT
 
 TINY = ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=64)
+
+
+def plain_loss(config: ModelConfig):
+    return build_loss("plain", config.vocab_size, config.padded_vocab_size)
+
+
+def logits_and_loss(model: GPT, idx, targets=None):
+    """The old `logits, loss = model(idx, targets)`: the hidden states through the head, and the plain loss."""
+    hidden = model(idx)
+    loss = None if targets is None else plain_loss(model.config)(hidden, targets, model.lm_head)
+    return model.logits(hidden), loss
 
 
 @pytest.mark.parametrize(
@@ -28,7 +40,7 @@ def test_gpt2_family_shapes_and_parameter_counts(descriptor, layers, heads, widt
     assert (config.n_layer, config.n_head, config.n_embd) == (layers, heads, width)
     with torch.device("meta"):  # no allocation
         model = GPT(config)
-    assert model.num_parameters() == params
+    assert sum(p.numel() for p in model.parameters()) == params  # the tied head counted once, as llm.c prints it
 
 
 def test_descriptor_aliases_and_errors():
@@ -47,8 +59,12 @@ def test_forward_shapes_loss_and_padded_vocab():
     model = GPT(TINY)
     idx = torch.randint(0, 50257, (3, 17))
     targets = torch.randint(0, 50257, (3, 17))
-    logits, loss = model(idx, targets)
+    hidden = model(idx)
+    assert hidden.shape == (3, 17, 64)  # the final hidden states, after ln_f
+    logits, loss = logits_and_loss(model, idx, targets)
     assert logits.shape == (3, 17, 50257)  # padded rows (50304) never returned
+    torch.testing.assert_close(logits, model.lm_head(hidden)[..., :50257])
+    torch.testing.assert_close(model(idx, output=model.logits), logits)  # the head run inside forward (FSDP's way)
     expected = F.cross_entropy(logits.reshape(-1, 50257), targets.reshape(-1))
     torch.testing.assert_close(loss, expected)
     # a fresh model predicts nearly uniformly: loss close to ln(50257) on unrelated targets
@@ -78,8 +94,8 @@ def test_causality_future_tokens_do_not_change_past_logits():
     a = torch.randint(0, 50257, (1, 10))
     b = a.clone()
     b[0, 6:] = torch.randint(0, 50257, (4,))
-    la, _ = model(a)
-    lb, _ = model(b)
+    la, _ = logits_and_loss(model, a)
+    lb, _ = logits_and_loss(model, b)
     torch.testing.assert_close(la[:, :6], lb[:, :6])
 
 
@@ -111,7 +127,7 @@ def test_matches_transformers_gpt2lmheadmodel():
     idx = torch.randint(0, 50257, (2, 40))
     with torch.no_grad():
         hf_out = hf(idx, labels=idx)
-        logits, loss = model(idx[:, :-1], idx[:, 1:])
+        logits, loss = logits_and_loss(model, idx[:, :-1], idx[:, 1:])
     torch.testing.assert_close(logits, hf_out.logits[:, :-1], atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(loss, hf_out.loss, atol=2e-5, rtol=1e-5)
 
@@ -142,14 +158,16 @@ class _OpCounter:
 ])
 def test_recompute_levels_recompute_exactly_their_ops_and_keep_the_gradients(level, recomputed):
     torch.manual_seed(0)
-    model = GPT(ModelConfig.from_descriptor("d2w64"))
+    config = ModelConfig.from_descriptor("d2w64")
+    baseline = GPT(config)
     x = torch.randint(0, 50257, (2, 16))
-    _, loss = model(x, x, return_logits=False)
+    loss = ModelWithLoss(baseline, plain_loss(config))(x, x)
     loss.backward()
-    reference = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model.set_recompute(level)
-    _, loss = model(x, x, return_logits=False)
+    reference = [p.grad.clone() for p in baseline.parameters()]
+    model = GPT(config, recompute=level)
+    model.load_state_dict(baseline.state_dict())
+    assert all(block.recompute == level for block in model.transformer.h)
+    loss = ModelWithLoss(model, plain_loss(config))(x, x)
     counter = _OpCounter()
     with counter.mode:
         loss.backward()
@@ -164,9 +182,9 @@ def test_bf16_autocast_path_matches_fp32_within_bf16_tolerance():
     torch.manual_seed(0)
     model = GPT(ModelConfig.from_descriptor("d2w64"))
     x = torch.randint(0, 50257, (4, 32))
-    logits32, loss32 = model(x, x)
+    logits32, loss32 = logits_and_loss(model, x, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits16, loss16 = model(x, x)
+        logits16, loss16 = logits_and_loss(model, x, x)
     assert logits16.shape == logits32.shape == (4, 32, 50257)  # padded rows never returned
     assert abs(loss16.item() - loss32.item()) < 2e-2 * loss32.item()
     # the loss over the padded logits with a -inf mask is the plain softmax over the real vocabulary

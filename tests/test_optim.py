@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from llmpy.errors import LlmpyError
-from llmpy.train.optim import LRSchedule, apply_learning_rate, build_optimizer, learning_rate_at, param_groups
+from llmpy.train.optim import OPTIMIZERS, LRSchedule, build_optimizer, learning_rate_at, masked_step, param_groups
 
 
 class TinyTiedModel(nn.Module):
@@ -40,9 +40,11 @@ def test_frozen_parameters_are_left_out():
 
 def test_build_optimizer_defaults_and_decay_applies_only_to_2d_params():
     model = TinyTiedModel()
-    optimizer = build_optimizer(model, learning_rate=0.1, weight_decay=0.5)
+    lr = torch.tensor(0.1)
+    optimizer = build_optimizer("adamw", model, lr, weight_decay=0.5)
+    assert sorted(OPTIMIZERS) == ["adamw"]
     assert optimizer.defaults["betas"] == (0.9, 0.95) and optimizer.defaults["eps"] == 1e-8
-    assert not optimizer.defaults["fused"]  # CPU parameters: the fused CUDA kernel is not used
+    assert optimizer.defaults["fused"]  # always fused (CPU too): tensor LR and found_inf masking on the device
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -51,8 +53,33 @@ def test_build_optimizer_defaults_and_decay_applies_only_to_2d_params():
     for name, p in model.named_parameters():
         factor = 0.95 if p.dim() >= 2 else 1.0
         torch.testing.assert_close(p.detach(), before[name] * factor)
-    apply_learning_rate(optimizer, 1e-5)
-    assert [g["lr"] for g in optimizer.param_groups] == [1e-5, 1e-5]
+    # the learning rate is read from the tensor at every step: filling it changes the next update
+    lr.fill_(1e-5)
+    assert [float(g["lr"]) for g in optimizer.param_groups] == pytest.approx([1e-5, 1e-5])
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer.step()
+    for name, p in model.named_parameters():
+        factor = 1 - 1e-5 * 0.5 if p.dim() >= 2 else 1.0
+        torch.testing.assert_close(p.detach(), before[name] * factor)
+    with pytest.raises(LlmpyError, match="adamw"):
+        build_optimizer("sgd", model, lr, weight_decay=0.5)
+
+
+def test_masked_step_changes_nothing_when_skipped():
+    model = TinyTiedModel()
+    optimizer = build_optimizer("adamw", model, torch.tensor(0.1), weight_decay=0.5)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    masked_step(optimizer, torch.tensor(True))
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    assert all(float(s["step"]) == 0 for s in optimizer.state.values())  # the step count did not advance
+    masked_step(optimizer, torch.tensor(False))
+    # a first Adam step with unit gradients moves every weight by lr (m/sqrt(v) = 1), after the decay factor 0.95
+    for name, p in model.named_parameters():
+        factor = 0.95 if p.dim() >= 2 else 1.0
+        torch.testing.assert_close(p.detach(), before[name] * factor - 0.1)
+    assert all(float(s["step"]) == 1 for s in optimizer.state.values())
 
 
 # max_lr 6e-4, warmup 10, total 100, final_lr_frac 0.1 -> min_lr 6e-5; worked out by hand:

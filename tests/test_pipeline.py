@@ -85,7 +85,7 @@ def test_separate_val_inputs_and_max_tokens(docs, bpe_env, tmp_path):
 
 
 def test_killed_run_resumes_to_identical_output(shared_data, bpe_env, tmp_path):
-    inputs = [str(shared_data / "corpus" / f"train_0{i}.jsonl.gz") for i in range(3)]
+    inputs = [str(shared_data / "corpus" / f"train_0{i}.jsonl.gz") for i in range(2)]  # the resume crosses a file
     command = [sys.executable, "-m", "llmpy", "prepare", "fineweb", "--input", *inputs, "--shard-size", "20000",
                "--workers", "1", "--quiet"]
     reference = tmp_path / "reference"

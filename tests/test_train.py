@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from llmpy.config import ModelConfig, TrainConfig
+from llmpy.checkpoint import load_model
 from llmpy.data.shards import write_shard
+from llmpy.loss import ModelWithLoss, build_loss
 from llmpy.model import GPT
 from llmpy.runtime import select_runtime
 from llmpy.train.build import build_trainer
-from llmpy.train.checkpoint import load_model
+from llmpy.train.step import MetricsQueue
 
 TINY_MODEL = "d2w64"  # 2 layers, 64 wide, 1 head
 
@@ -36,18 +38,27 @@ def tiny_config(shard_dir, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def run_steps(trainer, steps):
+    """Run `steps` training steps and read their stats back from the device (StepStats, oldest first)."""
+    queue = MetricsQueue(trainer.train_step.clock)
+    for step in range(steps):
+        queue.put(trainer.train_step(step))
+    return queue.drain()
+
+
 def test_grad_accumulation_matches_one_big_batch():
     """Mechanics: the mean loss over 4 micro-batches of 2 gives the gradients of one batch of 8."""
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=4, n_embd=64, block_size=64))
+    step = ModelWithLoss(model, build_loss("plain", model.config.vocab_size, model.config.padded_vocab_size))
     x = torch.randint(0, 50257, (8, 32))
     y = torch.randint(0, 50257, (8, 32))
-    _, loss = model(x, y)
+    loss = step(x, y)
     loss.backward()
     full = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     for i in range(4):
-        _, loss = model(x[2 * i: 2 * i + 2], y[2 * i: 2 * i + 2])
+        loss = step(x[2 * i: 2 * i + 2], y[2 * i: 2 * i + 2])
         (loss / 4).backward()
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, full[name], atol=1e-6, rtol=1e-4)
@@ -59,8 +70,8 @@ def test_trainer_accumulation_4x1_equals_1x4(shard_dir):
     for batch_size in (4, 1):
         cfg = tiny_config(shard_dir, batch_size=batch_size, total_batch_size=4 * 32)
         trainer = build_trainer(cfg, print_fn=lambda *a: None)
-        assert trainer.grad_accum_steps == 4 // batch_size
-        losses[batch_size] = [trainer.train_step(step) for step in range(3)]
+        assert trainer.train_step.layout.grad_accum_steps == 4 // batch_size
+        losses[batch_size] = run_steps(trainer, 3)
     for big, small in zip(losses[4], losses[1]):
         assert big.loss == pytest.approx(small.loss, abs=1e-5)
         assert big.grad_norm == pytest.approx(small.grad_norm, rel=1e-4)
@@ -91,25 +102,26 @@ def test_run_directory_logs_and_checkpoint(shard_dir, tmp_path):
 def test_overfit_one_batch_drives_loss_down(shard_dir):
     cfg = tiny_config(shard_dir, overfit_batch=1, max_steps=30, learning_rate=3e-3)
     trainer = build_trainer(cfg, print_fn=lambda *a: None)
-    stats = [trainer.train_step(step) for step in range(30)]
+    stats = run_steps(trainer, 30)
     assert stats[-1].loss < stats[0].loss - 3.0
 
 
 def test_non_finite_gradients_never_reach_the_weights(shard_dir):
     trainer = build_trainer(tiny_config(shard_dir), print_fn=lambda *a: None)
-    before = {n: p.detach().clone() for n, p in trainer.raw_model.named_parameters()}
+    model = trainer.model.module
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with torch.no_grad():
-        trainer.raw_model.transformer.ln_f.weight.fill_(float("nan"))
-    before["transformer.ln_f.weight"] = trainer.raw_model.transformer.ln_f.weight.detach().clone()
-    stats = trainer.train_step(0)
-    assert stats.skipped
-    for name, param in trainer.raw_model.named_parameters():
+        model.transformer.ln_f.weight.fill_(float("nan"))
+    before["transformer.ln_f.weight"] = model.transformer.ln_f.weight.detach().clone()
+    [stats] = run_steps(trainer, 1)
+    assert stats.skipped and stats.nonfinite
+    for name, param in model.named_parameters():
         torch.testing.assert_close(param, before[name], equal_nan=True)
 
 
 def test_one_epoch_default_and_too_little_data(shard_dir):
     trainer = build_trainer(tiny_config(shard_dir, max_steps=-1), print_fn=lambda *a: None)
-    assert trainer.total_steps == trainer.train_loader.steps_per_epoch
+    assert trainer.total_steps == trainer.train_step.loader.steps_per_epoch
     from llmpy.errors import LlmpyError
 
     with pytest.raises(LlmpyError, match=r"no shard holds one step of grad_accum\*world\*B\*T\+1 = 128001"):

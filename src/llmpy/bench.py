@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -18,6 +17,9 @@ import torch
 
 from llmpy.config import TrainConfig
 from llmpy.data.shards import write_shard
+from llmpy.distributed import launch_from_env
+from llmpy.flags import add_flag_arguments
+from llmpy.gpt2 import PADDED_VOCAB_SIZE, VOCAB_SIZE
 
 # (category, substrings of CUDA kernel names), first match wins
 KERNEL_CATEGORIES = (
@@ -43,21 +45,34 @@ def kernel_category(name: str) -> str:
 def write_random_data(directory: Path, tokens: int, seed: int = 0) -> str:
     """One llm.c shard of uniformly random GPT-2 token ids; returns its glob."""
     rng = np.random.default_rng(seed)
-    write_shard(directory / "bench_train_000001.bin", rng.integers(0, 50257, tokens))
+    write_shard(directory / "bench_train_000001.bin", rng.integers(0, VOCAB_SIZE, tokens))
     return str(directory / "bench_train_*.bin")
+
+
+# the train flags that shape a step, with bench's own defaults (llm.c's d12 setting, no auto-batch)
+BENCH_FIELDS = ("model", "batch_size", "seq_len", "total_batch_size", "recompute", "zero_stage", "compile",
+                "compile_mode", "attention", "fused_loss", "auto_batch", "device", "dtype", "seed", "optimizer")
+BENCH_DEFAULTS = {"batch_size": 32, "total_batch_size": 524288, "auto_batch": 0}
 
 
 def bench_config(args: argparse.Namespace, train_data: str) -> TrainConfig:
     """A TrainConfig that trains and does nothing else: no eval, sampling, checkpoints or logs."""
     return TrainConfig(
-        train_data=train_data, model=args.model, batch_size=args.batch_size, seq_len=args.seq_len,
-        total_batch_size=args.total_batch_size, learning_rate=6e-4, warmup_steps=10, weight_decay=0.1,
+        train_data=train_data, learning_rate=6e-4, warmup_steps=10, weight_decay=0.1,
         max_steps=args.warmup + args.steps + (args.profile_steps if args.profile else 0), val_every=0,
-        sample_every=0, checkpoint_every=0, log_every=0, recompute=args.recompute, zero_stage=args.zero_stage,
-        device=args.device, dtype=args.dtype, compile=args.compile, attention=args.attention,
-        compile_mode=args.compile_mode, fused_loss=args.fused_loss,
-        auto_batch=args.auto_batch, seed=args.seed,
+        sample_every=0, checkpoint_every=0, log_every=0, **{name: getattr(args, name) for name in BENCH_FIELDS},
     )
+
+
+def timed_steps(trainer, first_step: int, steps: int) -> list:
+    """Run `steps` training steps without reading anything back in between (as training runs between log
+    steps), then their stats, timed on the device's clock."""
+    from llmpy.train.step import MetricsQueue
+
+    queue = MetricsQueue(trainer.train_step.clock)
+    for step in range(first_step, first_step + steps):
+        queue.put(trainer.train_step(step))
+    return queue.drain()
 
 
 def run_bench(args: argparse.Namespace, print_fn=print) -> dict:
@@ -65,38 +80,34 @@ def run_bench(args: argparse.Namespace, print_fn=print) -> dict:
     from llmpy.train.build import build_trainer, compile_mode_for
 
     with tempfile.TemporaryDirectory(prefix="llmpy-bench-") as tmp:
-        probe = TrainConfig(train_data="-", batch_size=args.batch_size, seq_len=args.seq_len,
-                            total_batch_size=args.total_batch_size)
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        step_tokens = probe.grad_accum_steps(world) * probe.tokens_per_micro_step(world)
+        config = bench_config(args, "-")
+        world = launch_from_env().world_size
+        step_tokens = config.grad_accum_steps(world) * config.tokens_per_micro_step(world)
         data = write_random_data(Path(tmp), 2 * step_tokens + 1)
         trainer = build_trainer(bench_config(args, data), print_fn=print_fn)
         say = trainer.print_fn  # silent on ranks other than 0
         device = trainer.runtime.device
+        layout = trainer.train_step.layout
         say(f"bench: {args.warmup} warm-up steps (compilation), then {args.steps} timed steps")
-        for step in range(args.warmup):
-            trainer.train_step(step)
+        timed_steps(trainer, 0, args.warmup)
         if trainer.runtime.is_cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        times, data_times = [], []
-        for step in range(args.warmup, args.warmup + args.steps):
-            stats = trainer.train_step(step)
-            times.append(stats.seconds)
-            data_times.append(stats.data_seconds)
+        stats = timed_steps(trainer, args.warmup, args.steps)
+        times, data_times = [s.seconds for s in stats], [s.data_seconds for s in stats]
         step_s = statistics.median(times)
         result = {
-            "model": args.model, "num_parameters": trainer.raw_model.num_parameters(),
-            "batch_size": trainer.config.batch_size, "seq_len": args.seq_len,
-            "total_batch_size": trainer.tokens_per_step, "grad_accum_steps": trainer.grad_accum_steps,
+            "model": args.model, "num_parameters": sum(p.numel() for p in trainer.model.module.parameters()),
+            "batch_size": layout.batch_size, "seq_len": args.seq_len,
+            "total_batch_size": layout.tokens_per_step, "grad_accum_steps": layout.grad_accum_steps,
             "world_size": trainer.job.world_size, "zero_stage": args.zero_stage, "recompute": args.recompute,
             "attention": args.attention, "compile_mode": args.compile_mode,
-            "fused_loss": bool(getattr(trainer.raw_model, "fused_loss", False)),
+            "fused_loss": loss_is_fused(trainer),
             "compile": compile_mode_for(args.compile, args.compile_mode, trainer.runtime) is not None,
             "precision": trainer.runtime.precision, "device": trainer.runtime.device_name(),
             "steps": args.steps, "step_ms_median": 1000 * step_s, "step_ms_min": 1000 * min(times),
             "step_ms_max": 1000 * max(times), "data_ms_median": 1000 * statistics.median(data_times),
-            "tokens_per_sec": trainer.tokens_per_step / step_s,
-            "tokens_per_sec_per_gpu": trainer.tokens_per_step / step_s / trainer.job.world_size,
+            "tokens_per_sec": layout.tokens_per_step / step_s,
+            "tokens_per_sec_per_gpu": layout.tokens_per_step / step_s / trainer.job.world_size,
             "torch": str(torch.__version__),
         }
         from llmpy.metrics.mfu import mfu
@@ -112,16 +123,21 @@ def run_bench(args: argparse.Namespace, print_fn=print) -> dict:
     return result
 
 
+def loss_is_fused(trainer) -> bool:
+    """Whether the run's loss component is the fused kernel."""
+    from llmpy.loss import FusedCrossEntropyLoss
+
+    return any(isinstance(m, FusedCrossEntropyLoss) for m in trainer.model.train_module.modules())
+
+
 def profile_steps(trainer, first_step: int, steps: int, out_dir: Path, say) -> dict:
     """Profile `steps` training steps: a Chrome trace in `out_dir` and GPU time per kernel category."""
     from torch.profiler import ProfilerActivity, profile
 
     out_dir.mkdir(parents=True, exist_ok=True)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.runtime.is_cuda else [])
-    wall = 0.0
     with profile(activities=activities) as prof:
-        for step in range(first_step, first_step + steps):
-            wall += trainer.train_step(step).seconds
+        wall = sum(s.seconds for s in timed_steps(trainer, first_step, steps))
     trace = out_dir / f"trace_rank{trainer.job.rank}.json"
     prof.export_chrome_trace(str(trace))
     busy: dict[str, float] = {}
@@ -152,13 +168,14 @@ CHECK_LOSS_RTOL = 1e-2
 CHECK_GRAD_RTOL = 5e-2
 
 
-def _loss_and_grads(model, x, y, context, run=None) -> tuple[float, dict]:
-    """One forward and backward of `model` (through `run`, e.g. its compiled wrapper): loss and fp32 gradients."""
-    model.zero_grad(set_to_none=True)
+def _loss_and_grads(module, x, y, context, run=None) -> tuple[float, dict]:
+    """One forward and backward of `module` ((idx, targets) -> loss; through `run`, e.g. its compiled wrapper):
+    the loss and fp32 gradients by parameter name."""
+    module.zero_grad(set_to_none=True)
     with context:
-        _, loss = (model if run is None else run)(x, y, return_logits=False)
+        loss = (module if run is None else run)(x, y)
     loss.backward()
-    return loss.item(), {name: p.grad.detach().float().clone() for name, p in model.named_parameters()
+    return loss.item(), {name: p.grad.detach().float().clone() for name, p in module.model.named_parameters()
                          if p.grad is not None}
 
 
@@ -166,27 +183,29 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
     """--check: the loss and gradients of the configured fast path (precision, compile mode, fused loss, recompute)
     against the eager fp32 model (plain loss, TF32 off) on one fixed random batch, from the same weights."""
     import contextlib
-    import copy
 
+    from llmpy.loss import ModelWithLoss
     from llmpy.runtime import seed_everything, select_runtime
-    from llmpy.train.build import build_model, compile_mode_for, fused_loss_wanted
+    from llmpy.train.build import build_loss, build_model, compile_mode_for, loss_kind
     from llmpy.train.parallel import compiled
 
-    runtime = select_runtime(args.device, args.dtype, tf32=False, attention=args.attention)
+    runtime = select_runtime(args.device, args.dtype, attention=args.attention)
+    runtime.activate(tf32=False)
     seed_everything(args.seed)
     reference = build_model(args.model, args.seq_len).to(runtime.device)
-    fast = copy.deepcopy(reference)
-    fast.set_recompute(args.recompute)
-    fast.fused_loss = fused_loss_wanted(args.fused_loss, runtime)
+    fast = build_model(args.model, args.seq_len, args.recompute).to(runtime.device)
+    fast.load_state_dict(reference.state_dict())
+    kind = loss_kind(args.fused_loss, runtime)
+    reference_run = ModelWithLoss(reference, build_loss("plain", reference.config, runtime))
+    fast_run = ModelWithLoss(fast, build_loss(kind, fast.config, runtime))
     compile_mode = compile_mode_for(args.compile, args.compile_mode, runtime)
     use_compile = compile_mode is not None
     generator = torch.Generator().manual_seed(args.seed)
-    x = torch.randint(0, 50257, (args.batch_size, args.seq_len + 1), generator=generator)
+    x = torch.randint(0, VOCAB_SIZE, (args.batch_size, args.seq_len + 1), generator=generator)
     x, y = x[:, :-1].to(runtime.device), x[:, 1:].clone().to(runtime.device)
     y[0, : args.seq_len // 4] = -1  # positions without a target (as padding would make them) take part too
-    ref_loss, ref_grads = _loss_and_grads(reference, x, y, contextlib.nullcontext())
-    fast_loss, fast_grads = _loss_and_grads(fast, x, y, runtime.autocast(),
-                                            compiled(fast, compile_mode))
+    ref_loss, ref_grads = _loss_and_grads(reference_run, x, y, contextlib.nullcontext())
+    fast_loss, fast_grads = _loss_and_grads(fast_run, x, y, runtime.autocast(), compiled(fast_run, compile_mode))
     diff = torch.sqrt(sum(((fast_grads[n] - g) ** 2).sum() for n, g in ref_grads.items())).item()
     norm = torch.sqrt(sum((g ** 2).sum() for g in ref_grads.values())).item()
     cosines = {n: torch.nn.functional.cosine_similarity(fast_grads[n].flatten(), g.flatten(), dim=0).item()
@@ -195,18 +214,18 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
     result = {
         "check": "fast path vs eager fp32", "model": args.model, "batch_size": args.batch_size,
         "seq_len": args.seq_len, "device": runtime.device_name(), "precision": runtime.precision,
-        "compile": use_compile, "compile_mode": args.compile_mode, "fused_loss": fast.fused_loss,
+        "compile": use_compile, "compile_mode": args.compile_mode, "fused_loss": kind == "fused",
         "recompute": args.recompute, "loss_fp32_eager": ref_loss, "loss_fast": fast_loss,
         "loss_rel_diff": abs(fast_loss - ref_loss) / abs(ref_loss), "grad_norm_fp32_eager": norm,
         "grad_rel_diff": diff / norm, "worst_grad_cosine": cosines[worst], "worst_grad_parameter": worst,
     }
-    if runtime.is_cuda and fast.fused_loss:
+    if runtime.is_cuda and kind == "fused":
         result.update(check_loss_kernel(runtime.device, args.seed))
     result["passed"] = bool(result["loss_rel_diff"] <= CHECK_LOSS_RTOL and result["grad_rel_diff"] <= CHECK_GRAD_RTOL
                             and result.get("kernel_passed", True))
     print_fn(f"check {args.model} B={args.batch_size} T={args.seq_len} on {result['device']} "
              f"({runtime.precision}{', compiled ' + args.compile_mode if use_compile else ''}"
-             f"{', fused loss' if fast.fused_loss else ''}, -r {args.recompute}) vs eager fp32: loss "
+             f"{', fused loss' if kind == 'fused' else ''}, -r {args.recompute}) vs eager fp32: loss "
              f"{fast_loss:.6f} vs {ref_loss:.6f} (rel diff {result['loss_rel_diff']:.2e}, limit {CHECK_LOSS_RTOL:g}); "
              f"gradients rel diff {result['grad_rel_diff']:.2e} (limit {CHECK_GRAD_RTOL:g}), worst cosine "
              f"{cosines[worst]:.5f} ({worst}) => {'PASS' if result['passed'] else 'FAIL'}")
@@ -226,12 +245,12 @@ def check_loss_kernel(device: torch.device, seed: int, rows: int = 8192) -> dict
     from llmpy.kernels.cross_entropy import kernel_launch_config, reference_loss_and_grad, triton_loss_and_grad_
 
     generator = torch.Generator(device=device).manual_seed(seed)
-    logits = (2 * torch.randn(rows, 50304, generator=generator, device=device)).to(torch.bfloat16)
-    targets = torch.randint(0, 50257, (rows,), generator=generator, device=device)
+    logits = (2 * torch.randn(rows, PADDED_VOCAB_SIZE, generator=generator, device=device)).to(torch.bfloat16)
+    targets = torch.randint(0, VOCAB_SIZE, (rows,), generator=generator, device=device)
     targets[::7] = -1
-    ref_losses, ref_grad = reference_loss_and_grad(logits, targets, 50257)
+    ref_losses, ref_grad = reference_loss_and_grad(logits, targets, VOCAB_SIZE)
     grad = torch.empty_like(logits)
-    losses = triton_loss_and_grad_(logits, targets, 50257, out=grad)
+    losses = triton_loss_and_grad_(logits, targets, VOCAB_SIZE, out=grad)
     loss_diff = (losses - ref_losses).abs().max().item()
     grad_diff = (grad.float() - ref_grad.float()).abs().max().item()
     timings = {}
@@ -239,8 +258,8 @@ def check_loss_kernel(device: torch.device, seed: int, rows: int = 8192) -> dict
     for name, launch in launches:
         def call():
             if launch is None:
-                return reference_loss_and_grad(logits, targets, 50257)
-            return triton_loss_and_grad_(logits, targets, 50257, out=grad, launch=launch)
+                return reference_loss_and_grad(logits, targets, VOCAB_SIZE)
+            return triton_loss_and_grad_(logits, targets, VOCAB_SIZE, out=grad, launch=launch)
         call()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -254,7 +273,7 @@ def check_loss_kernel(device: torch.device, seed: int, rows: int = 8192) -> dict
     return {"kernel_rows": rows, "kernel_loss_max_abs_diff": loss_diff, "kernel_grad_max_abs_diff": grad_diff,
             "kernel_default_launch": ",".join(map(str, kernel_launch_config())), "kernel_timings": timings,
             "kernel_passed": bool(loss_diff <= 1e-3 and grad_diff <= 2e-3
-                                  and grad[:, 50257:].abs().max().item() == 0
+                                  and grad[:, VOCAB_SIZE:].abs().max().item() == 0
                                   and grad[::7].abs().max().item() == 0)}
 
 
@@ -267,23 +286,9 @@ def format_result(result: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-e", default="d12", help="dN, dNwC or gpt2[-medium,-large,-xl] (d12)")
-    parser.add_argument("-b", "--batch-size", type=int, default=32, help="micro-batch per GPU (32)")
-    parser.add_argument("-t", "--seq-len", type=int, default=1024)
-    parser.add_argument("-d", "--total-batch-size", type=int, default=524288, help="tokens per step (524288)")
+    add_flag_arguments(parser, BENCH_FIELDS, BENCH_DEFAULTS)
     parser.add_argument("--steps", type=int, default=20, help="timed steps (20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps, compilation included (5)")
-    parser.add_argument("-r", "--recompute", type=int, default=1, help="0 none, 1 GELU, 2 +LayerNorm, 3 blocks")
-    parser.add_argument("-z", "--zero-stage", type=int, default=0)
-    parser.add_argument("--compile", type=int, default=-1, help="-1 on CUDA, 0 off, 1 on")
-    parser.add_argument("--attention", default="auto", help="auto | flash | cudnn | efficient | math")
-    parser.add_argument("--compile-mode", default="default",
-                        help="default | tuned | max-autotune-no-cudagraphs")
-    parser.add_argument("--fused-loss", type=int, default=-1, help="head + loss in one pass: -1 on CUDA, 0 off, 1 on")
-    parser.add_argument("--auto-batch", type=int, default=0, help="1: halve -b until it fits (off in bench)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--profile", metavar="DIR", default="", help="profile extra steps; trace + breakdown")
     parser.add_argument("--profile-steps", type=int, default=2)
     parser.add_argument("--json", metavar="FILE", default="", help="also append the result as a JSON line here")
@@ -300,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
                 handle.write(json.dumps(result) + "\n")
         return 0 if result["passed"] else 1
     result = run_bench(args)
-    if args.json and int(os.environ.get("RANK", "0")) == 0:
+    if args.json and launch_from_env().rank == 0:
         with open(args.json, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(result) + "\n")
     return 0

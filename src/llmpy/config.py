@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from llmpy.errors import LlmpyError
-
-GPT2_VOCAB_SIZE = 50257
-# llm.c pads the vocab to a multiple of 128 so the lm_head matmul tiles evenly; the padded rows are never predicted.
-GPT2_PADDED_VOCAB_SIZE = 50304
-GPT2_BLOCK_SIZE = 1024
+from llmpy.gpt2 import BLOCK_SIZE, HUB_NAMES, PADDED_VOCAB_SIZE, VOCAB_SIZE
 
 # llm.c's widths for the GPT-2 family, keyed by depth; any other depth uses width 64 * depth (llm.c's dN rule).
 _DEPTH_TO_WIDTH = {6: 384, 12: 768, 24: 1024, 36: 1280, 48: 1600}
 # Hugging Face / OpenAI names for the same four checkpoints.
-GPT2_NAMES = {"gpt2": "d12", "gpt2-medium": "d24", "gpt2-large": "d36", "gpt2-xl": "d48"}
+GPT2_NAMES = dict(zip(HUB_NAMES, ("d12", "d24", "d36", "d48")))
 # torch.compile's modes, plus "tuned": the default mode with Inductor's coordinate-descent tuning of its kernels.
 # The CUDA-graph modes (reduce-overhead, max-autotune) are left out: their graphs break on the accumulation step
 # ("Gradient addition node due to multiple use of tensor", H100 2026-11-25), and the GPU idles only ~1.5% anyway.
 COMPILE_MODES = ("default", "tuned", "max-autotune-no-cudagraphs")
+# SDPA kernel preferences (--attention, see llmpy.attention); "auto" lets PyTorch pick per shape
+ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 DESCRIPTOR_RE = re.compile(r"d(\d+)(?:w(\d+))?")
 
 
@@ -32,9 +31,9 @@ class ModelConfig:
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
-    block_size: int = GPT2_BLOCK_SIZE
-    vocab_size: int = GPT2_VOCAB_SIZE
-    padded_vocab_size: int = GPT2_PADDED_VOCAB_SIZE
+    block_size: int = BLOCK_SIZE
+    vocab_size: int = VOCAB_SIZE
+    padded_vocab_size: int = PADDED_VOCAB_SIZE
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
@@ -46,10 +45,6 @@ class ModelConfig:
             raise LlmpyError(
                 f"model config: padded_vocab_size={self.padded_vocab_size} < vocab_size={self.vocab_size}"
             )
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
 
     @classmethod
     def from_descriptor(cls, descriptor: str, **overrides: int) -> "ModelConfig":
@@ -84,19 +79,30 @@ class ModelConfig:
 
 
 LR_SCHEDULES = ("cosine", "linear", "constant", "wsd")
+ZERO_STAGES = (0, 1, 3)  # DDP, sharded optimizer state (FSDP2 without resharding), FSDP2 full sharding
+RECOMPUTE_LEVELS = (0, 1, 2, 3)  # none, GELU, GELU + LayerNorm (llm.c's levels), whole blocks
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """One training run. Field names are the long CLI options; comments give llm.c's short flag."""
+    """One training run, validated once (`validate`) and never changed afterwards. Field names are the long CLI
+    options; comments give llm.c's short flag. Values the run derives from it (the micro-batch auto-batch settles
+    on, accumulation, steps) live in llmpy.train.step.BatchLayout, not here."""
 
+    # data
     train_data: str = ""  # -i: shard glob of the training split
     val_data: str = ""  # -j: shard glob of the val split ("" = no val loss)
-    output_dir: str = ""  # -o: run directory ("" = no files)
+    shuffle: int = 1  # shuffle train shards and chunks per epoch (0 = llm.c's sequential order)
+    overfit_batch: int = 0  # -a
+    # model
     model: str = "d12"  # -e: descriptor (dN) or a checkpoint to start from
-    batch_size: int = 4  # -b: micro-batch per process
     seq_len: int = 1024  # -t
+    # batch
+    batch_size: int = 4  # -b: micro-batch per process
     total_batch_size: int = -1  # -d: tokens per optimizer step (-1 = B*T*world, no accumulation)
+    auto_batch: int = 1  # on CUDA: halve -b (more accumulation, same -d) until a step fits in memory
+    # optimizer and schedule
+    optimizer: str = "adamw"  # see llmpy.train.optim.OPTIMIZERS
     learning_rate: float = 3e-4  # -l
     warmup_steps: int = 0  # -u
     final_lr_frac: float = 1.0  # -q: lr at the end as a fraction of -l
@@ -105,80 +111,108 @@ class TrainConfig:
     weight_decay: float = 0.0  # -c
     grad_clip: float = 1.0
     max_steps: int = -1  # -x: -1 = one epoch of the training data
+    seed: int = 42
+    # faults
+    skip_loss_zscore: float = 0.0  # -sl
+    skip_grad_zscore: float = 0.0  # -sg
+    max_bad_steps: int = 5  # stop after this many non-finite steps in a row (0 = never)
+    # evaluation and sampling
     val_every: int = 20  # -v
     val_max_steps: int = 20  # -m: -1 = the whole val split
     sample_every: int = 20  # -s
     gen_tokens: int = 64  # -g
+    sample_prompt: str = ""  # "" = start sampling from <|endoftext|>
+    sample_top_k: int = 40
     hellaswag: int = 0  # -h
     hellaswag_file: str = ""  # "" = resolve (cache, then download)
     hellaswag_limit: int = -1  # -1 = all 10,042 examples
+    tokenizer: str = ""  # path to gpt2.tiktoken ("" = resolve automatically)
+    # checkpoints and logs
+    output_dir: str = ""  # -o: run directory ("" = no files)
     checkpoint_every: int = 0  # -n
     checkpoint_keep: int = 0  # -nk
     checkpoint_keep_every: int = 0  # -nm
     resume: int = 0  # -y
-    zero_stage: int = 0  # -z
-    recompute: int = 1  # -r
-    skip_loss_zscore: float = 0.0  # -sl
-    max_bad_steps: int = 5  # stop after this many non-finite steps in a row (0 = never)
-    skip_grad_zscore: float = 0.0  # -sg
-    overfit_batch: int = 0  # -a
-    shuffle: int = 1  # shuffle train shards and chunks per epoch (0 = llm.c's sequential order)
-    tf32: int = 1  # -f
-    seed: int = 42
+    log_every: int = 1
+    tensorboard: str = ""  # TensorBoard log directory ("" = off)
+    wandb: str = ""  # Weights & Biases project ("" = off)
+    # execution: how the math runs, not what it is
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | bf16 | fp32
+    tf32: int = 1  # -f
+    zero_stage: int = 0  # -z
+    recompute: int = 1  # -r
     compile: int = -1  # -1 = on for CUDA, off elsewhere
     compile_mode: str = "default"  # torch.compile mode, or "tuned" (default + Inductor's coordinate-descent tuning)
     fused_loss: int = -1  # head + cross-entropy in one kernel pass (-1 = on CUDA when Triton is there, 0 off, 1 on)
-    tensorboard: str = ""  # TensorBoard log directory ("" = off)
-    wandb: str = ""  # Weights & Biases project ("" = off)
     attention: str = "auto"  # SDPA kernel preference: auto | flash | cudnn | efficient | math
-    auto_batch: int = 1  # on CUDA: halve -b (more accumulation, same -d) until a step fits in memory
-    log_every: int = 1
-    sample_prompt: str = ""  # "" = start sampling from <|endoftext|>
-    sample_top_k: int = 40
-    tokenizer: str = ""  # path to gpt2.tiktoken ("" = resolve automatically)
-    extra: dict = field(default_factory=dict)
 
-    def validate(self, world_size: int = 1) -> None:
-        """Fail fast, naming the flag, on values that cannot work."""
+    def validate(self, world_size: int = 1) -> "TrainConfig":
+        """Fail fast, naming the flag, on values that cannot work; returns self."""
         def need(cond: bool, message: str) -> None:
             if not cond:
                 raise LlmpyError(message)
 
+        for f in dataclasses.fields(self):  # a NaN or inf anywhere can only train garbage
+            value = getattr(self, f.name)
+            need(not isinstance(value, float) or math.isfinite(value),
+                 f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+
+        def at_least(flag: str, low: float, value) -> None:
+            need(value >= low, f"{flag} must be >= {low}, got {value}")
+
+        def one_of(flag: str, allowed, value) -> None:
+            need(value in allowed, f"{flag} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
         need(bool(self.train_data), "-i/--train-data: no training data given (a shard glob, e.g. 'data/x_train_*.bin')")
         need(self.batch_size > 0, f"-b/--batch-size must be positive, got {self.batch_size}")
         need(self.seq_len > 0, f"-t/--seq-len must be positive, got {self.seq_len}")
-        need(self.learning_rate >= 0, f"-l/--learning-rate must be >= 0, got {self.learning_rate}")
-        need(self.warmup_steps >= 0, f"-u/--warmup-steps must be >= 0, got {self.warmup_steps}")
+        at_least("-l/--learning-rate", 0, self.learning_rate)
+        at_least("-u/--warmup-steps", 0, self.warmup_steps)
         need(0.0 <= self.final_lr_frac <= 1.0, f"-q/--final-lr-frac must be in [0, 1], got {self.final_lr_frac}")
-        need(self.lr_schedule in LR_SCHEDULES, f"-k/--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        one_of("-k/--lr-schedule", LR_SCHEDULES, self.lr_schedule)
         need(0.0 < self.wsd_cooldown_frac <= 1.0, f"--wsd-cooldown-frac must be in (0, 1], got {self.wsd_cooldown_frac}")
-        need(self.weight_decay >= 0, f"-c/--weight-decay must be >= 0, got {self.weight_decay}")
+        at_least("-c/--weight-decay", 0, self.weight_decay)
         need(self.grad_clip >= 0, f"--grad-clip must be >= 0 (0 = off), got {self.grad_clip}")
         need(self.max_steps == -1 or self.max_steps > 0, f"-x/--max-steps must be -1 (one epoch) or > 0, got {self.max_steps}")
         need(self.val_max_steps == -1 or self.val_max_steps > 0, f"-m/--val-max-steps must be -1 or > 0, got {self.val_max_steps}")
-        need(self.dtype in ("auto", "bf16", "fp32"), f"--dtype must be auto, bf16 or fp32, got {self.dtype!r}")
-        need(self.recompute in (0, 1, 2, 3), f"-r/--recompute must be 0 (none), 1 (GELU), 2 (GELU+LayerNorm) or 3 "
-             f"(whole blocks), got {self.recompute}")
-        need(self.compile_mode in COMPILE_MODES, f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got "
-             f"{self.compile_mode!r}")
-        need(self.fused_loss in (-1, 0, 1), f"--fused-loss must be -1 (on CUDA), 0 or 1, got {self.fused_loss}")
-        need(self.zero_stage in (0, 1, 3), f"-z/--zero-stage must be 0 (DDP), 1 (sharded optimizer state) or 3 "
-             f"(FSDP full sharding), got {self.zero_stage}")
+        need(self.hellaswag_limit == -1 or self.hellaswag_limit > 0,
+             f"--hellaswag-limit must be -1 (all) or > 0, got {self.hellaswag_limit}")
+        for flag, value in (("-v/--val-every", self.val_every), ("-s/--sample-every", self.sample_every),
+                            ("-g/--gen-tokens", self.gen_tokens), ("-n/--checkpoint-every", self.checkpoint_every),
+                            ("-nk/--checkpoint-keep", self.checkpoint_keep),
+                            ("-nm/--checkpoint-keep-every", self.checkpoint_keep_every),
+                            ("-sl/--skip-loss-zscore", self.skip_loss_zscore),
+                            ("-sg/--skip-grad-zscore", self.skip_grad_zscore),
+                            ("--max-bad-steps", self.max_bad_steps), ("--log-every", self.log_every),
+                            ("--sample-top-k", self.sample_top_k)):
+            at_least(flag, 0, value)
+        for flag, value in (("-y/--resume", self.resume), ("-h/--hellaswag", self.hellaswag),
+                            ("-a/--overfit-batch", self.overfit_batch), ("--shuffle", self.shuffle),
+                            ("-f/--tf32", self.tf32), ("--auto-batch", self.auto_batch)):
+            one_of(flag, (0, 1), value)
+        one_of("--dtype", ("auto", "bf16", "fp32"), self.dtype)
+        one_of("-r/--recompute (0 none, 1 GELU, 2 GELU+LayerNorm, 3 whole blocks)", RECOMPUTE_LEVELS, self.recompute)
+        one_of("--compile", (-1, 0, 1), self.compile)
+        one_of("--compile-mode", COMPILE_MODES, self.compile_mode)
+        one_of("--fused-loss (-1 on CUDA)", (-1, 0, 1), self.fused_loss)
+        one_of("--attention", ATTENTION_BACKENDS, self.attention)
+        one_of("-z/--zero-stage (0 DDP, 1 sharded optimizer state, 3 FSDP full sharding)", ZERO_STAGES, self.zero_stage)
         self.grad_accum_steps(world_size)  # raises on a -d that does not divide
+        return self
 
-    def tokens_per_micro_step(self, world_size: int = 1) -> int:
-        return self.batch_size * self.seq_len * world_size
+    def tokens_per_micro_step(self, world_size: int = 1, batch_size: int | None = None) -> int:
+        return (batch_size or self.batch_size) * self.seq_len * world_size
 
-    def grad_accum_steps(self, world_size: int = 1) -> int:
+    def grad_accum_steps(self, world_size: int = 1, batch_size: int | None = None) -> int:
         """The one place `-d` turns into gradient accumulation: total // (B * T * world)."""
-        per_micro_step = self.tokens_per_micro_step(world_size)
+        batch_size = batch_size or self.batch_size
+        per_micro_step = self.tokens_per_micro_step(world_size, batch_size)
         total = per_micro_step if self.total_batch_size == -1 else self.total_batch_size
         if total <= 0 or total % per_micro_step:
             raise LlmpyError(
                 f"-d/--total-batch-size {total} is not a positive multiple of B*T*world = "
-                f"{self.batch_size}*{self.seq_len}*{world_size} = {per_micro_step}"
+                f"{batch_size}*{self.seq_len}*{world_size} = {per_micro_step}"
             )
         return total // per_micro_step
 

@@ -6,6 +6,7 @@ script): NCCL on CUDA, gloo on CPU. A world of one needs no process group at all
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -13,6 +14,8 @@ import torch
 import torch.distributed as dist
 
 from llmpy.errors import LlmpyError
+
+DEFAULT_MASTER_PORT = "29500"  # torchrun's default too
 
 
 @dataclass(frozen=True)
@@ -32,36 +35,59 @@ class Distributed:
         return self.rank == 0
 
 
-def _from_slurm() -> None:
-    """`srun python -m llmpy train ...` (one task per GPU, no torchrun): take rank and size from SLURM."""
-    if "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in os.environ:
-        return
-    if "MASTER_ADDR" not in os.environ:
+@dataclass(frozen=True)
+class Launch:
+    """What the launcher told this process: its place in the job and where the ranks meet."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    launched: bool = False  # a launcher (torchrun or srun) gave this process a rank
+    init_method: str | None = None  # None: torchrun's env://; srun: tcp://MASTER_ADDR:MASTER_PORT
+
+
+def _from_slurm(environ: Mapping[str, str]) -> Launch | None:
+    """`srun python -m llmpy train ...` (one task per GPU, no torchrun): rank and size from SLURM's variables."""
+    if "WORLD_SIZE" in environ or int(environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in environ:
+        return None
+    if "MASTER_ADDR" not in environ:
         raise LlmpyError("srun without torchrun: export MASTER_ADDR (the first node, e.g. from `scontrol show "
                          "hostnames $SLURM_JOB_NODELIST | head -n1`) and MASTER_PORT in the job script")
-    os.environ.setdefault("MASTER_PORT", "29500")
-    os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
-    os.environ["RANK"] = os.environ["SLURM_PROCID"]
-    os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+    return Launch(rank=int(environ["SLURM_PROCID"]), world_size=int(environ["SLURM_NTASKS"]),
+                  local_rank=int(environ.get("SLURM_LOCALID", "0")), launched=True,
+                  init_method=f"tcp://{environ['MASTER_ADDR']}:{environ.get('MASTER_PORT', DEFAULT_MASTER_PORT)}")
+
+
+def launch_from_env(environ: Mapping[str, str] = os.environ) -> Launch:
+    """This process's Launch from torchrun's variables, else SLURM's; a world of one when neither is set."""
+    slurm = _from_slurm(environ)
+    if slurm is not None:
+        return slurm
+    return Launch(rank=int(environ.get("RANK", "0")), world_size=int(environ.get("WORLD_SIZE", "1")),
+                  local_rank=int(environ.get("LOCAL_RANK", "0")), launched="RANK" in environ)
 
 
 def init_distributed(use_cuda: bool, group_of_one: bool = False) -> Distributed:
     """Join the job torchrun (or srun) started, if any. `group_of_one`: make a process group even for a world of one
     when launched by torchrun (FSDP needs one). A dead rank surfaces as an error after the timeout, not a hang."""
-    _from_slurm()
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size < 1 or (world_size == 1 and not (group_of_one and "RANK" in os.environ)):
+    launch = launch_from_env()
+    if launch.world_size < 1 or (launch.world_size == 1 and not (group_of_one and launch.launched)):
         return Distributed()
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         if use_cuda:
-            torch.cuda.set_device(local_rank)
+            torch.cuda.set_device(launch.local_rank)
         timeout = timedelta(seconds=int(os.environ.get("LLMPY_DIST_TIMEOUT", "600")))
+        backend = "nccl" if use_cuda else "gloo"
         try:
-            dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
+            if launch.init_method is None:
+                dist.init_process_group(backend, timeout=timeout)  # env://: torchrun's MASTER_ADDR, RANK, ...
+            else:
+                dist.init_process_group(backend, init_method=launch.init_method, rank=launch.rank,
+                                        world_size=launch.world_size, timeout=timeout)
         except Exception as exc:
-            raise LlmpyError(f"rank {rank}: cannot join the process group ({type(exc).__name__}: {exc})") from None
-    return Distributed(rank=rank, world_size=world_size, local_rank=local_rank)
+            raise LlmpyError(
+                f"rank {launch.rank}: cannot join the process group ({type(exc).__name__}: {exc})") from None
+    return Distributed(rank=launch.rank, world_size=launch.world_size, local_rank=launch.local_rank)
 
 
 def all_reduce_mean(value: torch.Tensor, job: Distributed) -> torch.Tensor:
@@ -90,7 +116,6 @@ def check_same_everywhere(value: dict, what: str) -> None:
             keys = sorted(k for k in set(other) | set(gathered[0]) if other.get(k) != gathered[0].get(k))
             raise LlmpyError(f"rank {rank} was started with another {what} than rank 0 (differs in: "
                              f"{', '.join(keys)}); launch every rank with the same arguments")
-
 
 
 def broadcast_object(value):

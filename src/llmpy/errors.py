@@ -1,5 +1,10 @@
 """The one exception type users see: a message naming the file or flag and the fix."""
 
 
+# EX_TEMPFAIL, "try again": a run stopped by SIGTERM/SIGINT after writing its checkpoint; --auto-restart and
+# scripts/train_until_done.sh relaunch on it
+PREEMPTED_EXIT_CODE = 75
+
+
 class LlmpyError(Exception):
     """A user-facing error; the CLI prints its message as one line (traceback only with --debug)."""

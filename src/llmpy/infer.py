@@ -90,8 +90,9 @@ def generate_tokens(
         if not use_cache:
             cache, feed = None, idx[:, -block_size:]
         with autocast() if autocast is not None else contextlib.nullcontext():
-            logits, _ = model(feed, kv_cache=cache)
-        logits = logits[:, -1, :].float()
+            # the head on the last position only
+            logits = model(feed, kv_cache=cache, output=lambda hidden: model.logits(hidden[:, -1]))
+        logits = logits.float()
         if temperature <= 0:
             next_token = logits.argmax(-1)
         else:

@@ -1,8 +1,11 @@
-"""GPT-2 exactly as OpenAI released it and llm.c trains it: the model only (no I/O, devices or optimizers).
+"""GPT-2 exactly as OpenAI released it and llm.c trains it: the model only (no I/O, devices, losses or optimizers).
 
 Pre-LayerNorm transformer blocks, learned absolute positions, GELU with the tanh approximation, biases everywhere,
 and the output head tied to the token embedding. The vocabulary is padded from 50257 to 50304 rows (llm.c's
 choice, so the head's matmul tiles evenly); the padded rows are zero and their logits are never returned.
+
+`GPT.forward` returns the final hidden states; the head and the loss over them are a separate component
+(llmpy.loss), handed `GPT.lm_head` explicitly and run through forward's `output` argument.
 """
 
 from __future__ import annotations
@@ -15,10 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from llmpy.config import ModelConfig
+from llmpy.attention import causal_attention
+from llmpy.config import RECOMPUTE_LEVELS, ModelConfig
 
-# activation recompute (-r), llm.c's levels plus whole blocks: what the backward pass recomputes instead of storing
-RECOMPUTE_LEVELS = {0: "nothing", 1: "GELU", 2: "GELU and LayerNorm", 3: "whole blocks"}
 _aten = torch.ops.aten
 # the cheap ops each selective level recomputes; every other result (matmuls, attention) is kept as usual.
 # Dtype casts are recomputed too: under autocast they are the bf16 copies feeding the matmuls.
@@ -43,7 +45,7 @@ def _recomputed(fn, x: torch.Tensor, level: int) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention with a causal mask, through `scaled_dot_product_attention`."""
+    """Multi-head self-attention with a causal mask, through llmpy.attention."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -52,21 +54,12 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.c_proj.residual_projection = True  # scaled at init (GPT-2 paper, section 2.3)
 
-    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache=None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        # (B, T, C) -> (B, nh, T, hs)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        if cache is not None:  # inference: keys/values of earlier positions come from the cache
-            k, v = cache.update(k, v)  # (B, nh, T_past + T, hs)
-            if T != 1 and T != k.size(2):
-                raise ValueError("a KV cache takes a whole prompt first, then one token at a time")
-        # one new token attends to every cached position; otherwise the usual causal mask
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.c_proj(y)
+        # (B, T, 3C) -> three (B, T, nh, hs): q is the first C columns, as in OpenAI's checkpoint
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).unbind(2)
+        y = causal_attention(q, k, v, kv_cache)  # (B, T, nh, hs)
+        return self.c_proj(y.reshape(B, T, C))
 
 
 class MLP(nn.Module):
@@ -83,50 +76,45 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-LN residual block: x + attn(ln(x)), then x + mlp(ln(x)). `recompute`: the -r level (config.RECOMPUTE_LEVELS:
+    what the backward pass recomputes instead of storing: 0 nothing, 1 GELU, 2 GELU and LayerNorm, 3 whole blocks)."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, recompute: int = 0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
-        self.recompute = 0  # -r level, see RECOMPUTE_LEVELS (training memory only; the math is the same)
+        self.recompute = recompute  # training memory only: the math is the same at every level
 
-    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
-        if cache is not None:  # inference
-            return self._forward(x, cache)
+    def forward(self, x: torch.Tensor, kv_cache=None) -> torch.Tensor:
+        if kv_cache is not None:  # inference: nothing to recompute
+            return self._forward(x, kv_cache)
         return _recomputed(self._forward, x, self.recompute)
 
-    def _forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache)
+    def _forward(self, x: torch.Tensor, kv_cache=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache)
         return x + self.mlp(self.ln_2(x))
 
 
 class GPT(nn.Module):
-    """GPT-2: token + position embeddings, n_layer blocks, final LayerNorm, tied output head."""
+    """GPT-2: token + position embeddings, n_layer blocks, final LayerNorm; `lm_head` is tied to the embedding."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, recompute: int = 0):
         super().__init__()
+        if recompute not in RECOMPUTE_LEVELS:
+            raise ValueError(f"recompute level must be one of {sorted(RECOMPUTE_LEVELS)}, got {recompute}")
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                h=nn.ModuleList([Block(config, recompute) for _ in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying (GPT-2 paper)
-        # added to the logits before the softmax: 0 for real tokens, -inf for the padded rows, so the loss can use the
-        # padded (tile-friendly) logits directly instead of a sliced copy
-        vocab_mask = torch.zeros(config.padded_vocab_size)
-        vocab_mask[config.vocab_size:] = float("-inf")
-        self.register_buffer("vocab_mask", vocab_mask, persistent=False)
-        # training loss through llmpy.kernels.cross_entropy (head + loss + its gradient in one pass over the logits);
-        # the same math as the plain path, set by --fused-loss
-        self.fused_loss = False
         self.reset_parameters()
 
     @torch.no_grad()
@@ -145,22 +133,11 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         self.transformer.wte.weight[self.config.vocab_size:].zero_()  # padded rows: never a real token
 
-    def set_recompute(self, level: int) -> None:
-        """-r: 0 keep every activation, 1 recompute GELU, 2 GELU and LayerNorm, 3 whole blocks (least memory)."""
-        if level not in RECOMPUTE_LEVELS:
-            raise ValueError(f"recompute level must be one of {sorted(RECOMPUTE_LEVELS)}, got {level}")
-        for block in self.transformer.h:
-            block.recompute = level
+    def forward(self, idx: torch.Tensor, kv_cache=None, output=None):
+        """idx (B, T) token ids -> final hidden states (B, T, C), after the last LayerNorm, or `output(hidden)`.
 
-    def num_parameters(self) -> int:
-        """Parameter count as llm.c prints it: padded wte and wpe included, the tied head counted once."""
-        return sum(p.numel() for p in self.parameters())
-
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = True, kv_cache=None
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """idx (B, T) token ids -> (logits (B, T, vocab_size) or None, mean cross-entropy loss or None).
-
+        `output` (e.g. a loss component bound to the targets and `self.lm_head`, or `self.logits`) runs inside this
+        forward: under FSDP that is where the embedding and the tied head are gathered.
         `kv_cache` (inference only, see llmpy.infer.KVCache) holds the keys and values of the positions before idx.
         """
         B, T = idx.shape
@@ -175,17 +152,9 @@ class GPT(nn.Module):
             x = block(x, kv_cache.layer(layer) if kv_cache is not None else None)
         if kv_cache is not None:
             kv_cache.advance(T)
-        x = self.transformer.ln_f(x)
-        if self.fused_loss and targets is not None and not return_logits and torch.is_grad_enabled():
-            from llmpy.kernels.cross_entropy import head_loss
+        hidden = self.transformer.ln_f(x)
+        return hidden if output is None else output(hidden)
 
-            dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-            return None, head_loss(x.to(dtype), self.lm_head.weight.to(dtype), targets, self.config.vocab_size)
-        logits = self.lm_head(x)  # (B, T, padded V)
-        loss = None
-        if targets is not None:
-            # the softmax runs in fp32 even under bf16 autocast, as llm.c's fused classifier does; the padded rows'
-            # logits are -inf, so this is the softmax over the real vocabulary
-            masked = logits.float() + self.vocab_mask
-            loss = F.cross_entropy(masked.view(-1, masked.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return (logits[..., : self.config.vocab_size] if return_logits else None), loss  # (B, T, V)
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, T, C) -> logits over the real vocabulary (B, T, vocab_size), for inference and evals."""
+        return self.lm_head(hidden)[..., : self.config.vocab_size]

@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass, field
 
 from llmpy.config import ModelConfig
 from llmpy.errors import LlmpyError
+from llmpy.gpt2 import BLOCK_SIZE
 from llmpy.metrics.mfu import parameter_count, peak_flops, training_flops_per_token
+from llmpy.metrics.units import format_duration
 
 # Measured (benchmarks/RESULTS.md, 2026-11-25, call F): llmpy bench, d12, B=128, T=1024, -d 524288, -r 0, compiled,
 # bf16, fused loss, one H100 SXM.
@@ -19,6 +21,7 @@ MEASURED = {"model": "d12", "gpu": "H100", "seq_len": 1024, "tokens_per_sec": 54
 DEFAULT_PRICE_PER_GPU_HOUR = {"H100": 2.99, "H200": 3.79, "A100": 1.29, "B200": 5.99, "L40S": 1.25, "L4": 0.80,
                               "A10G": 1.01, "A10": 0.75}
 DEFAULT_MULTI_GPU_EFFICIENCY = 0.9  # assumed throughput per GPU with N > 1 GPUs, relative to one GPU
+LLMC_BATCH_TOKENS = 524_288  # llm.c's tokens per step for GPT-2 (2**19, the GPT-3 paper's 0.5M)
 _SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
 
@@ -38,7 +41,7 @@ class Reference:
 LLMC_REFERENCES = (
     Reference("llm.c GPT-2 124M", "8x A100 80GB", 10e9, 90 * 60, 20.0,
               "~90 min, ~$20 on an ~$14/hr 8xA100 node (at $1.29/GPU-hr it would be ~$15)"),
-    Reference("llm.c GPT-2 124M", "8x H100", 10e9, math.ceil(10e9 / 524_288) * 0.140, None,
+    Reference("llm.c GPT-2 124M", "8x H100", 10e9, math.ceil(10e9 / LLMC_BATCH_TOKENS) * 0.140, None,
               "140 ms per 524,288-token step, 10B tokens"),
 )
 
@@ -51,8 +54,8 @@ class PlanInputs:
     tokens: float = 10e9
     gpu: str = "H100"
     gpus: int = 1
-    seq_len: int = 1024
-    total_batch_size: int = 524_288
+    seq_len: int = BLOCK_SIZE
+    total_batch_size: int = LLMC_BATCH_TOKENS
     tok_per_sec: float | None = None  # per GPU, measured
     mfu: float | None = None  # fraction of peak, instead of tok_per_sec
     price_per_gpu_hour: float | None = None
@@ -181,30 +184,20 @@ def _default_price(gpu: str) -> float | None:
     return None
 
 
-def format_duration(seconds: float) -> str:
-    """'1 h 30 min', '44 min 30 s', '12.0 s', '3 d 04 h'."""
-    if seconds >= 86400:
-        return f"{int(seconds // 86400)} d {int(seconds % 86400 // 3600):02d} h"
-    if seconds >= 3600:
-        return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60):02d} min"
-    if seconds >= 60:
-        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-    return f"{seconds:.1f} s"
-
-
 def format_plan(plan: Plan) -> str:
     """This plan beside llm.c's published runs, then the assumptions."""
     i = plan.inputs
     columns = [(f"this plan: {i.model} on {i.gpus}x {i.gpu}", i.tokens, plan.tok_per_sec_total,
-                524_288 / plan.tok_per_sec_total * 1000, plan.seconds, plan.gpu_hours, plan.cost)]
+                LLMC_BATCH_TOKENS / plan.tok_per_sec_total * 1000, plan.seconds, plan.gpu_hours, plan.cost)]
     for ref in LLMC_REFERENCES:
         gpus = int(ref.gpus.split("x")[0])
         columns.append((f"{ref.name}, {ref.gpus}", ref.tokens, ref.tokens / ref.seconds,
-                        524_288 / (ref.tokens / ref.seconds) * 1000, ref.seconds, ref.seconds * gpus / 3600, ref.cost))
+                        LLMC_BATCH_TOKENS / (ref.tokens / ref.seconds) * 1000, ref.seconds,
+                        ref.seconds * gpus / 3600, ref.cost))
     rows = [("", [c[0] for c in columns]),
             ("tokens", [f"{c[1] / 1e9:,.2f}B" for c in columns]),
             ("tok/s (all GPUs)", [f"{c[2]:,.0f}" for c in columns]),
-            ("ms / 524,288 tokens", [f"{c[3]:,.0f}" for c in columns]),
+            (f"ms / {LLMC_BATCH_TOKENS:,} tokens", [f"{c[3]:,.0f}" for c in columns]),
             ("wall time", [format_duration(c[4]) for c in columns]),
             ("GPU-hours", [f"{c[5]:,.1f}" for c in columns]),
             ("cost", ["-" if c[6] is None else f"${c[6]:,.2f}" for c in columns])]
@@ -265,8 +258,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     throughput.add_argument("--tok-per-sec", type=float, default=None, metavar="X",
                             help="measured tokens/s per GPU (default: derived from the measured d12 H100 MFU)")
     throughput.add_argument("--mfu", type=float, default=None, metavar="X", help="assumed MFU, a fraction (0.4)")
-    parser.add_argument("-t", "--seq-len", type=int, default=1024, help="sequence length (default: 1024)")
-    parser.add_argument("--total-batch-size", type=int, default=524_288, help="tokens per step (default: 524288)")
+    parser.add_argument("-t", "--seq-len", type=int, default=BLOCK_SIZE,
+                        help=f"sequence length (default: {BLOCK_SIZE})")
+    parser.add_argument("--total-batch-size", type=int, default=LLMC_BATCH_TOKENS,
+                        help=f"tokens per step (default: {LLMC_BATCH_TOKENS})")
     parser.add_argument("--scaling-efficiency", type=float, default=None, metavar="X",
                         help=f"per-GPU throughput kept on N GPUs (default: 1.0 for one, {DEFAULT_MULTI_GPU_EFFICIENCY} "
                              "for more)")

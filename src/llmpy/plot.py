@@ -20,7 +20,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from llmpy.errors import LlmpyError
+from llmpy.gpt2 import reference_for
 from llmpy.metrics.rundata import RunData, Series, load_run
+from llmpy.metrics.units import format_duration
 
 X_AXES = ("steps", "tokens")
 
@@ -53,7 +55,6 @@ class Panel:
 def reference_of(run: RunData, fallback: str | None = None) -> tuple[str, dict] | None:
     """(size, REFERENCE row) of OpenAI's GPT-2 of this run's shape: from its config record, else `fallback` (dN)."""
     from llmpy.config import ModelConfig
-    from llmpy.eval.report import reference_for
 
     shape = run.config.get("model_config")
     try:
@@ -62,7 +63,7 @@ def reference_of(run: RunData, fallback: str | None = None) -> tuple[str, dict] 
         config = None
     if config is None and fallback:
         config = ModelConfig.from_descriptor(fallback)
-    return reference_for(config) if config is not None else None
+    return reference_for(config.n_layer, config.n_embd) if config is not None else None
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
@@ -327,15 +328,6 @@ def summary_rows(summaries: list[RunSummary]) -> tuple[list[str], list[list[str]
              "-" if s.tokens_seen is None else _short_number(s.tokens_seen),
              "-" if s.train_seconds is None else format_duration(s.train_seconds)] for s in summaries]
     return header, rows
-
-
-def format_duration(seconds: float) -> str:
-    """3725 -> '1 h 02 min', 95 -> '1 min 35 s'."""
-    if seconds >= 3600:
-        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
-    if seconds >= 60:
-        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-    return f"{seconds:.1f} s"
 
 
 def format_summary(summaries: list[RunSummary]) -> str:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from llmpy.config import TrainConfig, default_cache_dir
+from llmpy.gpt2 import VOCAB_SIZE
 from llmpy.runtime import select_runtime
 from llmpy.tokenizer import get_tokenizer
 
@@ -44,12 +45,12 @@ def run_quickstart(out_dir: str = "runs/quickstart", steps: int | None = None, d
         prepare_tinyshakespeare(data)
     config = quickstart_config(runtime.is_cuda, data, out_dir, steps)
     print(f"training {config.model} for {config.max_steps} steps on {runtime.device_name()}; run directory {out_dir}")
-    trainer = build_trainer(config, runtime=runtime)
+    trainer = build_trainer(config)
     summary = trainer.fit()
     val = summary["val_loss"]
     first, last = val[min(val)], val[max(val)]
     print(
-        f"\nval loss: {first:.4f} at step 0 (uniform guess: ln(50257) = {math.log(50257):.2f}) -> "
+        f"\nval loss: {first:.4f} at step 0 (uniform guess: ln({VOCAB_SIZE}) = {math.log(VOCAB_SIZE):.2f}) -> "
         f"{last:.4f} at step {max(val)}"
     )
     print(f"logs: {Path(out_dir) / 'main.log'}, {Path(out_dir) / 'metrics.jsonl'}\n")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from llmpy.attention import backend_context
 from llmpy.errors import LlmpyError
 
 
@@ -18,7 +19,7 @@ class Runtime:
 
     device: torch.device
     precision: str  # "bf16" (autocast, fp32 master weights) or "fp32"
-    attention: str = "auto"  # SDPA backend preference: auto | flash | cudnn | efficient | math
+    attention: str = "auto"  # SDPA kernel preference, see llmpy.config.ATTENTION_BACKENDS
 
     @property
     def is_cuda(self) -> bool:
@@ -29,33 +30,25 @@ class Runtime:
         stack = contextlib.ExitStack()
         if self.precision == "bf16":
             stack.enter_context(torch.autocast(device_type=self.device.type, dtype=torch.bfloat16))
-        if self.attention != "auto":
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            first = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
-                     "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[self.attention]
-            # the chosen kernel first; the others stay as fallbacks for shapes it cannot take (e.g. KV-cache decode)
-            order = [first] + [b for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION,
-                                           SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH) if b != first]
-            stack.enter_context(sdpa_kernel(order, set_priority=True))
+        stack.enter_context(backend_context(self.attention))
         return stack
-
-    def synchronize(self) -> None:
-        if self.is_cuda:
-            torch.cuda.synchronize(self.device)
 
     def device_name(self) -> str:
         return torch.cuda.get_device_name(self.device) if self.is_cuda else "cpu"
 
+    def activate(self, tf32: bool) -> None:
+        """Make this the process's current device and set TF32 for the fp32 matmuls that remain (llm.c's -f 1).
+        Process-wide settings by nature, so they are made here, once, by the command that owns the process."""
+        if self.is_cuda:
+            torch.cuda.set_device(self.device)
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
 
-ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
 
-
-def select_runtime(device: str = "auto", dtype: str = "auto", tf32: bool = True, local_rank: int = 0,
-                   attention: str = "auto") -> Runtime:
-    """Resolve --device/--dtype: auto picks CUDA when present (GPU `local_rank` under torchrun), bf16 on CUDA."""
-    if attention not in ATTENTION_BACKENDS:
-        raise LlmpyError(f"--attention must be one of {', '.join(ATTENTION_BACKENDS)}, got {attention!r}")
+def select_runtime(device: str = "auto", dtype: str = "auto", local_rank: int = 0, attention: str = "auto") -> Runtime:
+    """Resolve --device/--dtype (values checked by the caller's flags): auto picks CUDA when present (GPU
+    `local_rank` under torchrun), bf16 on CUDA. Changes nothing: see Runtime.activate."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -67,15 +60,8 @@ def select_runtime(device: str = "auto", dtype: str = "auto", tf32: bool = True,
             raise LlmpyError(f"--device {device}: CUDA is not available in this torch build / machine")
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
-        torch.cuda.set_device(dev)
     if dtype == "auto":
         dtype = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if dtype not in ("bf16", "fp32"):
-        raise LlmpyError(f"--dtype must be auto, bf16 or fp32, got {dtype!r}")
-    # TF32 for the fp32 matmuls that remain (llm.c's -f 1); harmless on CPU.
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
     return Runtime(device=dev, precision=dtype, attention=attention)
 
 

@@ -23,6 +23,7 @@ def run_sample(
     if num_samples < 1 or max_new_tokens < 0:
         raise LlmpyError("sample: --num-samples must be >= 1 and --max-new-tokens >= 0")
     runtime = select_runtime(device)
+    runtime.activate(tf32=True)
     model = load_any_model(model_path)
     model.to(runtime.device).eval()
     tokenizer = get_tokenizer(tokenizer_path)

@@ -22,14 +22,13 @@ from pathlib import Path
 from llmpy.config import default_cache_dir
 from llmpy.atomic import atomic_write_bytes, sha256_of
 from llmpy.errors import LlmpyError
+from llmpy.gpt2 import EOT_TEXT, EOT_TOKEN, VOCAB_SIZE
 
 GPT2_TIKTOKEN_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 WHISPER_SDIST = "openai-whisper==20250625"
 WHISPER_MEMBER = "whisper/assets/gpt2.tiktoken"
 # GPT-2's pre-tokenization regex (contractions, letters, numbers, other symbols, whitespace).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-EOT_TOKEN = 50256
-GPT2_VOCAB_SIZE = 50257
 # tiktoken calls requests without a timeout; a network that drops packets would otherwise stall us for minutes
 TIKTOKEN_DOWNLOAD_TIMEOUT_S = 60
 PIP_DOWNLOAD_TIMEOUT_S = 300
@@ -38,8 +37,6 @@ PIP_DOWNLOAD_TIMEOUT_S = 300
 def offline() -> bool:
     """True when $LLMPY_OFFLINE asks llmpy never to try the network."""
     return os.environ.get("LLMPY_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 
 
 def serialize_ranks(ranks: dict[bytes, int]) -> bytes:
@@ -140,7 +137,7 @@ class GPT2Tokenizer:
     """GPT-2's byte-level BPE: 50,256 merges' ranks plus <|endoftext|> = 50256."""
 
     eot_token = EOT_TOKEN
-    n_vocab = GPT2_VOCAB_SIZE
+    n_vocab = VOCAB_SIZE
 
     def __init__(self, bpe_file: str | Path):
         import tiktoken
@@ -149,7 +146,7 @@ class GPT2Tokenizer:
         self.bpe_file = Path(bpe_file)
         self._encoding = tiktoken.Encoding(
             name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_bpe(str(bpe_file)),
-            special_tokens={"<|endoftext|>": EOT_TOKEN},
+            special_tokens={EOT_TEXT: EOT_TOKEN},
         )
 
     def encode(self, text: str) -> list[int]:

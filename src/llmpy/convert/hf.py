@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 
 import torch
 
-from llmpy.config import GPT2_VOCAB_SIZE, ModelConfig
-from llmpy.atomic import atomic_write_bytes
+from llmpy.atomic import atomic_open, atomic_write_bytes
+from llmpy.config import ModelConfig
 from llmpy.errors import LlmpyError
+from llmpy.gpt2 import BLOCK_SIZE, EOT_TEXT, EOT_TOKEN, HUB_NAMES, VOCAB_SIZE
 from llmpy.model import GPT
 
-HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
-EOT_TOKEN = "<|endoftext|>"
-EOT_ID = 50256
 # per-block tensors; the Conv1D ones are (in, out) in HF and (out, in) in llmpy
 _CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 _LAYER_NORMS = ("ln_1", "ln_2")
@@ -40,9 +37,9 @@ def config_from_hf(hf_config: dict, origin: str = "config.json") -> ModelConfig:
     activation = hf_config.get("activation_function", "gelu_new")
     if activation not in TANH_GELUS:
         raise LlmpyError(f"{origin}: activation_function {activation!r} is not GPT-2's tanh GELU ({' or '.join(TANH_GELUS)})")
-    vocab = hf_config.get("vocab_size", GPT2_VOCAB_SIZE)
-    if vocab != GPT2_VOCAB_SIZE:
-        raise LlmpyError(f"{origin}: vocab_size is {vocab}, llmpy needs GPT-2's {GPT2_VOCAB_SIZE}")
+    vocab = hf_config.get("vocab_size", VOCAB_SIZE)
+    if vocab != VOCAB_SIZE:
+        raise LlmpyError(f"{origin}: vocab_size is {vocab}, llmpy needs GPT-2's {VOCAB_SIZE}")
     eps = hf_config.get("layer_norm_epsilon", 1e-5)
     if abs(eps - 1e-5) > 1e-12:  # llmpy's LayerNorm uses PyTorch's default 1e-5
         raise LlmpyError(f"{origin}: layer_norm_epsilon is {eps}, llmpy's GPT-2 uses 1e-5")
@@ -196,8 +193,8 @@ def hf_config_dict(config: ModelConfig) -> dict:
         "activation_function": "gelu_new",
         "layer_norm_epsilon": 1e-5,
         "initializer_range": 0.02,
-        "bos_token_id": EOT_ID,
-        "eos_token_id": EOT_ID,
+        "bos_token_id": EOT_TOKEN,
+        "eos_token_id": EOT_TOKEN,
         "resid_pdrop": 0.0,
         "embd_pdrop": 0.0,
         "attn_pdrop": 0.0,
@@ -225,23 +222,17 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def save_hf_model(model: GPT, out_dir: str | Path, bpe_file: Path | None = None) -> None:
     """Write `config.json` + `model.safetensors` (and the tokenizer files when `bpe_file` is given) to `out_dir`."""
     from safetensors.torch import save_file
 
-    if model.config.vocab_size != GPT2_VOCAB_SIZE or model.config.padded_vocab_size < GPT2_VOCAB_SIZE:
-        raise LlmpyError(f"{out_dir}: only GPT-2's {GPT2_VOCAB_SIZE}-token vocabulary can be exported")
+    if model.config.vocab_size != VOCAB_SIZE or model.config.padded_vocab_size < VOCAB_SIZE:
+        raise LlmpyError(f"{out_dir}: only GPT-2's {VOCAB_SIZE}-token vocabulary can be exported")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / "model.safetensors"
-    tmp = weights.with_name(weights.name + ".tmp")
-    save_file(hf_state_dict(model), str(tmp), metadata={"format": "pt"})  # transformers wants the format tag
-    os.replace(tmp, weights)
-    _atomic_write_text(out_dir / "config.json", json.dumps(hf_config_dict(model.config), indent=2) + "\n")
+    with atomic_open(out_dir / "model.safetensors") as handle:
+        # safetensors writes by file name, straight from the tensors (no copy in memory): into the temp file
+        save_file(hf_state_dict(model), handle.name, metadata={"format": "pt"})  # transformers wants the format tag
+    atomic_write_bytes(out_dir / "config.json", (json.dumps(hf_config_dict(model.config), indent=2) + "\n").encode())
     if bpe_file is not None:
         save_hf_tokenizer(out_dir, bpe_file, model_max_length=model.config.block_size)
 
@@ -311,24 +302,23 @@ def gpt2_vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list
     byte_map = bytes_to_unicode()
     spell = lambda token: "".join(byte_map[b] for b in token)  # noqa: E731
     vocab = {spell(token): rank for token, rank in ranks.items()}
-    vocab[EOT_TOKEN] = EOT_ID
+    vocab[EOT_TEXT] = EOT_TOKEN
     merges = [f"{spell(a)} {spell(b)}" for a, b in recover_merges(ranks)]
     return vocab, merges
 
 
-def save_hf_tokenizer(out_dir: str | Path, bpe_file: str | Path, model_max_length: int = 1024) -> None:
+def save_hf_tokenizer(out_dir: str | Path, bpe_file: str | Path, model_max_length: int = BLOCK_SIZE) -> None:
     """Write vocab.json, merges.txt, tokenizer_config.json and special_tokens_map.json for GPT2Tokenizer(Fast)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     vocab, merges = gpt2_vocab_and_merges(read_tiktoken_ranks(bpe_file))
-    _atomic_write_text(out_dir / "vocab.json", json.dumps(vocab, ensure_ascii=False))
-    _atomic_write_text(out_dir / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
-    special = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN}
+    atomic_write_bytes(out_dir / "vocab.json", json.dumps(vocab, ensure_ascii=False).encode())
+    atomic_write_bytes(out_dir / "merges.txt", ("#version: 0.2\n" + "\n".join(merges) + "\n").encode())
+    special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
     tokenizer_config = {
         **special,
         "tokenizer_class": "GPT2Tokenizer",
         "model_max_length": model_max_length,
         "add_prefix_space": False,
     }
-    _atomic_write_text(out_dir / "tokenizer_config.json", json.dumps(tokenizer_config, indent=2) + "\n")
-    _atomic_write_text(out_dir / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
+    atomic_write_bytes(out_dir / "tokenizer_config.json", (json.dumps(tokenizer_config, indent=2) + "\n").encode())
+    atomic_write_bytes(out_dir / "special_tokens_map.json", (json.dumps(special, indent=2) + "\n").encode())

@@ -7,22 +7,23 @@ bf16 values are stored as the raw 16 bits of bfloat16.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from llmpy.atomic import atomic_open
 from llmpy.config import ModelConfig
-from llmpy.convert.hf import EOT_ID, EOT_TOKEN, read_tiktoken_ranks
+from llmpy.convert.hf import read_tiktoken_ranks
+from llmpy.data.shards import SHARD_MAGIC
 from llmpy.errors import LlmpyError
+from llmpy.gpt2 import EOT_TEXT, EOT_TOKEN, VOCAB_SIZE
 from llmpy.model import GPT
 
 MODEL_MAGIC = 20240326
-SHARD_MAGIC = 20240520  # llm.c's token shards (data/*.bin)
 TOKENIZER_MAGIC = 20240328
 TOKENIZER_VERSION = 2
-HEADER_INTS = 256
+HEADER_INTS = 256  # model and tokenizer files alike
 HEADER_BYTES = HEADER_INTS * 4
 VERSION_DTYPES = {3: "fp32", 5: "bf16"}
 DTYPE_VERSIONS = {v: k for k, v in VERSION_DTYPES.items()}
@@ -101,10 +102,10 @@ def _decode(raw: bytes, dtype: str) -> np.ndarray:
     return bits.view(np.float32)
 
 
-def _read_llmc_file(path: Path, kind: str) -> bytes:
-    """The bytes of an llm.c file, checked to exist and to hold at least the 256-int header."""
+def _read_model_file(path: Path) -> bytes:
+    """The bytes of an llm.c model file, checked to exist and to hold at least the header."""
     if not path.is_file():
-        raise LlmpyError(f"{path}: no such llm.c {kind} file")
+        raise LlmpyError(f"{path}: no such llm.c model file")
     data = path.read_bytes()
     if len(data) < HEADER_BYTES:
         raise LlmpyError(f"{path}: {len(data)} bytes is shorter than the {HEADER_BYTES}-byte llm.c header")
@@ -114,7 +115,7 @@ def _read_llmc_file(path: Path, kind: str) -> bytes:
 def read_llmc_model(path: str | Path) -> GPT:
     """An llm.c model .bin (fp32 or bf16) -> an fp32 llmpy GPT."""
     path = Path(path)
-    data = _read_llmc_file(path, "model")
+    data = _read_model_file(path)
     header = np.frombuffer(data[:HEADER_BYTES], dtype="<i4")
     config, dtype = _config_from_header(header, path)
     expected = HEADER_BYTES + _num_params(config) * BYTES_PER_PARAM[dtype]
@@ -146,16 +147,6 @@ def _encode(tensor: torch.Tensor, dtype: str) -> bytes:
     return tensor.to(torch.bfloat16).view(torch.int16).numpy().astype("<i2").tobytes()
 
 
-def _atomic_write(path: Path, chunks: list[bytes]) -> None:
-    """Write to `path.tmp`, then rename: a crash never leaves a half-written file under the real name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-    os.replace(tmp, path)
-
-
 def write_llmc_model(model: GPT, path: str | Path, dtype: str = "fp32") -> None:
     """Write `model` as an llm.c model .bin (dtype "fp32" = version 3, "bf16" = version 5)."""
     if dtype not in DTYPE_VERSIONS:
@@ -165,52 +156,32 @@ def write_llmc_model(model: GPT, path: str | Path, dtype: str = "fp32") -> None:
     header[:8] = [MODEL_MAGIC, DTYPE_VERSIONS[dtype], config.block_size, config.vocab_size, config.n_layer,
                   config.n_head, config.n_embd, config.padded_vocab_size]  # fmt: skip
     params = model.state_dict()
-    chunks = [header.tobytes()]
-    for _, key, per_layer in _LLMC_ORDER:
-        if per_layer:
-            tensor = torch.stack([params[f"transformer.h.{i}.{key}"] for i in range(config.n_layer)])
-        else:
-            tensor = params[key]
-        chunks.append(_encode(tensor, dtype))
-    _atomic_write(Path(path), chunks)
+    with atomic_open(path) as handle:
+        handle.write(header.tobytes())
+        for _, key, per_layer in _LLMC_ORDER:
+            if per_layer:
+                tensor = torch.stack([params[f"transformer.h.{i}.{key}"] for i in range(config.n_layer)])
+            else:
+                tensor = params[key]
+            handle.write(_encode(tensor, dtype))
 
 
 def write_llmc_tokenizer(path: str | Path, bpe_file: Path) -> None:
     """Write llm.c's `gpt2_tokenizer.bin` (version 2: header, then each token as uint8 length + raw bytes)."""
     ranks = read_tiktoken_ranks(bpe_file)
     tokens = {rank: token for token, rank in ranks.items()}
-    tokens[EOT_ID] = EOT_TOKEN.encode()
-    vocab_size = EOT_ID + 1
-    missing = [i for i in range(vocab_size) if i not in tokens]
-    if missing or len(tokens) != vocab_size:
-        raise LlmpyError(f"{bpe_file}: ranks are not GPT-2's 0..{EOT_ID - 1} (missing e.g. {missing[:3]})")
+    tokens[EOT_TOKEN] = EOT_TEXT.encode()
+    missing = [i for i in range(VOCAB_SIZE) if i not in tokens]
+    if missing or len(tokens) != VOCAB_SIZE:
+        raise LlmpyError(f"{bpe_file}: ranks are not GPT-2's 0..{EOT_TOKEN - 1} (missing e.g. {missing[:3]})")
     header = np.zeros(HEADER_INTS, dtype="<u4")
-    header[:4] = [TOKENIZER_MAGIC, TOKENIZER_VERSION, vocab_size, EOT_ID]
-    chunks = [header.tobytes()]
-    for i in range(vocab_size):
+    header[:4] = [TOKENIZER_MAGIC, TOKENIZER_VERSION, VOCAB_SIZE, EOT_TOKEN]
+    records = []
+    for i in range(VOCAB_SIZE):
         token = tokens[i]
         if not 0 < len(token) < 256:
             raise LlmpyError(f"{bpe_file}: token {i} is {len(token)} bytes; llm.c stores lengths in one byte")
-        chunks.append(bytes([len(token)]) + token)
-    _atomic_write(Path(path), chunks)
-
-
-def read_llmc_tokenizer(path: str | Path) -> list[bytes]:
-    """llm.c's `gpt2_tokenizer.bin` (version 1 or 2) -> the token bytes, indexed by id."""
-    path = Path(path)
-    data = _read_llmc_file(path, "tokenizer")
-    header = np.frombuffer(data[:HEADER_BYTES], dtype="<u4")
-    if int(header[0]) != TOKENIZER_MAGIC:
-        raise LlmpyError(f"{path}: bad magic {int(header[0])}, expected {TOKENIZER_MAGIC} (not an llm.c tokenizer)")
-    if int(header[1]) not in (1, 2):
-        raise LlmpyError(f"{path}: unsupported llm.c tokenizer version {int(header[1])} (1 or 2)")
-    tokens, offset = [], HEADER_BYTES
-    for i in range(int(header[2])):
-        if offset >= len(data) or offset + 1 + data[offset] > len(data):
-            raise LlmpyError(f"{path}: truncated at token {i} of {int(header[2])}")
-        length = data[offset]
-        tokens.append(data[offset + 1 : offset + 1 + length])
-        offset += 1 + length
-    if offset != len(data):
-        raise LlmpyError(f"{path}: {len(data) - offset} unexpected bytes after the last token")
-    return tokens
+        records.append(bytes([len(token)]) + token)
+    with atomic_open(path) as handle:
+        handle.write(header.tobytes())
+        handle.write(b"".join(records))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from llmpy.convert.hf import load_hf_model
+from llmpy.convert.llmc import MODEL_MAGIC, read_llmc_model
 from llmpy.errors import LlmpyError
+from llmpy.gpt2 import HUB_NAMES
 from llmpy.model import GPT
-
-LLMC_MODEL_MAGIC = 20240326
-HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 
 
 def describe_source(spec: str) -> str:
@@ -24,7 +24,7 @@ def describe_source(spec: str) -> str:
     if path.is_file():
         with open(path, "rb") as handle:
             head = handle.read(4)
-        if len(head) == 4 and int(np.frombuffer(head, dtype="<i4")[0]) == LLMC_MODEL_MAGIC:
+        if len(head) == 4 and int(np.frombuffer(head, dtype="<i4")[0]) == MODEL_MAGIC:
             return "llmc"
         return "llmpy"
     if spec in HUB_NAMES or spec.startswith("openai-community/"):
@@ -38,13 +38,9 @@ def load_any_model(spec: str) -> GPT:
     """A GPT on the CPU, in fp32, from any supported source."""
     kind = describe_source(spec)
     if kind == "llmpy":
-        from llmpy.train.checkpoint import load_model
+        from llmpy.checkpoint import load_model
 
         return load_model(spec)[0]
     if kind == "llmc":
-        from llmpy.convert.llmc import read_llmc_model
-
         return read_llmc_model(spec)
-    from llmpy.convert.hf import load_hf_model
-
     return load_hf_model(spec)

@@ -12,7 +12,7 @@ from pathlib import Path
 from llmpy.config import default_cache_dir
 from llmpy.data.textfiles import iter_json_records
 from llmpy.errors import LlmpyError
-from llmpy.atomic import atomic_write_bytes, sha256_of
+from llmpy.atomic import atomic_open, atomic_write_bytes, sha256_of
 from llmpy.tokenizer import offline
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
@@ -65,12 +65,12 @@ def prepare_hellaswag(out_dir: str | Path, input_path: str | Path | None = None)
     source = resolve_hellaswag(input_path)
     examples = check_hellaswag_file(source)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     target = out / "hellaswag_val.jsonl"
     if source.resolve() != target.resolve():
-        shutil.copyfile(source, target)
+        with open(source, "rb") as reader, atomic_open(target) as writer:
+            shutil.copyfileobj(reader, writer)
     digest = sha256_of(target)
     manifest = {"source": str(source), "examples": examples, "sha256": digest,
                 "official": digest == HELLASWAG_VAL_SHA256 and examples == HELLASWAG_VAL_EXAMPLES}
-    (out / "hellaswag_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_bytes(out / "hellaswag_manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest

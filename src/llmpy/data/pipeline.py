@@ -24,7 +24,8 @@ from tqdm import tqdm
 from llmpy.data.shards import HEADER_BYTES, read_shard, write_shard
 from llmpy.errors import LlmpyError
 from llmpy.atomic import atomic_write_bytes, sha256_of
-from llmpy.tokenizer import EOT_TOKEN, GPT2Tokenizer
+from llmpy.gpt2 import EOT_TOKEN
+from llmpy.tokenizer import GPT2Tokenizer
 
 MANIFEST = "manifest.json"
 

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
+from llmpy.atomic import atomic_open
 from llmpy.errors import LlmpyError
+from llmpy.gpt2 import VOCAB_SIZE
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
-GPT2_VOCAB_SIZE = 50257
-LLMC_MODEL_MAGIC = 20240326  # llm.c's model checkpoint files, a common mix-up
 MAX_SHARD_TOKENS = 2**31 - 1  # the header stores the count as int32
 
 
@@ -31,29 +31,24 @@ def _as_token_array(path: Path, tokens: ArrayLike) -> np.ndarray:
         raise LlmpyError(f"{path}: tokens must be 1-D, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.integer):
         raise LlmpyError(f"{path}: token ids must be integers, got dtype {array.dtype}")
-    if array.min() < 0 or array.max() >= GPT2_VOCAB_SIZE:
-        raise LlmpyError(f"{path}: token ids must be in [0, {GPT2_VOCAB_SIZE}), got {array.min()}..{array.max()}")
+    if array.min() < 0 or array.max() >= VOCAB_SIZE:
+        raise LlmpyError(f"{path}: token ids must be in [0, {VOCAB_SIZE}), got {array.min()}..{array.max()}")
     if array.size > MAX_SHARD_TOKENS:
         raise LlmpyError(f"{path}: {array.size} tokens do not fit the header's int32 count; write smaller shards")
     return array.astype("<u2", copy=False)
 
 
 def write_shard(path: str | Path, tokens: ArrayLike) -> None:
-    """Write GPT-2 token ids as an llm.c shard; the file appears complete or not at all (temp file + rename)."""
+    """Write GPT-2 token ids as an llm.c shard; the file appears complete or not at all."""
     path = Path(path)
     array = _as_token_array(path, tokens)
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = (SHARD_MAGIC, SHARD_VERSION, array.size)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(header.tobytes())
-            handle.write(array.tobytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as handle:
+        handle.write(header.tobytes())
+        handle.write(array.tobytes())
+        handle.flush()
+        os.fsync(handle.fileno())  # on disk before the manifest that prepare writes next vouches for it
 
 
 def _read_header(path: Path) -> np.ndarray:
@@ -65,8 +60,7 @@ def _read_header(path: Path) -> np.ndarray:
         raise LlmpyError(f"{path}: truncated shard ({len(raw)} bytes, the header alone is {HEADER_BYTES})")
     header = np.frombuffer(raw, dtype="<i4")
     if header[0] != SHARD_MAGIC:
-        hint = " (this is an llm.c MODEL file, not a token shard)" if header[0] == LLMC_MODEL_MAGIC else ""
-        raise LlmpyError(f"{path}: bad magic {header[0]}, expected {SHARD_MAGIC}: not an llm.c token shard{hint}")
+        raise LlmpyError(f"{path}: bad magic {header[0]}, expected {SHARD_MAGIC}: not an llm.c token shard")
     if header[1] != SHARD_VERSION:
         raise LlmpyError(f"{path}: unsupported shard version {header[1]}, expected {SHARD_VERSION}")
     if header[2] < 0:
@@ -74,20 +68,12 @@ def _read_header(path: Path) -> np.ndarray:
     return header
 
 
-def shard_token_count(path: str | Path) -> int:
-    """Tokens in a shard, from its header alone (.bin) or the array shape (.npy)."""
-    path = Path(path)
-    if path.suffix == ".npy":
-        return int(_read_npy(path, mmap=True).shape[0])
-    return int(_read_header(path)[2])
-
-
 def _check_tokens(path: Path, tokens: np.ndarray) -> None:
-    if tokens.size and int(tokens.max()) >= GPT2_VOCAB_SIZE:
-        position = int(np.argmax(tokens >= GPT2_VOCAB_SIZE))
+    if tokens.size and int(tokens.max()) >= VOCAB_SIZE:
+        position = int(np.argmax(tokens >= VOCAB_SIZE))
         raise LlmpyError(
             f"{path}: token id {int(tokens[position])} at position {position} is outside GPT-2's vocabulary "
-            f"(< {GPT2_VOCAB_SIZE}); the shard is corrupt or was made with another tokenizer"
+            f"(< {VOCAB_SIZE}); the shard is corrupt or was made with another tokenizer"
         )
 
 

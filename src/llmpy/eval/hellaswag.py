@@ -73,7 +73,7 @@ def score_batch(model: torch.nn.Module, examples: list[Example], device: torch.d
     tokens, targets, spans = _batch_rows(examples, getattr(getattr(model, "config", None), "block_size", 1 << 30))
     tokens, targets, spans = (t.to(device, non_blocking=True) for t in (tokens, targets, spans))
     with autocast():
-        logits, _ = model(tokens)
+        logits = model(tokens, output=model.logits)
     scored = targets != -1
     # the softmax only where an ending token is predicted: a tenth of the positions, in fp32
     losses = F.cross_entropy(logits[scored].float(), targets[scored], reduction="none")

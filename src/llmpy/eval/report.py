@@ -5,43 +5,28 @@ from __future__ import annotations
 import json
 import time
 
-
 from llmpy.config import ModelConfig
 from llmpy.errors import LlmpyError
+from llmpy.gpt2 import reference_for
 from llmpy.runtime import Runtime
-
-# OpenAI's GPT-2 checkpoints: FineWeb val loss (llm.c's val split) and HellaSwag acc_norm; GPT-3 paper HellaSwag.
-REFERENCE = {
-    "124M": {"descriptor": "d12", "gpt2_val_loss": 3.4250, "gpt2_hellaswag": 0.2945, "gpt3_hellaswag": 0.337},
-    "350M": {"descriptor": "d24", "gpt2_val_loss": 3.0831, "gpt2_hellaswag": 0.3752, "gpt3_hellaswag": 0.436},
-    "774M": {"descriptor": "d36", "gpt2_val_loss": 3.0006, "gpt2_hellaswag": 0.4320, "gpt3_hellaswag": 0.510},
-    "1558M": {"descriptor": "d48", "gpt2_val_loss": 2.8313, "gpt2_hellaswag": 0.4889, "gpt3_hellaswag": 0.547},
-}
-DEFAULT_VAL_TOKENS = 10_485_760  # llm.c's 124M setting: -m 20 batches of 64 x 1024 x 8 GPUs
-
-
-def reference_for(config: ModelConfig) -> tuple[str, dict] | None:
-    """The GPT-2 size whose shape this model has, if any."""
-    for size, ref in REFERENCE.items():
-        shape = ModelConfig.from_descriptor(ref["descriptor"])
-        if (shape.n_layer, shape.n_embd) == (config.n_layer, config.n_embd):
-            return size, ref
-    return None
 
 
 def val_loss_over_budget(model, pattern: str, tokens: int, batch_size: int, seq_len: int, runtime: Runtime) -> dict:
     """Mean loss over the first `tokens` tokens (whole B x T batches) of a shard glob, unshuffled."""
     from llmpy.data.loader import TokenLoader
     from llmpy.eval.val_loss import evaluate_loss
+    from llmpy.loss import ModelWithLoss, build_loss
 
     loader = TokenLoader(pattern, batch_size, seq_len)
     steps = max(1, min(tokens // (batch_size * seq_len), loader.steps_per_epoch))
-    return {"val_loss": evaluate_loss(model, loader, steps, runtime), "val_tokens": steps * batch_size * seq_len}
+    loss = build_loss("plain", model.config.vocab_size, model.config.padded_vocab_size).to(runtime.device)
+    with_loss = ModelWithLoss(model, loss)
+    return {"val_loss": evaluate_loss(with_loss, loader, steps, runtime), "val_tokens": steps * batch_size * seq_len}
 
 
 def format_table(spec: str, model_config: ModelConfig, num_params: int, results: dict) -> str:
     """A plain-text table of this model's numbers beside the reference checkpoints of its size."""
-    match = reference_for(model_config)
+    match = reference_for(model_config.n_layer, model_config.n_embd)
     size, ref = match if match else ("", {})
     header = f"{'metric':<22}{'this model':>12}" + (f"{'GPT-2 ' + size:>14}{'GPT-3 ' + size:>14}" if ref else "")
     lines = [f"model {spec}: {model_config.n_layer} layers, {model_config.n_embd} channels, {num_params:,} parameters",

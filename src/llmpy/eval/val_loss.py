@@ -15,8 +15,9 @@ from llmpy.runtime import Runtime
 @torch.no_grad()
 def evaluate_loss(model: torch.nn.Module, loader: TokenLoader, max_steps: int, runtime: Runtime,
                   job: Distributed = Distributed(), progress: bool = False) -> float:
-    """Mean loss over `max_steps` batches (-1 = the whole split) from the split's start, averaged over ranks.
-    `progress`: a progress bar on a terminal (rank 0 only)."""
+    """Mean loss of `model` ((idx, targets) -> mean loss, e.g. llmpy.loss.ModelWithLoss) over `max_steps` batches
+    (-1 = the whole split) from the split's start, averaged over ranks. `progress`: a progress bar on a terminal
+    (rank 0 only)."""
     was_training = model.training
     model.eval()
     loader.reset()
@@ -28,7 +29,7 @@ def evaluate_loss(model: torch.nn.Module, loader: TokenLoader, max_steps: int, r
         x, y = loader.next_batch()
         x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
         with runtime.autocast():
-            _, loss = model(x, y, return_logits=False)
+            loss = model(x, y)
         total += loss.float()
     model.train(was_training)
     return all_reduce_mean(total / steps, job).item()

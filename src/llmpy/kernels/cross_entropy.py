@@ -116,7 +116,8 @@ if triton is not None:
 
 def kernel_launch_config() -> tuple[int, int, int, int, int]:
     """(columns per chunk, warps per program, programs per SM, lanewise 0/1, pipeline stages); the environment
-    variable LLMPY_LOSS_KERNEL="B,W,P,L,S" overrides it (for tuning; `llmpy bench --check` times several on CUDA)."""
+    variable LLMPY_LOSS_KERNEL="B,W,P,L,S" overrides it (for tuning; `llmpy bench --check` times several on CUDA).
+    Read once, by the loss component that launches the kernel (llmpy.loss), which passes it to every launch."""
     import os
 
     text = os.environ.get("LLMPY_LOSS_KERNEL", "")
@@ -156,7 +157,7 @@ def triton_loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, vocab_siz
     out = logits if out is None else out
     if out.shape != logits.shape or out.stride() != logits.stride() or out.dtype != logits.dtype:
         raise ValueError("the loss kernel's `out` must have the logits' shape, strides and dtype")
-    block, num_warps, programs_per_sm, lanewise, stages = launch or kernel_launch_config()
+    block, num_warps, programs_per_sm, lanewise, stages = launch or DEFAULT_LAUNCH
     n_rows, n_cols = logits.shape
     losses = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
     if n_rows:
@@ -169,17 +170,18 @@ def triton_loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, vocab_siz
 
 
 @torch.library.custom_op("llmpy::loss_and_grad_", mutates_args=("logits",))
-def loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Per-row cross-entropy losses; `logits` is overwritten with their gradient (see the module docstring)."""
+def loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int, launch: list[int]) -> torch.Tensor:
+    """Per-row cross-entropy losses; `logits` is overwritten with their gradient (see the module docstring).
+    `launch`: the Triton kernel's launch configuration (see kernel_launch_config)."""
     if logits.is_cuda and triton is not None and logits.dtype != torch.float64:
-        return triton_loss_and_grad_(logits, targets, vocab_size)
+        return triton_loss_and_grad_(logits, targets, vocab_size, launch=tuple(launch))
     losses, grad = reference_loss_and_grad(logits, targets, vocab_size)
     logits.copy_(grad)
     return losses
 
 
 @loss_and_grad_.register_fake
-def _(logits, targets, vocab_size):
+def _(logits, targets, vocab_size, launch):
     return logits.new_empty(logits.shape[0], dtype=torch.promote_types(logits.dtype, torch.float32))
 
 
@@ -187,9 +189,10 @@ class _HeadLoss(torch.autograd.Function):
     """mean cross-entropy of (x @ weight.T) against targets; the backward reuses the gradient the forward wrote."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int,
+                launch: list[int]) -> torch.Tensor:
         grad_logits = x @ weight.t()  # (N, V_padded) logits in the inputs' dtype; the kernel turns them into their grad
-        losses = loss_and_grad_(grad_logits, targets, vocab_size)
+        losses = loss_and_grad_(grad_logits, targets, vocab_size, launch)
         count = (targets != IGNORE_INDEX).sum()
         ctx.save_for_backward(x, weight, grad_logits, count)
         return losses.sum() / count
@@ -202,13 +205,14 @@ class _HeadLoss(torch.autograd.Function):
         scale = (grad_loss / count.clamp(min=1)).float()
         grad_x = ((grad_logits @ weight).float() * scale).to(x.dtype)
         grad_weight = ((grad_logits.t() @ x).float() * scale).to(weight.dtype)
-        return grad_x, grad_weight, None, None
+        return grad_x, grad_weight, None, None, None
 
 
-def head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def head_loss(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int,
+              launch: tuple[int, int, int, int, int] = DEFAULT_LAUNCH) -> torch.Tensor:
     """Mean cross-entropy of the head's logits x @ weight.T (rows >= vocab_size of weight are padding).
 
     x (..., C) and weight (V_padded, C) must share a dtype (the caller casts them under autocast); targets (...,)
     int64 with -1 for positions without a target.
     """
-    return _HeadLoss.apply(x.reshape(-1, x.size(-1)), weight, targets.reshape(-1), vocab_size)
+    return _HeadLoss.apply(x.reshape(-1, x.size(-1)), weight, targets.reshape(-1), vocab_size, list(launch))

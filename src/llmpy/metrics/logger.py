@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from llmpy.errors import LlmpyError
 from llmpy.metrics.sinks import MetricSink, build_sinks
-
-# main.log keys as llm.c writes them; values use C's %f (6 decimals). llm.c itself prints trl/tel/eval with %.4f,
-# lr with %.6f and norm with %.2f; its parsers only split on ':' and call float(), so they read both.
-MAIN_LOG_KEYS = ("trl", "lr", "norm", "tel", "eval")
 
 
 def _json_value(value: Any) -> Any:
@@ -52,7 +46,10 @@ def _ends_mid_line(path: Path) -> bool:
 
 
 class RunLogger:
-    """Writes main.log and metrics.jsonl into a run directory; every method is a no-op when disabled (non-zero ranks)."""
+    """Writes main.log and metrics.jsonl into a run directory; every method is a no-op when disabled (non-zero ranks).
+
+    main.log uses llm.c's keys (trl, lr, norm, tel, eval) with C's %f (6 decimals); llm.c itself prints trl/tel/eval
+    with %.4f, lr with %.6f and norm with %.2f, but its parsers only split on ':' and call float(): they read both."""
 
     def __init__(self, out_dir: str | Path | None, *, enabled: bool = True, resume: bool = False,
                  tensorboard_dir: str | Path | None = None, wandb_project: str | None = None,
@@ -96,8 +93,10 @@ class RunLogger:
             self._main.flush()  # a crash must not lose lines already logged
 
     def _write_record(self, step: int, kind: str, **fields: Any) -> None:
+        """`time` in `fields`: when it happened (a step is logged after it ran); else now."""
+        wall_time = fields.pop("time", None) or time.time()
         if self._jsonl is not None:
-            record = _json_value({"step": step, "kind": kind, "time": time.time(), **fields})
+            record = _json_value({"step": step, "kind": kind, "time": wall_time, **fields})
             self._jsonl.write(json.dumps(record, allow_nan=False, default=str) + "\n")
             self._jsonl.flush()
         if self._sinks:
@@ -121,41 +120,3 @@ class RunLogger:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-_STEP_RE = re.compile(r"s:(\d+)\s")
-_FIELD_RE = re.compile(r"(\w+):(\S+)")
-
-
-def parse_main_log(path: str | Path) -> dict[str, dict[int, float]]:
-    """Series from an llm.c-format main.log: {'trl'|'tel'|'eval'|'lr'|'norm': {step: value}}, last value per step."""
-    path = Path(path)
-    if not path.is_file():
-        raise LlmpyError(f"{path}: no such log file")
-    series: dict[str, dict[int, float]] = {key: {} for key in MAIN_LOG_KEYS}
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        parsed = _parse_line(line)
-        if parsed is None:
-            continue
-        step, values = parsed
-        for key, value in values.items():
-            # a restarted run re-logs the steps after its checkpoint: the later line wins
-            series.setdefault(key, {})[step] = value
-    return series
-
-
-def parse_main_log_line(line: str) -> tuple[int, dict[str, float]] | None:
-    """(step, {key: value}) from one main.log line, or None for a blank or garbled one."""
-    return _parse_line(line)
-
-
-def _parse_line(line: str) -> tuple[int, dict[str, float]] | None:
-    """(step, {key: value}) from one line, or None for a blank or garbled line (e.g. one cut off by a crash)."""
-    match = _STEP_RE.match(line)
-    if not match:
-        return None
-    try:
-        values = {key: float(value) for key, value in _FIELD_RE.findall(line[match.end():])}
-    except ValueError:
-        return None
-    return (int(match.group(1)), values) if values else None

@@ -5,11 +5,11 @@ checkpoint). What `llmpy plot` and the notebook draw from."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmpy.errors import LlmpyError
-from llmpy.metrics.logger import parse_main_log_line
 
 Series = dict[int, float]  # step -> value
 
@@ -21,6 +21,8 @@ _JSONL_SERIES = {
     ("train", "tokens"): "tokens", ("val", "loss"): "val_loss", ("eval", "accuracy"): "hellaswag",
 }
 SERIES_NAMES = tuple(dict.fromkeys([*_MAIN_LOG_SERIES.values(), *_JSONL_SERIES.values()]))
+_STEP_RE = re.compile(r"s:(\d+)\s")
+_FIELD_RE = re.compile(r"(\w+):(\S+)")
 
 
 @dataclass
@@ -64,18 +66,30 @@ def _tolerable_cut(lines: list[str], index: int, step_of) -> bool:
     return following is None or (previous is not None and following <= previous)
 
 
+def _main_log_line(line: str) -> tuple[int, dict[str, float]] | None:
+    """(step, {key: value}) from one main.log line, or None for a blank or garbled one (e.g. cut off by a crash)."""
+    match = _STEP_RE.match(line)
+    if not match:
+        return None
+    try:
+        values = {key: float(value) for key, value in _FIELD_RE.findall(line[match.end():])}
+    except ValueError:
+        return None
+    return (int(match.group(1)), values) if values else None
+
+
 def _read_main_log(path: Path, run: RunData) -> None:
     """Merge main.log's series into `run`; an unparsable line raises, naming the file and line number."""
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
 
     def step_of(line: str) -> int | None:
-        parsed = parse_main_log_line(line)
+        parsed = _main_log_line(line)
         return parsed[0] if parsed else None
 
     for index, line in enumerate(lines):
         if not line.strip():
             continue
-        parsed = parse_main_log_line(line)
+        parsed = _main_log_line(line)
         if parsed is None:
             if _tolerable_cut(lines, index, step_of):
                 run.notes.append(f"{path}:{index + 1}: skipped a cut-off line")

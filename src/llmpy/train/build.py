@@ -1,70 +1,85 @@
-"""From one validated TrainConfig to a ready Trainer: model, loaders, optimizer, schedule, logger."""
+"""From one validated TrainConfig to a ready Trainer: small `build_*` functions, one component each, wired by
+`build_trainer`. Nothing here changes the config; what the run derives from it (the micro-batch auto-batch settles
+on, accumulation, total steps) is returned as values (BatchLayout, ...)."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.nn as nn
 
+from llmpy.atomic import atomic_write_bytes
+from llmpy.checkpoint import CheckpointManager
 from llmpy.config import DESCRIPTOR_RE, GPT2_NAMES, ModelConfig, TrainConfig
 from llmpy.data.loader import TokenLoader
-from llmpy.distributed import all_reduce_mean, broadcast_object, check_same_everywhere, init_distributed
+from llmpy.distributed import Distributed, all_reduce_mean, check_same_everywhere, init_distributed
 from llmpy.errors import LlmpyError
+from llmpy.families import DEFAULT_FAMILY, build_model as build_family_model, family_of
+from llmpy.loss import CrossEntropyLoss, build_loss as build_loss_component
 from llmpy.metrics.logger import RunLogger
 from llmpy.metrics.mfu import peak_flops, training_flops_per_token
-from llmpy.model import GPT
 from llmpy.runtime import Runtime, seed_everything, select_runtime
-from llmpy.train.checkpoint import completed_steps, load_model, load_training_state, model_path
+from llmpy.train.evaluation import Evaluator
+from llmpy.train.faults import BadStepCounter, OutlierWindow, SkipRule
+from llmpy.train.memory import find_micro_batch, step_fits
 from llmpy.train.optim import LRSchedule, build_optimizer
-from llmpy.train.faults import BadStepCounter
-from llmpy.train.memory import find_micro_batch, static_shapes, step_fits
-from llmpy.train.parallel import parallelize
+from llmpy.train.parallel import ModelState, OptimizerState, ParallelModel, parallelize
+from llmpy.train.step import BatchLayout, TrainStep
 from llmpy.train.trainer import Trainer
 
 
-def build_model(spec: str, seq_len: int) -> GPT:
-    """`-e`: a descriptor (d12, gpt2-medium, ...) for a fresh GPT-2, or an llmpy checkpoint to start from."""
+def _silent(*args, **kwargs) -> None:
+    """print_fn of ranks other than 0."""
+
+
+def build_job(config: TrainConfig, print_fn: Callable[..., None]) -> tuple[Distributed, Callable[..., None]]:
+    """Join the torchrun/srun job (if any), check every rank has the same flags; rank 0 speaks for the job."""
+    use_cuda = config.device in ("auto", "cuda") or config.device.startswith("cuda:")
+    job = init_distributed(use_cuda=use_cuda and torch.cuda.is_available(), group_of_one=config.zero_stage in (1, 3))
+    config.validate(job.world_size)
+    check_same_everywhere(config.to_dict(), "training configuration")
+    if config.zero_stage in (1, 3) and not torch.distributed.is_initialized():
+        print_fn(f"note: -z {config.zero_stage} shards over ranks; a single process started without torchrun has "
+                 "nothing to shard over, so it trains unsharded")
+    return job, (print_fn if job.is_main else _silent)
+
+
+def build_runtime(config: TrainConfig, job: Distributed) -> Runtime:
+    """The device and precision, made current for this process (device, TF32)."""
+    runtime = select_runtime(config.device, config.dtype, job.local_rank, config.attention)
+    runtime.activate(tf32=bool(config.tf32))
+    return runtime
+
+
+def build_model(spec: str, seq_len: int, recompute: int = 0) -> nn.Module:
+    """`-e`: a descriptor (d12, gpt2-medium, ...) for a fresh GPT-2, or a model file to start from."""
     if DESCRIPTOR_RE.fullmatch(spec) or spec in GPT2_NAMES:
-        model = GPT(ModelConfig.from_descriptor(spec))
+        model = build_family_model(ModelConfig.from_descriptor(spec), DEFAULT_FAMILY, recompute)
     else:  # llm.c's -e also takes a model file to start from: an llm.c .bin, an llmpy checkpoint, HF weights
         from llmpy.convert.load import load_any_model
 
-        model = load_any_model(spec)
+        loaded = load_any_model(spec)
+        model = build_family_model(loaded.config, family_of(loaded), recompute)
+        model.load_state_dict(loaded.state_dict())
     if seq_len > model.config.block_size:
         raise LlmpyError(f"-t/--seq-len {seq_len} exceeds the model's max positions {model.config.block_size}")
     return model
 
 
-def load_tokenizer_for_samples(config: TrainConfig, print_fn) -> object | None:
-    """The tokenizer decodes samples only; a run can train without one, so failure is a warning."""
-    if config.sample_every <= 0:
-        return None
-    from llmpy.tokenizer import get_tokenizer
+def loss_kind(flag: int, runtime: Runtime) -> str:
+    """--fused-loss: 1 fused, 0 plain, -1 fused where its Triton kernel runs (CUDA with Triton installed)."""
+    from llmpy.kernels.cross_entropy import triton
 
-    try:
-        return get_tokenizer(config.tokenizer or None)
-    except LlmpyError as exc:
-        print_fn(f"warning: sampling disabled, no GPT-2 tokenizer: {exc}")
-        return None
+    return "fused" if (bool(flag) if flag != -1 else runtime.is_cuda and triton is not None) else "plain"
 
 
-def load_hellaswag_examples(config: TrainConfig) -> list | None:
-    """-h 1: the tokenized HellaSwag val set, resolved before training starts (a missing file fails now, not later)."""
-    if not config.hellaswag:
-        return None
-    from llmpy.data.hellaswag import resolve_hellaswag
-    from llmpy.eval.hellaswag import load_examples
-    from llmpy.tokenizer import get_tokenizer
-
-    limit = None if config.hellaswag_limit < 0 else config.hellaswag_limit
-    return load_examples(resolve_hellaswag(config.hellaswag_file or None), get_tokenizer(config.tokenizer or None), limit)
-
-
-def total_steps_for(config: TrainConfig, loader: TokenLoader) -> int:
-    """-x steps, or (-x -1) as many full -d batches as one epoch of the training split holds."""
-    return config.max_steps if config.max_steps > 0 else loader.steps_per_epoch
+def build_loss(kind: str, model_config: ModelConfig, runtime: Runtime) -> CrossEntropyLoss:
+    """The head + cross-entropy component `kind` (see llmpy.loss.LOSSES), on the run's device."""
+    return build_loss_component(kind, model_config.vocab_size, model_config.padded_vocab_size).to(runtime.device)
 
 
 def compile_mode_for(flag: int, mode: str, runtime: Runtime) -> str | None:
@@ -72,178 +87,162 @@ def compile_mode_for(flag: int, mode: str, runtime: Runtime) -> str | None:
     return mode if flag == 1 or (flag == -1 and runtime.is_cuda) else None
 
 
-def fused_loss_wanted(flag: int, runtime: Runtime) -> bool:
-    """--fused-loss: 1 on, 0 off, -1 on where its Triton kernel runs (CUDA with Triton installed)."""
-    from llmpy.kernels.cross_entropy import kernel_launch_config, triton
-
-    wanted = bool(flag) if flag != -1 else runtime.is_cuda and triton is not None
-    if wanted and runtime.is_cuda:
-        kernel_launch_config()  # a bad LLMPY_LOSS_KERNEL fails here, in one line, not at the first step
-    return wanted
+def can_probe_memory(runtime: Runtime) -> bool:
+    """Whether running out of memory can be caught and retried smaller: CUDA raises OutOfMemoryError; a CPU swaps."""
+    return runtime.is_cuda
 
 
-def check_options_available(config: TrainConfig, print_fn) -> None:
-    """Say plainly which accepted llm.c options this version does not act on."""
-    if config.zero_stage in (1, 3) and not torch.distributed.is_initialized():
-        print_fn(f"note: -z {config.zero_stage} shards over ranks; a single process started without torchrun has "
-                 "nothing to shard over, so it trains unsharded")
+def build_layout(config: TrainConfig, model: ParallelModel, runtime: Runtime, print_fn) -> BatchLayout:
+    """-b, -t and -d over this job's ranks; --auto-batch (CUDA) halves -b until a step fits beside the optimizer
+    state. Every rank must fit; not probed under FSDP, whose gathers make a probe on one rank alone impossible."""
+    world = model.job.world_size
+    batch_size = config.batch_size
+    if config.auto_batch and can_probe_memory(runtime) and not model.sharded:
+        num_params = sum(p.numel() for p in model.module.parameters())
+        reserve = 8 * num_params  # AdamW's two fp32 moments, allocated by the first optimizer step
+        total = config.grad_accum_steps(world) * config.tokens_per_micro_step(world)
+
+        def fits(candidate: int) -> bool:
+            model.set_grad_sync(0, 2)  # DDP: no gradient all-reduce in the probe
+            ok = step_fits(model.train_module, runtime.autocast, runtime.device, candidate, config.seq_len, reserve)
+            return bool(all_reduce_mean(torch.tensor(float(ok), device=runtime.device), model.job).item() == 1.0)
+
+        batch_size = find_micro_batch(fits, batch_size, config.seq_len * world, total, print_fn)
+    return BatchLayout(batch_size, config.seq_len, world, config.grad_accum_steps(world, batch_size))
 
 
-def resume_candidates(config: TrainConfig, print_fn) -> list[int]:
-    """-y 1: complete checkpoints in -o with their training state, newest first; warns about damaged ones."""
-    if not (config.resume and config.output_dir and Path(config.output_dir).is_dir()):
-        return []
-    run_dir = Path(config.output_dir)
-    complete = completed_steps(run_dir, with_state=True)
-    for marker in sorted(run_dir.glob("DONE_*")):
-        step = int(marker.name[5:]) if marker.name[5:].isdigit() else None
-        if step is not None and step not in complete:
-            print_fn(f"warning: checkpoint {step} in {run_dir} is incomplete or damaged (a file is missing or has "
-                     "another size than its DONE marker records); skipping it")
-    return complete[::-1]
-
-
-def restore_from_checkpoint(trainer: Trainer, config: TrainConfig, candidates: list[int], print_fn) -> None:
-    """Load weights and training state of the newest readable checkpoint into a freshly built trainer. Rank 0 reads
-    and decides; the others follow its choice (for FSDP they receive their shards from it)."""
-    run_dir = Path(config.output_dir)
-    job = trainer.job
-    chosen, model_state, state = None, None, None
-    if job.is_main:
-        for step in candidates:
-            try:
-                saved, _ = load_model(model_path(run_dir, step))
-                state = load_training_state(run_dir, step)
-            except LlmpyError as exc:
-                print_fn(f"warning: skipping checkpoint {step}: {exc}")
-                continue
-            if saved.config != trainer.raw_model.config:
-                raise LlmpyError(
-                    f"-y 1: the checkpoint at step {step} in {run_dir} is a {saved.config.n_layer}-layer, "
-                    f"{saved.config.n_embd}-wide model but -e asks for {trainer.raw_model.config.n_layer} layers, "
-                    f"{trainer.raw_model.config.n_embd} wide"
-                )
-            chosen, model_state = step, saved.state_dict()
-            break
-    chosen = broadcast_object(chosen)
-    if chosen is None:
-        print_fn(f"warning: no readable checkpoint in {run_dir}; starting from step 0")
-        return
-    if not trainer.parallel.sharded and not job.is_main:  # DDP: every rank loads the same files itself
-        model_state = load_model(model_path(run_dir, chosen))[0].state_dict()
-        state = load_training_state(run_dir, chosen)
-    trainer.parallel.load_full_state(trainer.optimizer, model_state, state["optimizer"] if state else None)
-    if trainer.parallel.sharded:  # the other ranks read nothing: rank 0 sends the loader, schedule and RNG state
-        state = broadcast_object(None if state is None else {k: v for k, v in state.items() if k != "optimizer"})
-    trainer.restore(chosen, state)
-    trainer.last_checkpoint = str(model_path(run_dir, chosen))
-    print_fn(f"resuming from the checkpoint at step {chosen} of {trainer.total_steps} in {run_dir}"
-             + (f" (written by {state['world_size']} process(es), now {job.world_size})"
-                if state and state.get("world_size") != job.world_size else ""))
-
-
-def fit_micro_batch(config: TrainConfig, parallel, runtime: Runtime, num_params: int, print_fn) -> int:
-    """--auto-batch: the largest -b (halving) whose forward + backward fits beside the optimizer state; every rank
-    must fit. Not probed under FSDP, whose gathers make a probe on one rank alone impossible."""
-    if parallel.sharded:
-        return config.batch_size
-    world_size = parallel.job.world_size
-    total = config.grad_accum_steps(world_size) * config.tokens_per_micro_step(world_size)
-    reserve = 8 * num_params  # AdamW's two fp32 moments, allocated by the first optimizer step
-
-    def fits(batch_size: int) -> bool:
-        parallel.set_grad_sync(0, 2)  # DDP: no gradient all-reduce in the probe
-        ok = step_fits(parallel.model, runtime.autocast, runtime.device, batch_size, config.seq_len, reserve)
-        return bool(all_reduce_mean(torch.tensor(float(ok), device=runtime.device), parallel.job).item() == 1.0)
-
-    with static_shapes():
-        return find_micro_batch(fits, config.batch_size, config.seq_len * world_size, total, print_fn)
-
-
-def _silent(*args, **kwargs) -> None:
-    """print_fn of ranks other than 0."""
-
-
-def build_trainer(config: TrainConfig, runtime: Runtime | None = None, print_fn=print) -> Trainer:
-    """Construct every component from the config, print the run's header, and return the Trainer."""
-    use_cuda = config.device in ("auto", "cuda") and torch.cuda.is_available()
-    job = init_distributed(use_cuda=use_cuda, group_of_one=config.zero_stage in (1, 3))
-    world_size, rank = job.world_size, job.rank
-    if not job.is_main:
-        print_fn = _silent  # rank 0 speaks for the job
-    config.validate(world_size)
-    check_same_everywhere(config.to_dict(), "training configuration")
-    check_options_available(config, print_fn)
-    runtime = runtime or select_runtime(config.device, config.dtype, bool(config.tf32), job.local_rank,
-                                        config.attention)
-    seed_everything(config.seed)
-    grad_accum_steps = config.grad_accum_steps(world_size)
-
-    raw_model = build_model(config.model, config.seq_len).to(runtime.device)
-    raw_model.set_recompute(config.recompute)
-    raw_model.fused_loss = fused_loss_wanted(config.fused_loss, runtime)
-    num_params = raw_model.num_parameters()
-    compile_mode = compile_mode_for(config.compile, config.compile_mode, runtime)
-    use_compile = compile_mode is not None
-    parallel = parallelize(raw_model, runtime, job, config.zero_stage, compile_mode)
-    if config.auto_batch and runtime.is_cuda:
-        config.batch_size = fit_micro_batch(config, parallel, runtime, num_params, print_fn)
-        grad_accum_steps = config.grad_accum_steps(world_size)
-
-    train_loader = TokenLoader(
-        config.train_data, config.batch_size, config.seq_len, rank, world_size,
-        grad_accum_steps=grad_accum_steps, shuffle=bool(config.shuffle) and not config.overfit_batch, seed=config.seed,
-    )
-    val_loader = None
+def build_data(config: TrainConfig, layout: BatchLayout, job: Distributed) -> tuple[TokenLoader, TokenLoader | None]:
+    """The train loader (one -d chunk per step, shuffled per epoch unless --no-shuffle) and the val loader."""
+    train = TokenLoader(config.train_data, layout.batch_size, layout.seq_len, job.rank, job.world_size,
+                        grad_accum_steps=layout.grad_accum_steps,
+                        shuffle=bool(config.shuffle) and not config.overfit_batch, seed=config.seed)
+    val = None
     if config.val_data:
-        val_loader = TokenLoader(config.val_data, config.batch_size, config.seq_len, rank, world_size)
-    total_steps = total_steps_for(config, train_loader)
+        val = TokenLoader(config.val_data, layout.batch_size, layout.seq_len, job.rank, job.world_size)
+    return train, val
 
-    optimizer = build_optimizer(raw_model, config.learning_rate, config.weight_decay)
-    schedule = LRSchedule(
-        max_lr=config.learning_rate, warmup_steps=config.warmup_steps, total_steps=total_steps,
-        final_lr_frac=config.final_lr_frac, schedule=config.lr_schedule, cooldown_frac=config.wsd_cooldown_frac,
-    )
-    logger = RunLogger(config.output_dir or None, enabled=rank == 0, resume=bool(config.resume),
-                       tensorboard_dir=config.tensorboard or None, wandb_project=config.wandb or None,
-                       run_config=config.to_dict())
-    flops = training_flops_per_token(raw_model.config, config.seq_len, num_params)
-    peak = peak_flops(runtime.device_name(), runtime.precision) if runtime.is_cuda else None
-    peak = peak * world_size if peak else None  # tokens/s is the whole job's, so compare with every GPU's peak
 
+def build_optimization(config: TrainConfig, model: nn.Module, runtime: Runtime,
+                       total_steps: int) -> tuple[torch.optim.Optimizer, torch.Tensor, LRSchedule]:
+    """The optimizer family (--optimizer), the device tensor it reads its learning rate from, and the schedule."""
+    lr = torch.tensor(config.learning_rate, dtype=torch.float32, device=runtime.device)
+    optimizer = build_optimizer(config.optimizer, model, lr, config.weight_decay)
+    schedule = LRSchedule(max_lr=config.learning_rate, warmup_steps=config.warmup_steps, total_steps=total_steps,
+                          final_lr_frac=config.final_lr_frac, schedule=config.lr_schedule,
+                          cooldown_frac=config.wsd_cooldown_frac)
+    return optimizer, lr, schedule
+
+
+def build_skip_rule(config: TrainConfig, runtime: Runtime) -> SkipRule:
+    """-sl/-sg thresholds with their 128-step windows on the device."""
+    return SkipRule(config.skip_loss_zscore, config.skip_grad_zscore, OutlierWindow(device=runtime.device),
+                    OutlierWindow(device=runtime.device))
+
+
+def build_logger(config: TrainConfig, job: Distributed) -> RunLogger:
+    return RunLogger(config.output_dir or None, enabled=job.is_main, resume=bool(config.resume),
+                     tensorboard_dir=config.tensorboard or None, wandb_project=config.wandb or None,
+                     run_config=config.to_dict())
+
+
+def build_evaluator(config: TrainConfig, model: ParallelModel, runtime: Runtime, job: Distributed,
+                    logger: RunLogger, val_loader: TokenLoader | None, print_fn) -> Evaluator:
+    """Val loss, HellaSwag (-h 1, its file resolved now: a missing file fails before training) and samples."""
+    tokenizer, examples = None, None
+    if config.sample_every > 0 or config.hellaswag:
+        from llmpy.tokenizer import get_tokenizer
+
+        try:
+            tokenizer = get_tokenizer(config.tokenizer or None)
+        except LlmpyError as exc:
+            if config.hellaswag:
+                raise
+            print_fn(f"warning: sampling disabled, no GPT-2 tokenizer: {exc}")  # a run can train without one
+    if config.hellaswag:
+        from llmpy.data.hellaswag import resolve_hellaswag
+        from llmpy.eval.hellaswag import load_examples
+
+        limit = None if config.hellaswag_limit < 0 else config.hellaswag_limit
+        examples = load_examples(resolve_hellaswag(config.hellaswag_file or None), tokenizer, limit)
+    return Evaluator(model, runtime, job, logger, print_fn, val_loader, config.val_max_steps, examples,
+                     tokenizer if config.sample_every > 0 else None, config.gen_tokens, config.sample_prompt,
+                     config.sample_top_k, config.seed)
+
+
+def run_header(config: TrainConfig, runtime: Runtime, model: ParallelModel, layout: BatchLayout, loss: str,
+               compile_mode: str | None, total_steps: int, train: TokenLoader) -> tuple[dict, str]:
+    """config.json's run description, and the console header."""
+    module = model.module
+    num_params = sum(p.numel() for p in module.parameters())
     header = {
-        "device": runtime.device_name(), "precision": runtime.precision, "compile": use_compile,
-        "compile_mode": compile_mode, "fused_loss": raw_model.fused_loss,
-        "num_parameters": num_params, "model_config": raw_model.config.to_dict(),
-        "grad_accum_steps": grad_accum_steps, "total_steps": total_steps, "world_size": world_size,
-        "parallelism": parallel.description,
-        "torch": str(torch.__version__), "argv": sys.argv,
+        "device": runtime.device_name(), "precision": runtime.precision, "compile": compile_mode is not None,
+        "compile_mode": compile_mode, "fused_loss": loss == "fused", "num_parameters": num_params,
+        "model_config": module.config.to_dict(), "batch_size": layout.batch_size,
+        "grad_accum_steps": layout.grad_accum_steps, "total_steps": total_steps, "world_size": layout.world_size,
+        "parallelism": model.description, "torch": str(torch.__version__), "argv": sys.argv,
     }
     compile_note = {None: "", "default": ", compiled"}.get(compile_mode, f", compiled {compile_mode}")
-    print_fn(
-        f"model {config.model}: {raw_model.config.n_layer} layers, {raw_model.config.n_head} heads, "
-        f"{raw_model.config.n_embd} channels | num_parameters: {num_params:,}\n"
-        f"device {header['device']} ({runtime.precision}{compile_note}{', fused loss' if raw_model.fused_loss else ''}) "
-        f"| B={config.batch_size} "
-        f"T={config.seq_len} | total batch {grad_accum_steps * config.tokens_per_micro_step(world_size):,} tokens "
-        f"=> grad accumulation {grad_accum_steps} | {total_steps} steps | "
-        f"train {train_loader.tokens_per_epoch:,} tokens/epoch"
-        + (f"\nparallelism: {parallel.description}" if world_size > 1 or parallel.sharded else "")
+    text = (
+        f"model {config.model}: {module.config.n_layer} layers, {module.config.n_head} heads, "
+        f"{module.config.n_embd} channels | num_parameters: {num_params:,}\n"
+        f"device {header['device']} ({runtime.precision}{compile_note}{', fused loss' if loss == 'fused' else ''}) "
+        f"| B={layout.batch_size} T={layout.seq_len} | total batch {layout.tokens_per_step:,} tokens "
+        f"=> grad accumulation {layout.grad_accum_steps} | {total_steps} steps | "
+        f"train {train.tokens_per_epoch:,} tokens/epoch"
+        + (f"\nparallelism: {model.description}" if layout.world_size > 1 or model.sharded else "")
     )
-    if config.output_dir and job.is_main:
-        run_dir = Path(config.output_dir)
-        (run_dir / "config.json").write_text(json.dumps({"train": config.to_dict(), **header}, indent=2, default=str))
-        logger.log_event(0, "config", **header)
+    return header, text
 
+
+def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) -> Trainer:
+    """Construct every component from the config, print the run's header, resume on -y 1, return the Trainer."""
+    job, print_fn = build_job(config, print_fn)
+    runtime = build_runtime(config, job)
+    seed_everything(config.seed)
+    module = build_model(config.model, config.seq_len, config.recompute).to(runtime.device)
+    kind = loss_kind(config.fused_loss, runtime)
+    loss = build_loss(kind, module.config, runtime)
+    compile_mode = compile_mode_for(config.compile, config.compile_mode, runtime)
+    model = parallelize(module, loss, runtime, job, config.zero_stage, compile_mode)
+    layout = build_layout(config, model, runtime, print_fn)
+    train_loader, val_loader = build_data(config, layout, job)
+    total_steps = config.max_steps if config.max_steps > 0 else train_loader.steps_per_epoch
+    optimizer, lr, schedule = build_optimization(config, module, runtime, total_steps)
+    logger = build_logger(config, job)
+    header, text = run_header(config, runtime, model, layout, kind, compile_mode, total_steps, train_loader)
+    print_fn(text)
+    peak = peak_flops(runtime.device_name(), runtime.precision) if runtime.is_cuda else None
+    checkpoints = None
+    if config.output_dir:
+        checkpoints = CheckpointManager(config.output_dir, job, keep=config.checkpoint_keep,
+                                        keep_every=config.checkpoint_keep_every, sharded=model.sharded,
+                                        print_fn=print_fn)
     trainer = Trainer(
-        config=config, model=parallel.model, raw_model=raw_model, optimizer=optimizer, schedule=schedule,
-        train_loader=train_loader, val_loader=val_loader, logger=logger, runtime=runtime, total_steps=total_steps,
-        grad_accum_steps=grad_accum_steps, flops_per_token=flops, peak_flops=peak,
-        tokenizer=load_tokenizer_for_samples(config, print_fn), print_fn=print_fn,
-        hellaswag_examples=load_hellaswag_examples(config), bad_steps=BadStepCounter(config.max_bad_steps),
-        job=job, parallel=parallel,
+        config=config, runtime=runtime, job=job, model=model,
+        train_step=TrainStep(model, optimizer, lr, schedule, build_skip_rule(config, runtime), train_loader, layout,
+                             runtime, job, config.grad_clip, bool(config.overfit_batch)),
+        evaluator=build_evaluator(config, model, runtime, job, logger, val_loader, print_fn),
+        logger=logger, checkpoints=checkpoints, total_steps=total_steps,
+        flops_per_token=training_flops_per_token(module.config, config.seq_len, header["num_parameters"]),
+        peak_flops=peak * job.world_size if peak else None,  # tokens/s is the whole job's: every GPU's peak
+        print_fn=print_fn, bad_steps=BadStepCounter(config.max_bad_steps),
     )
-    candidates = resume_candidates(config, print_fn)
-    if candidates:
-        restore_from_checkpoint(trainer, config, candidates, print_fn)
+    if config.resume and checkpoints is not None:
+        restored = checkpoints.restore(module.config, config, layout.tokens_per_step, ModelState(model),
+                                       OptimizerState(model, optimizer), trainer.stateful())
+        if restored is not None and restored.step > total_steps:
+            raise LlmpyError(f"-x/--max-steps {total_steps} is below the step of the checkpoint in "
+                             f"{config.output_dir} ({restored.step}): give -x {restored.step} or more")
+        if restored is not None:
+            trainer.start_step = restored.step
+            print_fn(f"resuming from the checkpoint at step {restored.step} of {total_steps} in {config.output_dir}"
+                     + (f" (written by {restored.saved_world_size} process(es), now {job.world_size})"
+                        if restored.saved_world_size != job.world_size else ""))
+            if schedule.total_steps != total_steps:
+                print_fn(f"resume: the LR schedule continues as saved: it reaches its final LR at step "
+                         f"{schedule.total_steps} and holds it after")
+    if config.output_dir and job.is_main:  # only now: a refused resume must not rewrite the run's description
+        atomic_write_bytes(Path(config.output_dir) / "config.json",
+                           json.dumps({"train": config.to_dict(), **header}, indent=2, default=str).encode())
+        logger.log_event(0, "config", **header)
     return trainer

@@ -11,34 +11,26 @@ import torch
 from llmpy.errors import LlmpyError
 
 
-def step_fits(model: torch.nn.Module, autocast, device: torch.device, batch_size: int, seq_len: int,
+def step_fits(train_module: torch.nn.Module, autocast, device: torch.device, batch_size: int, seq_len: int,
               reserve_bytes: int) -> bool:
-    """One forward and backward of a (batch_size, seq_len) batch while `reserve_bytes` more are held (the optimizer
-    state that the first step will allocate). Leaves no gradients behind; the weights are untouched."""
+    """One forward and backward of a (batch_size, seq_len) batch through `train_module` ((idx, targets) -> loss)
+    while `reserve_bytes` more are held (the optimizer state that the first step will allocate). Leaves no
+    gradients behind; the weights are untouched."""
     fitted = True
     try:
         reserve = torch.empty(reserve_bytes, dtype=torch.uint8, device=device)
         tokens = torch.zeros((batch_size, seq_len), dtype=torch.long, device=device)
         with autocast():
-            _, loss = model(tokens, tokens, return_logits=False)
+            loss = train_module(tokens, tokens)
         loss.backward()
         del reserve, tokens, loss
     except torch.OutOfMemoryError:
         fitted = False  # leave the except block first: its traceback holds the failed step's tensors
-    model.zero_grad(set_to_none=True)
+    train_module.zero_grad(set_to_none=True)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return fitted
-
-
-def static_shapes():
-    """While probing micro-batch sizes: compile each probed shape as its own static graph. Without this, the second
-    shape makes torch.compile mark the batch dimension dynamic, and training would run the slower dynamic-shape
-    kernels; with it, the last probe's graph is exactly the one training reuses."""
-    import torch._dynamo
-
-    return torch._dynamo.config.patch(automatic_dynamic_shapes=False)
 
 
 def find_micro_batch(fits: Callable[[int], bool], batch_size: int, tokens_per_sample: int, total_batch: int,

@@ -8,9 +8,8 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 
+from llmpy.config import LR_SCHEDULES
 from llmpy.errors import LlmpyError
-
-SCHEDULES = ("cosine", "linear", "constant", "wsd")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -24,22 +23,38 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(
-    model: nn.Module,
-    learning_rate: float,
-    weight_decay: float,
-    betas: tuple[float, float] = (0.9, 0.95),
-    eps: float = 1e-8,
-    fused: bool | None = None,
-) -> torch.optim.AdamW:
-    """AdamW as GPT-3 and llm.c configure it; `fused=None` uses the fused kernel when every parameter is on CUDA."""
+def build_adamw(model: nn.Module, lr: torch.Tensor, weight_decay: float, betas: tuple[float, float] = (0.9, 0.95),
+                eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW as GPT-3 and llm.c configure it, reading its learning rate from the tensor `lr`.
+
+    Always the fused implementation (CUDA and CPU): it takes the learning rate as a tensor and skips an update whose
+    `found_inf` is set, both on the device, which is what lets a step run without waiting for the GPU."""
     groups = param_groups(model, weight_decay)
-    params = [p for group in groups for p in group["params"]]
-    if not params:
+    if not any(group["params"] for group in groups):
         raise LlmpyError("optimizer: the model has no trainable parameters")
-    if fused is None:
-        fused = all(p.is_cuda for p in params)
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, eps=eps, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
+
+
+# --optimizer: name -> builder(model, lr tensor, weight decay). A new optimizer is a new entry; its step must
+# honour `found_inf` (see masked_step) so the trainer can skip updates on the device.
+OPTIMIZERS = {"adamw": build_adamw}
+
+
+def build_optimizer(name: str, model: nn.Module, lr: torch.Tensor, weight_decay: float) -> torch.optim.Optimizer:
+    """The optimizer family `name` over `model`'s parameters."""
+    if name not in OPTIMIZERS:
+        raise LlmpyError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    return OPTIMIZERS[name](model, lr, weight_decay)
+
+
+def masked_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """optimizer.step(), except that nothing changes (weights, moments, step count) where `skip` (a 0-d bool tensor
+    on the device) is true: the fused optimizers' `found_inf` protocol, the one GradScaler uses."""
+    optimizer.grad_scale, optimizer.found_inf = None, skip.to(torch.float32)
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale, optimizer.found_inf
 
 
 def learning_rate_at(
@@ -53,8 +68,8 @@ def learning_rate_at(
     cooldown_frac: float = 0.2,
 ) -> float:
     """LR at 0-based `step`: linear warmup to max_lr, then `schedule` down to max_lr * final_lr_frac at total_steps."""
-    if schedule not in SCHEDULES:
-        raise LlmpyError(f"unknown LR schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+    if schedule not in LR_SCHEDULES:
+        raise LlmpyError(f"unknown LR schedule {schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     min_lr = max_lr * final_lr_frac
@@ -106,9 +121,3 @@ class LRSchedule:
         for key, value in state.items():
             setattr(self, key, value)
         self.__post_init__()
-
-
-def apply_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr

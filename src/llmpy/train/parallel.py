@@ -21,28 +21,32 @@ is counted in whole `-d` batches, which do not depend on the world size.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 from llmpy.distributed import Distributed
 from llmpy.errors import LlmpyError
-from llmpy.model import GPT
+from llmpy.loss import CrossEntropyLoss, ModelWithLoss
 from llmpy.runtime import Runtime
 
-ZERO_STAGES = {0: "DDP", 1: "ZeRO-1 (FSDP2, sharded optimizer state and gradients)", 3: "FSDP2 (full sharding)"}
+ZERO_STAGE_NAMES = {0: "DDP", 1: "ZeRO-1 (FSDP2, sharded optimizer state and gradients)", 3: "FSDP2 (full sharding)"}
+_TIED = ("lm_head.weight", "transformer.wte.weight")  # (tied copy, stored name)
 
 
 @dataclass
-class Parallelism:
-    """The wrapped model for one job, and the operations whose form depends on the wrapping."""
+class ParallelModel:
+    """One handle on the model of a job: the plain module and what the steps run, and the operations whose form
+    depends on how it is spread over the ranks."""
 
-    raw_model: GPT  # the GPT module (for FSDP: the same object, its parameters now sharded DTensors)
-    model: torch.nn.Module  # what the training step calls: DDP wrapper or FSDP module, maybe compiled
+    module: nn.Module  # the model itself (for FSDP: the same object, its parameters now sharded DTensors)
+    train_module: nn.Module  # ModelWithLoss, wrapped in DDP and maybe compiled: (idx, targets) -> mean loss
     job: Distributed
     zero_stage: int = 0
-    ddp: torch.nn.Module | None = None
+    ddp: nn.Module | None = None
 
     @property
     def sharded(self) -> bool:
@@ -53,7 +57,7 @@ class Parallelism:
     def description(self) -> str:
         if not dist.is_initialized():
             return "single process"
-        return f"{self.job.world_size} ranks, -z {self.zero_stage}: {ZERO_STAGES[self.zero_stage]}"
+        return f"{self.job.world_size} ranks, -z {self.zero_stage}: {ZERO_STAGE_NAMES[self.zero_stage]}"
 
     def set_grad_sync(self, micro_step: int, accum_steps: int) -> None:
         """Synchronise gradients only where needed: DDP and -z 1 on the last micro-step, -z 3 on every one."""
@@ -61,77 +65,132 @@ class Parallelism:
         if self.ddp is not None:
             self.ddp.require_backward_grad_sync = last
         elif self.sharded and self.zero_stage == 1:
-            self.raw_model.set_requires_gradient_sync(last)
+            self.module.set_requires_gradient_sync(last)
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
-        """The global (unclipped) gradient norm as a plain tensor, after clipping to `max_norm`."""
-        norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
+        """The global (unclipped) gradient norm as a plain tensor on the device, after clipping to `max_norm`."""
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
-    def full_state(self, optimizer: torch.optim.Optimizer) -> tuple[dict | None, dict | None]:
-        """(model state, optimizer state keyed by parameter name), whole, on rank 0's CPU; (None, None) elsewhere.
-        A collective for FSDP: every rank calls it."""
+    def full_state(self, optimizer: torch.optim.Optimizer | None = None) -> dict | None:
+        """The whole model state dict (or, with `optimizer`, its state keyed by parameter name) on rank 0's CPU;
+        None elsewhere. A collective for FSDP: every rank calls it."""
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
         )
 
         if not self.sharded and not self.job.is_main:
-            return None, None  # DDP: identical everywhere, rank 0 has it all
+            return None  # DDP: identical everywhere, rank 0 has it all
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        model_state = get_model_state_dict(self.raw_model, options=options)
-        optim_state = get_optimizer_state_dict(self.raw_model, optimizer, options=options)
-        if not self.job.is_main:
-            return None, None
-        model_state.pop("lm_head.weight", None)  # tied to transformer.wte.weight
-        return model_state, optim_state
+        if optimizer is None:
+            state = get_model_state_dict(self.module, options=options)
+            state.pop(_TIED[0], None)
+        else:
+            with _float_learning_rates(optimizer):
+                state = get_optimizer_state_dict(self.module, optimizer, options=options)
+        return state if self.job.is_main else None
 
-    def load_full_state(self, optimizer: torch.optim.Optimizer, model_state: dict | None,
-                        optim_state: dict | None) -> None:
-        """Load whole state dicts (as `full_state` returns them) into this job's layout. For FSDP only rank 0 needs
-        them (the others pass None) and the shards are broadcast from it."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
-        )
+    def load_full_state(self, model_state: dict | None, optimizer: torch.optim.Optimizer | None = None,
+                        optim_state: dict | None = None) -> None:
+        """Load a whole state dict (as `full_state` returns it) into this job's layout: the model's, or with
+        `optimizer`, the optimizer's. For FSDP only rank 0 needs it (the others pass None): it is broadcast."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+        if optimizer is None and model_state is not None:
+            model_state = dict(model_state, **{_TIED[0]: model_state[_TIED[1]]})
+        if optimizer is not None:
+            # a checkpoint brings the moments and step counts; the hyperparameters stay this run's: the LR is the
+            # schedule's device tensor (a saved float would detach it), betas, decay and `fused` come from the flags
+            settings = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+            self._load_optimizer(optimizer, optim_state)
+            for group, kept in zip(optimizer.param_groups, settings):
+                group.update(kept)
+            return
         if self.sharded:
             options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
-            if model_state is not None:
-                model_state = dict(model_state, **{"lm_head.weight": model_state["transformer.wte.weight"]})
-            set_model_state_dict(self.raw_model, model_state or {}, options=options)
-            set_optimizer_state_dict(self.raw_model, optimizer, optim_state or {}, options=options)
+            set_model_state_dict(self.module, model_state or {}, options=options)
             return
-        if model_state is None or optim_state is None:
+        if model_state is None:
             raise LlmpyError("internal: a non-sharded run needs the whole state on every rank")
-        self.raw_model.load_state_dict(dict(model_state, **{"lm_head.weight": model_state["transformer.wte.weight"]}))
-        if all(isinstance(key, int) for key in optim_state.get("state", {})):  # llmpy 0.1 checkpoints: index-keyed
-            optimizer.load_state_dict(optim_state)
-        else:
-            set_optimizer_state_dict(self.raw_model, optimizer, optim_state,
-                                     options=StateDictOptions(full_state_dict=True))
+        self.module.load_state_dict(model_state)
+
+    def _load_optimizer(self, optimizer: torch.optim.Optimizer, optim_state: dict | None) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        if not self.sharded and optim_state is None:
+            raise LlmpyError("internal: a non-sharded run needs the whole state on every rank")
+        if not self.sharded and all(isinstance(key, int) for key in optim_state.get("state", {})):
+            optimizer.load_state_dict(optim_state)  # keyed by index, as llmpy 0.1 saved it
+            return
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=self.sharded)
+        with _float_learning_rates(optimizer):
+            set_optimizer_state_dict(self.module, optimizer, optim_state or {}, options=options)
 
 
-def compiled(module: torch.nn.Module, mode: str | None) -> torch.nn.Module:
-    """torch.compile(module) in --compile-mode `mode` (None: not compiled). "tuned" is the default mode with
-    Inductor's coordinate-descent tuning of the block sizes of its generated kernels (a longer first step)."""
+@contextlib.contextmanager
+def _float_learning_rates(optimizer: torch.optim.Optimizer):
+    """While torch.distributed.checkpoint's helpers run: plain-float learning rates. They may take a zero-LR step to
+    create missing optimizer state, putting a CPU tensor where a CUDA tensor belongs; floats avoid that, and the
+    saved state holds floats as llmpy 0.1's did. (Reading the tensor is a host sync, at checkpoint time only.)"""
+    kept = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"] = float(group["lr"])
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, kept):
+            group["lr"] = lr
+
+
+class ModelState:
+    """The model's weights as a Stateful piece for the checkpoint manager (whole, on rank 0)."""
+
+    def __init__(self, model: ParallelModel):
+        self.model = model
+
+    def state_dict(self) -> dict | None:
+        return self.model.full_state()
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.model.load_full_state(state)
+
+
+class OptimizerState:
+    """The optimizer's state, keyed by parameter name (so it loads on any world size or -z), as a Stateful piece."""
+
+    def __init__(self, model: ParallelModel, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> dict | None:
+        return self.model.full_state(self.optimizer)
+
+    def load_state_dict(self, state: dict | None) -> None:
+        self.model.load_full_state(None, self.optimizer, state)
+
+
+def compiled(module: nn.Module, mode: str | None) -> nn.Module:
+    """torch.compile(module) in --compile-mode `mode` (None: not compiled), with static shapes: each micro-batch
+    shape (auto-batch probes several) gets its own graph, and training never runs dynamic-shape kernels.
+    "tuned" is the default mode with Inductor's coordinate-descent tuning of its generated kernels."""
     if mode is None:
         return module
     if mode == "tuned":  # an Inductor option for this model's compilation only
-        return torch.compile(module, options={"coordinate_descent_tuning": True})
-    return torch.compile(module, mode=None if mode == "default" else mode)
+        return torch.compile(module, dynamic=False, options={"coordinate_descent_tuning": True})
+    return torch.compile(module, dynamic=False, mode=None if mode == "default" else mode)
 
 
-def parallelize(raw_model: GPT, runtime: Runtime, job: Distributed, zero_stage: int,
-                compile_mode: str | None) -> Parallelism:
-    """Wrap `raw_model` (already on its device) for this job and `-z`; compile in `compile_mode` (None: eager)."""
+def parallelize(module: nn.Module, loss: CrossEntropyLoss, runtime: Runtime, job: Distributed, zero_stage: int,
+                compile_mode: str | None) -> ParallelModel:
+    """Wrap `module` (already on its device) and its loss for this job and `-z`; compile in `compile_mode`."""
+    train_module = ModelWithLoss(module, loss)
     if not dist.is_initialized():
-        return Parallelism(raw_model, compiled(raw_model, compile_mode), job, zero_stage)
+        return ParallelModel(module, compiled(train_module, compile_mode), job, zero_stage)
     if zero_stage == 0:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp = DistributedDataParallel(raw_model, device_ids=[runtime.device.index] if runtime.is_cuda else None)
-        return Parallelism(raw_model, compiled(ddp, compile_mode), job, 0, ddp)
-    if zero_stage not in (1, 3):
-        raise LlmpyError(f"-z {zero_stage}: use 0 (DDP), 1 (sharded optimizer state) or 3 (full sharding)")
+        ddp = DistributedDataParallel(train_module, device_ids=[runtime.device.index] if runtime.is_cuda else None)
+        return ParallelModel(module, compiled(ddp, compile_mode), job, 0, ddp)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -140,8 +199,9 @@ def parallelize(raw_model: GPT, runtime: Runtime, job: Distributed, zero_stage: 
     if runtime.is_cuda and runtime.precision == "bf16":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     reshard = zero_stage == 3
-    for block in raw_model.transformer.h:
+    for block in module.transformer.h:
         fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
-    # the root unit holds the embeddings, the tied head and the final LayerNorm
-    fully_shard(raw_model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
-    return Parallelism(raw_model, compiled(raw_model, compile_mode), job, zero_stage)
+    # the root unit holds the embeddings, the tied head and the final LayerNorm: whatever uses the head (the loss,
+    # logits for sampling) runs inside the root's forward, through its `output` argument, where they are gathered
+    fully_shard(module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+    return ParallelModel(module, compiled(train_module, compile_mode), job, zero_stage)

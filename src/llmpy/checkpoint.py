@@ -1,0 +1,362 @@
+"""Checkpoints: the model file format, and the one manager that saves and restores a run's state in `-o`.
+
+A run directory has llm.c's layout: `model_%08d.pt` (weights + config: what sample, eval, convert and `-e` read),
+`state_%08d_%05d.pt` (everything else the next step depends on: optimizer, loader position, LR schedule, RNG,
+outlier windows) and last the `DONE_%08d` marker listing every file with its size. Each file is written to a
+temporary name and renamed, and the marker comes after all of them, so a kill or a full disk mid-write leaves no
+checkpoint that looks complete; a checkpoint whose files are missing or of another size than its marker records is
+never used. Loading uses `weights_only=True`, so no pickled code ever runs.
+
+`CheckpointManager` saves a dict of Stateful pieces (anything with `state_dict()`/`load_state_dict()`) and, on
+`-y 1`, restores every one of them from the newest readable checkpoint, after comparing the saved run's flags
+with the new ones (`run_changes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.nn as nn
+
+import llmpy
+from llmpy.atomic import atomic_open, atomic_write_bytes
+from llmpy.config import ModelConfig, TrainConfig
+from llmpy.distributed import Distributed, broadcast_object
+from llmpy.errors import LlmpyError
+from llmpy.families import DEFAULT_FAMILY, build_model, family_of
+from llmpy.runtime import rng_state, set_rng_state
+
+MODEL_FORMAT = "llmpy-model"
+STATE_FORMAT = "llmpy-state"
+_DONE_RE = re.compile(r"DONE_(\d{8})$")
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def model_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / f"model_{step:08d}.pt"
+
+
+def done_path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / f"DONE_{step:08d}"
+
+
+def state_path(run_dir: str | Path, step: int, rank: int = 0) -> Path:
+    return Path(run_dir) / f"state_{step:08d}_{rank:05d}.pt"
+
+
+# ---------------------------------------------------------------------------------------------- the model file
+
+
+def save_model_file(path: str | Path, step: int, config: ModelConfig, weights: dict, family: str = DEFAULT_FAMILY,
+                    metadata: dict | None = None) -> Path:
+    """Write one model file (the tied `lm_head.weight` is not stored: it is `transformer.wte.weight`)."""
+    payload = {
+        "format": MODEL_FORMAT, "step": step, "family": family, "model_config": config.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in weights.items() if k != "lm_head.weight"},
+        "llmpy_version": llmpy.__version__, "torch_version": str(torch.__version__), "metadata": metadata or {},
+    }
+    with atomic_open(path) as handle:
+        torch.save(payload, handle)
+    return Path(path)
+
+
+def write_marker(run_dir: str | Path, step: int, files: list[Path]) -> None:
+    """The DONE marker, last: it vouches for `files` with their sizes."""
+    marker = {f.name: f.stat().st_size for f in files}
+    atomic_write_bytes(done_path(run_dir, step), (json.dumps(marker) + "\n").encode())
+
+
+def export_model(run_dir: str | Path, model: nn.Module, metadata: dict, step: int = 0) -> Path:
+    """A run directory holding only `model` (weights, no training state): what `convert --to llmpy` writes."""
+    target = save_model_file(model_path(run_dir, step), step, model.config, model.state_dict(), family_of(model),
+                             metadata)
+    write_marker(run_dir, step, [target])
+    return target
+
+
+def _read(file: Path, what: str) -> dict:
+    try:
+        payload = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which and why, not a pickle traceback
+        detail = str(exc).splitlines()[0] if str(exc) else ""
+        raise LlmpyError(f"{file}: not a readable llmpy {what} ({type(exc).__name__}{': ' + detail if detail else ''})") from None
+    return payload
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory -> its newest complete model file; a model file -> itself (checked to exist)."""
+    path = Path(path)
+    if path.is_dir():
+        steps = completed_steps(path)
+        if not steps:
+            raise LlmpyError(f"{path}: no complete checkpoint (a model_%08d.pt file with its DONE_%08d marker)")
+        return model_path(path, steps[-1])
+    if not path.is_file():
+        raise LlmpyError(f"{path}: no such checkpoint file or run directory")
+    return path
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """The model in an llmpy checkpoint (file or run directory), on the CPU; returns (model, payload without weights)."""
+    file = resolve_checkpoint(path)
+    payload = _read(file, "checkpoint")
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise LlmpyError(f"{file}: not an llmpy model checkpoint (missing format marker)")
+    model = build_model(ModelConfig.from_dict(payload["model_config"]), payload.get("family", DEFAULT_FAMILY))
+    load_weights(model, payload.pop("model"), origin=file)
+    return model, payload
+
+
+def load_weights(model: nn.Module, weights: dict, origin: str | Path) -> None:
+    """Load stored weights (without the tied head) into `model`; a mismatch is one line naming `origin`."""
+    state = dict(weights)
+    state["lm_head.weight"] = state.get("transformer.wte.weight")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise LlmpyError(f"{origin}: weights do not match the stored config ({str(exc).splitlines()[-1].strip()})") from None
+    if missing or unexpected:
+        raise LlmpyError(f"{origin}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+# ------------------------------------------------------------------------------------------ markers and rotation
+
+
+def _marker_files(run_dir: Path, step: int) -> dict[str, int] | None:
+    """The files and sizes a DONE marker vouches for (older markers hold just the model file's name)."""
+    try:
+        text = done_path(run_dir, step).read_text()
+    except OSError:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {text.strip(): -1}
+
+
+def checkpoint_is_complete(run_dir: Path, step: int, with_state: bool = False) -> bool:
+    """The DONE marker exists and every file it lists is there with the recorded size."""
+    files = _marker_files(run_dir, step)
+    if not files or model_path(run_dir, step).name not in files:
+        return False
+    if with_state and state_path(run_dir, step).name not in files:
+        return False
+    for name, size in files.items():
+        path = Path(run_dir) / name
+        if not path.is_file() or (size >= 0 and path.stat().st_size != size):
+            return False
+    return True
+
+
+def completed_steps(run_dir: str | Path, with_state: bool = False) -> list[int]:
+    """Steps in `run_dir` with a complete checkpoint (and the training state, if asked), oldest first."""
+    steps = []
+    for entry in Path(run_dir).iterdir():
+        match = _DONE_RE.match(entry.name)
+        if match and checkpoint_is_complete(Path(run_dir), int(match.group(1)), with_state):
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def prune_checkpoints(run_dir: str | Path, keep: int, keep_every: int = 0) -> list[int]:
+    """Delete all but the newest `keep` checkpoints (-nk), sparing multiples of `keep_every` (-nm); returns steps removed."""
+    if keep <= 0:
+        return []
+    run_dir = Path(run_dir)
+    steps = completed_steps(run_dir)
+    removable = [s for s in steps[:-keep] if not (keep_every > 0 and s % keep_every == 0)]
+    for step in removable:
+        done_path(run_dir, step).unlink(missing_ok=True)  # marker first: a half-deleted checkpoint is never "complete"
+        model_path(run_dir, step).unlink(missing_ok=True)
+        for state in run_dir.glob(f"state_{step:08d}_*.pt"):
+            state.unlink()
+    return removable
+
+
+# ------------------------------------------------------------------------------------- comparing runs on resume
+
+# flags whose change alters what the run computes: a resume with another value would not continue the same run.
+# -e is checked as the architecture it builds (the weights come from the checkpoint either way).
+MATH_FIELDS = ("seq_len", "optimizer", "learning_rate", "warmup_steps", "final_lr_frac", "lr_schedule",
+               "wsd_cooldown_frac", "weight_decay", "grad_clip", "seed", "shuffle", "overfit_batch",
+               "skip_loss_zscore", "skip_grad_zscore")
+# flags that are saved but are the run's bookkeeping, not something a reader of the log needs told
+_QUIET_FIELDS = ("resume", "output_dir")
+
+
+def run_changes(saved: dict, saved_tokens: int, new: TrainConfig, new_tokens: int) -> tuple[list[str], list[str]]:
+    """(refused, allowed): one line per flag whose value differs between the saved run's config and the new one.
+    Tokens per step (-d) are compared as the runs resolved them (-d -1 means B*T*world, auto-batch may change B)."""
+    defaults = TrainConfig().to_dict()  # a field the saved run predates had its default value
+    current = new.to_dict()
+    refused, allowed = [], []
+
+    def line(name: str, before, after) -> str:
+        return f"--{name.replace('_', '-')} was {before!r} in the saved run, now {after!r}"
+
+    before_tokens, after_tokens = saved_tokens, new_tokens
+    if before_tokens != after_tokens:
+        refused.append(f"-d/--total-batch-size: the saved run took {before_tokens:,} tokens per step, now "
+                       f"{after_tokens:,}")
+    for name, value in current.items():
+        before = saved.get(name, defaults[name])
+        if before == value or name in _QUIET_FIELDS or name == "total_batch_size":
+            continue
+        (refused if name in MATH_FIELDS else allowed).append(line(name, before, value))
+    return refused, allowed
+
+
+# ----------------------------------------------------------------------------------------------- the manager
+
+
+class RngState:
+    """Every RNG a run touches, as a Stateful piece."""
+
+    def state_dict(self) -> dict:
+        return rng_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        set_rng_state(state)
+
+
+@dataclasses.dataclass
+class Restored:
+    """What `CheckpointManager.restore` found: the step the run continues at, and where."""
+
+    step: int
+    path: Path
+    saved_world_size: int
+
+
+class CheckpointManager:
+    """Saves and restores a run's Stateful pieces in a run directory, llm.c's layout (see the module docstring).
+
+    `model` and `optimizer` are Stateful adapters whose `state_dict()` is a collective under FSDP (every rank calls
+    it; rank 0 gets whole state dicts, the others None) and whose `load_state_dict()` takes the whole state on
+    rank 0 (None elsewhere when `sharded`, where the shards are broadcast from rank 0)."""
+
+    def __init__(self, run_dir: str | Path, job: Distributed, *, keep: int = 0, keep_every: int = 0,
+                 sharded: bool = False, print_fn: Callable[..., None] = print):
+        self.run_dir = Path(run_dir)
+        self.job, self.keep, self.keep_every, self.sharded = job, keep, keep_every, sharded
+        self.print_fn = print_fn
+        self.last_saved: Path | None = None
+
+    def save(self, step: int, model_config: ModelConfig, family: str, model: Stateful, optimizer: Stateful,
+             pieces: dict[str, Stateful], metadata: dict) -> Path:
+        """Write the checkpoint for `step` (model file, state file, DONE marker), then rotate (-nk, -nm)."""
+        weights, optimizer_state = model.state_dict(), optimizer.state_dict()  # collectives under FSDP
+        target = model_path(self.run_dir, step)
+        failure = None
+        if self.job.is_main:
+            try:
+                save_model_file(target, step, model_config, weights, family, metadata)
+                state = {"format": STATE_FORMAT, "step": step, "optimizer": optimizer_state,
+                         **{name: piece.state_dict() for name, piece in pieces.items()}, **metadata}
+                with atomic_open(state_path(self.run_dir, step)) as handle:
+                    torch.save(state, handle)
+                write_marker(self.run_dir, step, [target, state_path(self.run_dir, step)])
+                prune_checkpoints(self.run_dir, self.keep, self.keep_every)
+            except Exception as exc:  # the other ranks wait below: tell them, rather than leave them hanging
+                failure = exc
+        # no rank moves on (or exits) before the checkpoint is complete, and all of them learn if it failed
+        outcome = broadcast_object(None if failure is None else f"writing checkpoint {step} in {self.run_dir}: "
+                                   f"{type(failure).__name__}: {failure}")
+        if failure is not None:
+            raise failure
+        if outcome is not None:
+            raise LlmpyError(f"rank 0 failed {outcome}")
+        self.last_saved = target
+        return target
+
+    def candidates(self) -> list[int]:
+        """Complete checkpoints with their training state, newest first; warns about damaged ones."""
+        if not self.run_dir.is_dir():
+            return []
+        complete = completed_steps(self.run_dir, with_state=True)
+        for marker in sorted(self.run_dir.glob("DONE_*")):
+            step = int(marker.name[5:]) if marker.name[5:].isdigit() else None
+            if step is not None and step not in complete:
+                self.print_fn(f"warning: checkpoint {step} in {self.run_dir} is incomplete or damaged (a file is "
+                              "missing or has another size than its DONE marker records); skipping it")
+        return complete[::-1]
+
+    def _read_newest(self, model_config: ModelConfig, config: TrainConfig,
+                     tokens_per_step: int) -> tuple[int | None, dict | None, dict | None]:
+        """Rank 0: (step, weights, state) of the newest readable checkpoint that this run may continue."""
+        for step in self.candidates():
+            try:
+                saved, _ = load_model(model_path(self.run_dir, step))
+                state = _read(state_path(self.run_dir, step), "training state")
+            except LlmpyError as exc:
+                self.print_fn(f"warning: skipping checkpoint {step}: {exc}")
+                continue
+            if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+                self.print_fn(f"warning: skipping checkpoint {step}: {state_path(self.run_dir, step)} is not an "
+                              "llmpy training state")
+                continue
+            if saved.config != model_config:
+                raise LlmpyError(
+                    f"-y 1: the checkpoint at step {step} in {self.run_dir} is a {saved.config.n_layer}-layer, "
+                    f"{saved.config.n_embd}-wide model but -e asks for {model_config.n_layer} layers, "
+                    f"{model_config.n_embd} wide"
+                )
+            saved_config = state.get("train_config") or {}
+            saved_tokens = (state.get("loader") or {}).get("chunk_tokens", tokens_per_step)
+            refused, allowed = run_changes(saved_config, saved_tokens, config, tokens_per_step)
+            if refused:
+                raise LlmpyError(f"-y 1: {refused[0]}; that changes the math of the run in {self.run_dir}, so it "
+                                 "cannot be continued: use the saved value, or a new -o for a new run")
+            for change in allowed:
+                self.print_fn(f"resume: {change} (allowed: it does not change the math)")
+            return step, saved.state_dict(), state
+        return None, None, None
+
+    def restore(self, model_config: ModelConfig, config: TrainConfig, tokens_per_step: int, model: Stateful,
+                optimizer: Stateful, pieces: dict[str, Stateful]) -> Restored | None:
+        """-y 1: load every piece from the newest readable checkpoint; None (and a warning) when there is none.
+        Rank 0 reads and decides; the other ranks follow its choice (and its error, if it refuses)."""
+        step, weights, state = None, None, None
+        outcome: tuple = ("none",)
+        if not (self.run_dir.is_dir() and any(self.run_dir.glob("DONE_*"))):
+            return None  # a new run: -y 1 in a first launch (llm.c's scripts, --auto-restart) just starts
+        if self.job.is_main:
+            try:
+                step, weights, state = self._read_newest(model_config, config, tokens_per_step)
+                outcome = ("step", step) if step is not None else ("none",)
+            except LlmpyError as exc:
+                outcome = ("error", str(exc))
+            except Exception as exc:  # never leave the other ranks waiting in the broadcast below
+                outcome = ("error", f"-y 1: cannot read the checkpoints in {self.run_dir} ({type(exc).__name__}: {exc})")
+        outcome = broadcast_object(outcome)
+        if outcome[0] == "error":
+            raise LlmpyError(outcome[1])
+        if outcome[0] == "none":
+            self.print_fn(f"warning: no readable checkpoint in {self.run_dir}; starting from step 0")
+            return None
+        step = outcome[1]
+        if not self.sharded and not self.job.is_main:  # DDP: every rank reads the same files itself
+            weights = load_model(model_path(self.run_dir, step))[0].state_dict()
+            state = _read(state_path(self.run_dir, step), "training state")
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(state["optimizer"] if state is not None else None)
+        if self.sharded:  # the other ranks read nothing: rank 0 sends the rest
+            state = broadcast_object(None if state is None else {k: v for k, v in state.items() if k != "optimizer"})
+        missing = [name for name in pieces if name not in state]
+        if missing:
+            raise LlmpyError(f"{state_path(self.run_dir, step)}: no saved {', '.join(missing)}; this checkpoint cannot "
+                             "be continued exactly (use a new -o, or -e with its model file to start from its weights)")
+        for name, piece in pieces.items():
+            piece.load_state_dict(state[name])
+        self.last_saved = model_path(self.run_dir, step)
+        return Restored(step, self.last_saved, state.get("world_size", 1))

@@ -1,0 +1,134 @@
+"""The training flags, in one table: llm.c's train_gpt2cu short flags with llm.c's meanings, their long names (the
+TrainConfig fields), and their help. `llmpy train` takes them all; `llmpy bench` takes the ones that shape a step."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from llmpy.config import TrainConfig, load_config_file
+from llmpy.errors import LlmpyError
+
+# (short flag as llm.c's train_gpt2cu spells it, long option, TrainConfig field, type, help)
+TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
+    ("-i", "--train-data", "train_data", str, "train shards glob (llm.c .bin or .npy; comma-separate several)"),
+    ("-j", "--val-data", "val_data", str, "val shards glob ('' = no val loss)"),
+    ("-o", "--output-dir", "output_dir", str, "run directory: main.log, metrics.jsonl, checkpoints"),
+    ("-e", "--model", "model", str, "model descriptor (d6, d12, d24, d36, d48, dN, dNwC) or checkpoint to start from"),
+    ("-b", "--batch-size", "batch_size", int, "micro-batch size B per process"),
+    ("-t", "--seq-len", "seq_len", int, "sequence length T"),
+    ("-d", "--total-batch-size", "total_batch_size", int, "tokens per optimizer step (-1 = B*T*world, no accumulation)"),
+    ("-l", "--learning-rate", "learning_rate", float, "peak learning rate"),
+    ("-u", "--warmup-steps", "warmup_steps", int, "linear LR warmup steps"),
+    ("-q", "--final-lr-frac", "final_lr_frac", float, "final LR as a fraction of -l (1.0 = no decay)"),
+    ("-k", "--lr-schedule", "lr_schedule", str, "cosine | linear | constant | wsd"),
+    ("-c", "--weight-decay", "weight_decay", float, "AdamW weight decay on 2-D tensors"),
+    ("-x", "--max-steps", "max_steps", int, "optimizer steps (-1 = one epoch of -i)"),
+    ("-v", "--val-every", "val_every", int, "val loss every N steps (0 = never)"),
+    ("-m", "--val-max-steps", "val_max_steps", int, "val batches per evaluation (-1 = the whole split)"),
+    ("-s", "--sample-every", "sample_every", int, "sample text every N steps (0 = never)"),
+    ("-g", "--gen-tokens", "gen_tokens", int, "tokens to generate per sample"),
+    ("-h", "--hellaswag", "hellaswag", int, "HellaSwag eval at each val step (0/1)"),
+    (None, "--hellaswag-file", "hellaswag_file", str, "hellaswag_val.jsonl for -h 1 (default: cache or download)"),
+    (None, "--hellaswag-limit", "hellaswag_limit", int, "score only the first N HellaSwag examples (-1 = all)"),
+    ("-n", "--checkpoint-every", "checkpoint_every", int, "write a checkpoint every N steps (0 = only at the end)"),
+    ("-nk", "--checkpoint-keep", "checkpoint_keep", int, "keep only the newest K checkpoints (0 = keep all)"),
+    ("-nm", "--checkpoint-keep-every", "checkpoint_keep_every", int, "never delete checkpoints at multiples of M"),
+    ("-y", "--resume", "resume", int, "1 = continue the run in -o (append to its logs)"),
+    ("-z", "--zero-stage", "zero_stage", int, "data-parallel sharding: 0 DDP, 1 ZeRO-1, 3 FSDP"),
+    ("-r", "--recompute", "recompute", int,
+     "activation recompute: 0 none, 1 GELU, 2 GELU+LayerNorm (llm.c's levels), 3 whole blocks (least memory)"),
+    ("-sl", "--skip-loss-zscore", "skip_loss_zscore", float, "skip updates whose loss z-score exceeds this (0 = off)"),
+    ("-sg", "--skip-grad-zscore", "skip_grad_zscore", float, "skip updates whose grad-norm z-score exceeds this (0 = off)"),
+    ("-a", "--overfit-batch", "overfit_batch", int, "1 = train on the first batch only (debugging)"),
+    ("-f", "--tf32", "tf32", int, "TF32 matmuls for fp32 work (0/1)"),
+    (None, "--shuffle", "shuffle", int, "shuffle train shards and chunks each epoch, seeded (0 = sequential)"),
+    (None, "--max-bad-steps", "max_bad_steps", int, "stop after N non-finite steps in a row (0 = never)"),
+    (None, "--grad-clip", "grad_clip", float, "global grad-norm clip (0 = off)"),
+    (None, "--wsd-cooldown-frac", "wsd_cooldown_frac", float, "fraction of steps the wsd schedule spends decaying"),
+    (None, "--seed", "seed", int, "random seed"),
+    (None, "--device", "device", str, "auto | cpu | cuda | cuda:N"),
+    (None, "--dtype", "dtype", str, "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32"),
+    (None, "--compile", "compile", int, "torch.compile the model (-1 = on CUDA only, 0 off, 1 on)"),
+    (None, "--compile-mode", "compile_mode", str,
+     "default | tuned (+ coordinate-descent tuning of the fused kernels) | max-autotune-no-cudagraphs"),
+    (None, "--fused-loss", "fused_loss", int,
+     "output head + cross-entropy with the gradient written in the forward pass (-1 = on CUDA, 0 off, 1 on)"),
+    (None, "--tensorboard", "tensorboard", str, "also log every metric to TensorBoard event files in this directory"),
+    (None, "--wandb", "wandb", str, "also log every metric to Weights & Biases project W (WANDB_MODE=offline works)"),
+    (None, "--attention", "attention", str, "attention kernel preference: auto | flash | cudnn | efficient | math"),
+    (None, "--auto-batch", "auto_batch", int,
+     "1: on CUDA, halve -b until a step fits in memory, keeping -d by more accumulation (0: fail on OOM)"),
+    (None, "--log-every", "log_every", int, "print a console line every N steps (main.log gets every step)"),
+    (None, "--sample-prompt", "sample_prompt", str, "prompt for samples during training ('' = <|endoftext|>)"),
+    (None, "--sample-top-k", "sample_top_k", int, "top-k for samples during training (0 = full distribution)"),
+    (None, "--tokenizer", "tokenizer", str, "path to gpt2.tiktoken (default: resolve automatically)"),
+    (None, "--optimizer", "optimizer", str, "optimizer family: adamw (llm.c's AdamW)"),
+]
+
+# llm.c flags with no counterpart here: accepted so its run scripts work, explained once.
+COMPAT_FLAGS = {
+    "-w": "fp32 master weights are always kept",
+    "-ge": "GELU fusion is left to torch.compile",
+}
+# llm.c's MPI/NCCL launch flags: llmpy is launched by torchrun instead.
+LAUNCH_FLAGS = ("-pn", "-pr", "-pg", "-pm", "-ps", "-pp")
+
+
+def add_flag_arguments(parser: argparse.ArgumentParser, fields: tuple[str, ...] | None = None,
+                       defaults: dict | None = None) -> None:
+    """The flags of TRAIN_FLAGS for `fields` (all when None). With `defaults` (a command of its own, e.g. bench)
+    each flag gets its default from it, else TrainConfig's; without, defaults are suppressed so that a --config
+    file can sit underneath the command line."""
+    base = TrainConfig()
+    for short, long, field, kind, help_text in TRAIN_FLAGS:
+        if fields is not None and field not in fields:
+            continue
+        names = [short, long] if short else [long]
+        if defaults is None:
+            default, shown = argparse.SUPPRESS, getattr(base, field)
+        else:
+            default = shown = defaults.get(field, getattr(base, field))
+        parser.add_argument(*names, dest=field, type=kind, default=default, help=f"{help_text} (default: {shown!r})")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """`llmpy train`: llm.c's flags and their long names, llm.c's accepted no-ops, --config and --auto-restart."""
+    add_flag_arguments(parser)
+    for flag, reason in COMPAT_FLAGS.items():
+        parser.add_argument(flag, dest=f"compat_{flag[1:]}", default=argparse.SUPPRESS, help=f"accepted, no effect: {reason}")
+    for flag in LAUNCH_FLAGS:
+        parser.add_argument(flag, dest=f"launch_{flag[1:]}", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--no-shuffle", dest="shuffle", action="store_const", const=0, default=argparse.SUPPRESS,
+                        help="read train shards in order (same as --shuffle 0)")
+    parser.add_argument("--auto-restart", metavar="N", type=int, default=argparse.SUPPRESS,
+                        help="relaunch with -y 1 after a crash, kill or preemption, at most N launches in all")
+    parser.add_argument("--config", help="TOML or YAML file of long option names (flags on the command line win)")
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Merge defaults <- --config file <- command-line flags into one TrainConfig."""
+    values: dict = {}
+    field_names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if getattr(args, "config", None):
+        from_file = load_config_file(args.config)
+        unknown = sorted(set(from_file) - field_names)
+        if unknown:
+            raise LlmpyError(f"--config {args.config}: unknown option(s) {', '.join(unknown)}")
+        values.update(from_file)
+    launch = [name for name in vars(args) if name.startswith("launch_")]
+    if launch:
+        raise LlmpyError(
+            f"-{launch[0][7:]}: llm.c's MPI launch flags are not used; launch several processes with "
+            "`torchrun --nproc_per_node=N -m llmpy train ...`"
+        )
+    values.update({k: v for k, v in vars(args).items() if k in field_names})
+    try:
+        config = TrainConfig(**values)
+    except TypeError as exc:
+        raise LlmpyError(f"bad training options: {exc}") from None
+    for name, value in list(values.items()):
+        expected = type(getattr(TrainConfig(), name))
+        if expected in (int, float) and not isinstance(value, (int, float)):
+            raise LlmpyError(f"--{name.replace('_', '-')}: expected a number, got {value!r}")
+    return config

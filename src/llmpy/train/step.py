@@ -1,0 +1,181 @@
+"""One optimizer step that never waits for the GPU, and the metrics it leaves on the device until a log step.
+
+The step queues its work and returns: the learning rate is a device tensor filled from the schedule, the skip
+decision (non-finite loss or norm, -sl/-sg outliers) is made on the device and applied by the optimizer's
+`found_inf` masking, and the loss, norm and skip flags stay on the device in a `StepRecord`. `MetricsQueue` reads
+the records back in one transfer at log steps, so the host runs ahead of the GPU between them; that is also what
+makes the step capturable by CUDA graphs in principle (no host decision inside it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from llmpy.data.loader import TokenLoader
+from llmpy.distributed import Distributed, all_reduce_mean
+from llmpy.runtime import Runtime
+from llmpy.train.faults import SkipRule
+from llmpy.train.optim import LRSchedule, masked_step
+from llmpy.train.parallel import ParallelModel
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """How one optimizer step's -d tokens are split: B x T per micro-step, over `world_size` ranks, `grad_accum_steps`
+    micro-steps each. Derived once from the config (and auto-batch's choice of B)."""
+
+    batch_size: int
+    seq_len: int
+    world_size: int
+    grad_accum_steps: int
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.grad_accum_steps * self.world_size * self.batch_size * self.seq_len
+
+
+@dataclass
+class StepRecord:
+    """One step's numbers: host values known when it was queued, and device values copied to the host without
+    waiting (`host`, valid once the `end` mark has been reached)."""
+
+    step: int
+    lr: float
+    tokens: int
+    data_seconds: float  # host time spent producing this step's batches
+    host: torch.Tensor  # (loss, grad norm, skipped, nonfinite, stop requested on some rank), fp32, on the CPU
+    start: object  # CUDA events on a GPU, perf_counter() seconds on a CPU
+    end: object
+    wall_time: float  # time.time() when the step was queued
+
+    @property
+    def stop(self) -> bool:
+        """Whether some rank was asked to stop (waits for this step to finish: use it on the step before the last)."""
+        return bool(self.values()[4])
+
+    def values(self) -> torch.Tensor:
+        if isinstance(self.end, torch.cuda.Event):
+            self.end.synchronize()
+        return self.host
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one optimizer step reports, on the host."""
+
+    step: int
+    loss: float
+    grad_norm: float
+    lr: float
+    seconds: float
+    tokens: int
+    skipped: bool = False
+    data_seconds: float = 0.0
+    nonfinite: bool = False  # the loss or the gradient norm was NaN/inf
+    stop: bool = False  # a SIGTERM/SIGINT reached some rank before this step
+    wall_time: float | None = None  # time.time() when the step was queued
+
+
+class StepClock:
+    """Step start and end marks that cost no sync: CUDA events on a GPU (their gap is the step's time on the
+    GPU's timeline, host stalls included), the host clock elsewhere (CPU work is synchronous)."""
+
+    def __init__(self, runtime: Runtime):
+        self.cuda = runtime.is_cuda
+
+    def to_host(self, values: torch.Tensor) -> torch.Tensor:
+        """A copy of `values` on the CPU that arrives without the host waiting for it (pinned memory on a GPU)."""
+        if not self.cuda:
+            return values
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        return host.copy_(values, non_blocking=True)
+
+    def mark(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self, start, end) -> float:
+        return start.elapsed_time(end) / 1000 if self.cuda else end - start
+
+
+class TrainStep:
+    """Accumulate over the micro-batches of one -d batch, clip, decide the skip, update: all queued, nothing read."""
+
+    def __init__(self, model: ParallelModel, optimizer: torch.optim.Optimizer, lr: torch.Tensor,
+                 schedule: LRSchedule, skip_rule: SkipRule, loader: TokenLoader, layout: BatchLayout,
+                 runtime: Runtime, job: Distributed, grad_clip: float, overfit_batch: bool = False):
+        self.model, self.optimizer, self.lr, self.schedule = model, optimizer, lr, schedule
+        self.skip_rule, self.loader, self.layout = skip_rule, loader, layout
+        self.runtime, self.job = runtime, job
+        self.max_norm = grad_clip if grad_clip > 0 else math.inf
+        self.overfit_batch = overfit_batch
+        self.clock = StepClock(runtime)
+
+    def __call__(self, step: int, stop_requested: bool = False) -> StepRecord:
+        """Queue step `step`. `stop_requested`: this rank got a signal; it travels with the loss all-reduce."""
+        start, wall_time = self.clock.mark(), time.time()
+        data_before = self.loader.data_seconds
+        device, accum = self.runtime.device, self.layout.grad_accum_steps
+        lr = self.schedule(step)
+        self.lr.fill_(lr)  # a kernel argument, not a copy the host waits for
+        self.model.train_module.train()
+        if self.overfit_batch:
+            self.loader.reset()  # -a 1: the same first batch every step
+        loss_sum = torch.zeros((), device=device)
+        for micro_step in range(accum):
+            self.model.set_grad_sync(micro_step, accum)
+            x, y = self.loader.next_batch()
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with self.runtime.autocast():
+                loss = self.model.train_module(x, y) / accum  # grads of the mean over the whole -d batch
+            loss_sum += loss.detach()
+            loss.backward()
+        grad_norm = self.model.clip_grad_norm(self.max_norm).float()  # the unclipped norm
+        if self.job.enabled:  # the loss of the whole -d batch, and whether any rank was asked to stop
+            shared = torch.stack([loss_sum, torch.full((), float(stop_requested), device=device)])
+            loss_sum, stop = all_reduce_mean(shared, self.job).unbind()
+            stop = stop > 0
+        else:
+            stop = torch.full((), stop_requested, device=device)
+        skip, nonfinite = self.skip_rule.decide(loss_sum, grad_norm)
+        masked_step(self.optimizer, skip)
+        self.optimizer.zero_grad(set_to_none=True)
+        values = torch.stack([loss_sum, grad_norm, skip.float(), nonfinite.float(), stop.float()])
+        host = self.clock.to_host(values)  # queued before the next step's work, so it waits for nothing later
+        return StepRecord(step, lr, self.layout.tokens_per_step, self.loader.data_seconds - data_before, host,
+                          start, self.clock.mark(), wall_time)
+
+
+class MetricsQueue:
+    """Step records whose values are on their way to the host; `drain` waits for the newest of them once."""
+
+    def __init__(self, clock: StepClock):
+        self.clock = clock
+        self.pending: list[StepRecord] = []
+
+    def put(self, record: StepRecord) -> None:
+        self.pending.append(record)
+
+    def drain(self, keep_newest: bool = False) -> list[StepStats]:
+        """The pending steps' stats, oldest first. `keep_newest`: leave the step just queued for the next drain,
+        so the host waits only for the step before it, which the GPU has (nearly) finished."""
+        ready, self.pending = (self.pending[:-1], self.pending[-1:]) if keep_newest else (self.pending, [])
+        if not ready:
+            return []
+        ready[-1].values()  # the one wait: the steps before it are done too
+        rows = torch.stack([r.host for r in ready]).tolist()
+        return [StepStats(r.step, loss, norm, r.lr, self.clock.seconds(r.start, r.end), r.tokens, bool(skipped),
+                          r.data_seconds, bool(nonfinite), bool(stop), r.wall_time)
+                for r, (loss, norm, skipped, nonfinite, stop) in zip(ready, rows)]
+
+    def previous_stop(self) -> bool:
+        """The stop flag of the step before the newest (the GPU has finished it or is about to; every rank reads
+        the same all-reduced value); False when there is none."""
+        return len(self.pending) >= 2 and self.pending[-2].stop

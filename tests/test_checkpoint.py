@@ -1,0 +1,121 @@
+"""The checkpoint manager: resume compares the saved run's flags (math changes refused, others allowed and said),
+the LR schedule comes back from the checkpoint, llmpy 0.1 checkpoints still load and continue, auto-batch."""
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_random_shards
+from llmpy.checkpoint import completed_steps, load_model
+from llmpy.config import TrainConfig
+from llmpy.errors import LlmpyError
+from llmpy.train import build
+from llmpy.train.build import build_trainer
+
+FIXTURE = Path(__file__).parent / "fixtures" / "v0_1_run"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_random_shards(tmp_path_factory.mktemp("data"), "c", {"train_000001": 5000}, seed=4)
+
+
+@pytest.fixture(scope="module")
+def finished_run(data, tmp_path_factory):
+    """A 4-step run with a checkpoint at its end; tests copy it before resuming."""
+    run = tmp_path_factory.mktemp("run") / "run"
+    config = TrainConfig(train_data=str(data / "c_train_*.bin"), output_dir=str(run), model="d2w64", batch_size=2,
+                         seq_len=32, total_batch_size=128, learning_rate=1e-3, warmup_steps=1, final_lr_frac=0.1,
+                         max_steps=4, val_every=0, sample_every=0, log_every=0, device="cpu", compile=0, seed=11)
+    build_trainer(config, print_fn=lambda *a: None).fit()
+    return config
+
+
+def resumed(config: TrainConfig, tmp_path: Path, **changes):
+    """build_trainer with -y 1 on a copy of the finished run, flags changed; returns (trainer, printed lines)."""
+    run = tmp_path / "run"
+    shutil.copytree(config.output_dir, run)
+    lines = []
+    trainer = build_trainer(dataclasses.replace(config, output_dir=str(run), resume=1, **changes),
+                            print_fn=lambda *a: lines.append(" ".join(map(str, a))))
+    return trainer, lines
+
+
+@pytest.mark.parametrize("changes, flag", [
+    ({"learning_rate": 2e-3}, "--learning-rate"),
+    ({"total_batch_size": 256}, "-d/--total-batch-size"),
+    ({"seq_len": 16, "total_batch_size": 128}, "--seq-len"),
+    ({"seed": 12}, "--seed"),
+    ({"model": "d2w128"}, "-e asks for"),
+])
+def test_resume_refuses_a_change_that_alters_the_math(finished_run, tmp_path, changes, flag):
+    with pytest.raises(LlmpyError, match=flag.replace("-", r"\-").replace("/", "/")) as error:
+        resumed(finished_run, tmp_path, **changes)
+    assert "\n" not in str(error.value)
+
+
+def test_resume_allows_more_steps_and_another_micro_batch_and_keeps_the_saved_schedule(finished_run, tmp_path):
+    trainer, lines = resumed(finished_run, tmp_path, max_steps=6, batch_size=1)
+    assert trainer.start_step == 4 and trainer.total_steps == 6
+    assert any("--max-steps was 4 in the saved run, now 6" in line for line in lines), lines
+    assert any("--batch-size was 2" in line for line in lines), lines
+    schedule = trainer.train_step.schedule
+    assert schedule.total_steps == 4  # restored, not rebuilt for -x 6
+    # the optimizer got its moments back but still reads the schedule's LR tensor (a saved float would detach it)
+    assert all(group["lr"] is trainer.train_step.lr for group in trainer.train_step.optimizer.param_groups)
+    trainer.fit()
+    lrs = {json.loads(r)["step"]: json.loads(r)["lr"] for r in (tmp_path / "run" / "metrics.jsonl").read_text()
+           .splitlines() if json.loads(r)["kind"] == "train"}
+    assert lrs[4] == lrs[5] == pytest.approx(1e-4)  # past the saved schedule's end: its final LR
+    assert completed_steps(tmp_path / "run", with_state=True)[-1] == 6
+
+
+def test_a_checkpoint_written_by_llmpy_0_1_loads_and_continues(tmp_path):
+    expected = json.loads((FIXTURE / "expected.json").read_text())
+    shutil.copytree(FIXTURE, tmp_path / "fixture")
+    run = tmp_path / "fixture" / "run"
+    model, payload = load_model(run)
+    assert model.config.to_dict() == expected["model_config"] and payload["step"] == 2
+    assert model.transformer.wte.weight.double().sum().item() == pytest.approx(expected["wte_sum"], rel=1e-12)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = {k: v for k, v in expected["train_config"].items() if k in known}
+    config = TrainConfig(**dict(saved, train_data=str(tmp_path / "fixture" / "tiny_train_*.bin"), output_dir=str(run),
+                                model=str(run / "model_00000002.pt"), resume=1, log_every=0))
+    trainer = build_trainer(config, print_fn=lambda *a: None)
+    assert trainer.start_step == 2
+    trainer.fit()
+    records = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    train = {r["step"]: r for r in records if r["kind"] == "train"}
+    for step, want in expected["steps_after_resume"].items():
+        # the same steps as llmpy 0.1 took (its AdamW was unfused: a last-bit difference per update)
+        assert train[int(step)]["loss"] == pytest.approx(want["loss"], rel=1e-5), step
+        assert train[int(step)]["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4), step
+
+
+def test_auto_batch_halves_the_micro_batch_and_keeps_tokens_per_step(data, monkeypatch):
+    tried = []
+
+    def fits(train_module, autocast, device, batch_size, seq_len, reserve):
+        tried.append(batch_size)
+        loss = train_module(torch.zeros(batch_size, seq_len, dtype=torch.long),
+                            torch.zeros(batch_size, seq_len, dtype=torch.long))  # a real forward of that size
+        return bool(torch.isfinite(loss)) and batch_size <= 2
+
+    monkeypatch.setattr(build, "can_probe_memory", lambda runtime: True)
+    monkeypatch.setattr(build, "step_fits", fits)
+    lines = []
+    config = TrainConfig(train_data=str(data / "c_train_*.bin"), model="d2w64", batch_size=8, seq_len=32,
+                         total_batch_size=512, max_steps=2, val_every=0, sample_every=0, device="cpu", compile=0,
+                         auto_batch=1)
+    trainer = build_trainer(config, print_fn=lines.append)
+    layout = trainer.train_step.layout
+    assert tried == [8, 4, 2]
+    assert (layout.batch_size, layout.grad_accum_steps, layout.tokens_per_step) == (2, 8, 512)
+    assert config.batch_size == 8  # the config is not changed; the layout holds what the run uses
+    assert any("using -b 2 with grad accumulation 8" in line for line in lines)
+    summary = trainer.fit()
+    assert summary["train_loss"] is not None
