@@ -43,7 +43,7 @@ def args(data, run, steps=STEPS, val_batches=2, zero=0, fused_loss=0):
     return ["train", "-i", str(data / "d_train_*.bin"), "-j", str(data / "d_val_*.bin"), "-o", str(run),
             "-e", "d2w64", "-b", "2", "-t", "32", "-d", "128", "-x", str(steps), "-n", str(STEPS // 2),
             "-v", str(STEPS // 2),
-            "-m", str(val_batches), "-s", "0", "-l", "0.001", "--device", "cpu", "--compile", "0", "-y", "1",
+            "-m", str(val_batches), "-s", "2", "-g", "4", "-l", "0.001", "--device", "cpu", "--compile", "0", "-y", "1",
             "--log-every", "0", "-z", str(zero), "--fused-loss", str(fused_loss), "-h", "1", "--hellaswag-file", str(data / "hellaswag.jsonl")]
 
 
@@ -110,6 +110,9 @@ def test_two_ranks_match_one_rank_with_accumulation_and_resume(data, bpe_file, o
     # attention key bias: softmax ignores it), so after 8 steps those weights sit ~5e-6 apart (less after STEPS = 4);
     # losses stay within 1e-6.
     assert_same_run(two, one_rank, **({} if zero == 0 else {"weight_atol": 2e-5, "norm_rel": 1e-4}))
+    # samples (-s 2): under FSDP every rank takes part in each forward pass; rank 0 alone logs the text
+    assert sorted(records(two, "sample")) == list(range(2, STEPS + 1, 2))
+    assert all(record["text"] for record in records(two, "sample").values())
 
 
 @pytest.mark.parametrize("zero", [0, 3])
