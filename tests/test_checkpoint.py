@@ -119,3 +119,63 @@ def test_auto_batch_halves_the_micro_batch_and_keeps_tokens_per_step(data, monke
     assert any("using -b 2 with grad accumulation 8" in line for line in lines)
     summary = trainer.fit()
     assert summary["train_loss"] is not None
+
+
+def flip_middle(path: Path, count: int = 64) -> None:
+    """Overwrite `count` bytes in the middle of a file: the same size, other contents (a disk or copy error)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle: middle + count] = bytes(255 - b for b in data[middle: middle + count])
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_file_of_the_right_size_is_caught_by_its_checksum(finished_run, tmp_path, capsys):
+    from llmpy.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run.output_dir, run)
+    marker = json.loads((run / "DONE_00000004").read_text())
+    assert set(marker["model_00000004.pt"]) == {"size", "sha256"}
+    flip_middle(run / "model_00000004.pt")
+    assert completed_steps(run) == [4]  # the sizes still match: only the checksum can tell
+    with pytest.raises(LlmpyError, match="model_00000004.pt: its contents do not match the SHA-256"):
+        load_model(run)
+    code = main(["sample", "--model", str(run), "--max-new-tokens", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "SHA-256" in err
+
+
+def test_resume_skips_a_corrupt_state_file_and_never_writes_non_finite_weights(data, tmp_path):
+    config = TrainConfig(train_data=str(data / "c_train_*.bin"), output_dir=str(tmp_path / "run"), model="d2w64",
+                         batch_size=2, seq_len=32, total_batch_size=128, max_steps=4, checkpoint_every=2,
+                         val_every=0, sample_every=0, log_every=0, device="cpu", compile=0)
+    build_trainer(config, print_fn=lambda *a: None).fit()
+    assert completed_steps(tmp_path / "run", with_state=True) == [2, 4]
+    flip_middle(tmp_path / "run" / "state_00000004_00000.pt")
+    lines = []
+    trainer = build_trainer(dataclasses.replace(config, resume=1, max_steps=6), print_fn=lines.append)
+    assert trainer.start_step == 2
+    assert any("skipping checkpoint 4" in line and "SHA-256" in line for line in lines), lines
+    with torch.no_grad():
+        trainer.model.module.transformer.ln_f.weight.fill_(float("nan"))
+    trainer.save_checkpoint(6)
+    assert any("checkpoint 6 not written: NaN or inf in transformer.ln_f.weight" in line for line in lines), lines
+    assert 6 not in completed_steps(tmp_path / "run")
+    assert trainer.last_checkpoint.endswith("model_00000002.pt")  # the last good one, not a NaN model
+
+
+def test_a_new_run_never_mixes_with_another_runs_checkpoints(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run.output_dir, run)
+    again = dataclasses.replace(finished_run, output_dir=str(run), max_steps=2, seed=7)
+    with pytest.raises(LlmpyError, match=r"holds another run's checkpoints \(DONE_00000004\).*-y 1.*--overwrite 1"):
+        build_trainer(again, print_fn=lambda *a: None)
+    assert completed_steps(run) == [4]  # untouched
+    lines = []
+    build_trainer(dataclasses.replace(again, overwrite=1), print_fn=lines.append).fit()
+    assert completed_steps(run) == [2] and completed_steps(tmp_path / "run.old1") == [4]
+    assert any("is now in" in line and "run.old1" in line for line in lines)
+    assert load_model(run)[1]["step"] == 2  # what sample/eval/convert now read is the new run's model
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(LlmpyError, match="a_file: a file, not a run directory"):
+        build_trainer(dataclasses.replace(again, output_dir=str(tmp_path / "a_file")), print_fn=lambda *a: None)

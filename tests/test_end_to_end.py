@@ -79,8 +79,8 @@ def test_checkpoint_rules(tmp_path):
     broken.write_bytes(broken.read_bytes()[:1000])
     assert completed_steps(tmp_path) == [20]  # its size no longer matches the DONE marker: never used
     assert load_model(tmp_path)[1]["step"] == 20
-    with pytest.raises(LlmpyError, match="model_00000030.pt: not a readable llmpy checkpoint"):
-        load_model(broken)
+    with pytest.raises(LlmpyError, match="model_00000030.pt: its contents do not match the SHA-256 in DONE_00000030"):
+        load_model(broken)  # named directly: the marker's checksum catches it before torch.load
     empty = tmp_path / "empty_run"
     empty.mkdir()
     with pytest.raises(LlmpyError, match="empty_run: no complete checkpoint"):

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 import llmpy
-from llmpy.atomic import atomic_open, atomic_write_bytes
+from llmpy.atomic import atomic_open, atomic_write_bytes, sha256_of
 from llmpy.config import ModelConfig, TrainConfig
 from llmpy.distributed import Distributed, broadcast_object
 from llmpy.errors import LlmpyError
@@ -71,9 +71,33 @@ def save_model_file(path: str | Path, step: int, config: ModelConfig, weights: d
 
 
 def write_marker(run_dir: str | Path, step: int, files: list[Path]) -> None:
-    """The DONE marker, last: it vouches for `files` with their sizes."""
-    marker = {f.name: f.stat().st_size for f in files}
+    """The DONE marker, last: it vouches for `files` with their sizes and SHA-256s (read back from the disk, so a
+    write the disk garbled is caught at the next load, not trusted)."""
+    marker = {f.name: {"size": f.stat().st_size, "sha256": sha256_of(f)} for f in files}
     atomic_write_bytes(done_path(run_dir, step), (json.dumps(marker) + "\n").encode())
+
+
+def verify_file(file: Path) -> None:
+    """Check `file` against the SHA-256 its DONE marker records (markers of llmpy 0.1 record sizes only)."""
+    match = re.fullmatch(r"(?:model|state)_(\d{8})(?:_\d{5})?\.pt", file.name)
+    if not match:
+        return  # a model file outside a run directory: nothing vouches for it
+    recorded = (_marker_files(file.parent, int(match.group(1))) or {}).get(file.name)
+    if recorded and recorded[1] and sha256_of(file) != recorded[1]:
+        raise LlmpyError(f"{file}: its contents do not match the SHA-256 in {done_path(file.parent, int(match.group(1))).name} "
+                         "(changed or damaged after it was written)")
+
+
+def _non_finite(state, prefix: str = "") -> str | None:
+    """The name of the first floating-point tensor in a (nested) state dict holding NaN or inf, or None."""
+    if isinstance(state, torch.Tensor):
+        return prefix if state.is_floating_point() and not bool(torch.isfinite(state).all()) else None
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def export_model(run_dir: str | Path, model: nn.Module, metadata: dict, step: int = 0) -> Path:
@@ -85,6 +109,7 @@ def export_model(run_dir: str | Path, model: nn.Module, metadata: dict, step: in
 
 
 def _read(file: Path, what: str) -> dict:
+    verify_file(file)
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which and why, not a pickle traceback
@@ -113,6 +138,9 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise LlmpyError(f"{file}: not an llmpy model checkpoint (missing format marker)")
     model = build_model(ModelConfig.from_dict(payload["model_config"]), payload.get("family", DEFAULT_FAMILY))
+    bad = _non_finite(payload["model"])
+    if bad is not None:
+        raise LlmpyError(f"{file}: the weights hold NaN or inf (first in {bad}); this model cannot be used")
     load_weights(model, payload.pop("model"), origin=file)
     return model, payload
 
@@ -132,16 +160,21 @@ def load_weights(model: nn.Module, weights: dict, origin: str | Path) -> None:
 # ------------------------------------------------------------------------------------------ markers and rotation
 
 
-def _marker_files(run_dir: Path, step: int) -> dict[str, int] | None:
-    """The files and sizes a DONE marker vouches for (older markers hold just the model file's name)."""
+def _marker_files(run_dir: Path, step: int) -> dict[str, tuple[int, str | None]] | None:
+    """{file name: (size, sha256 or None)} that a DONE marker vouches for. llmpy 0.1's markers hold sizes only,
+    the first ones just the model file's name (size -1: unknown)."""
     try:
         text = done_path(run_dir, step).read_text()
     except OSError:
         return None
     try:
-        return json.loads(text)
+        entries = json.loads(text)
     except json.JSONDecodeError:
-        return {text.strip(): -1}
+        return {text.strip(): (-1, None)}
+    if not isinstance(entries, dict):
+        return None
+    return {name: (entry["size"], entry.get("sha256")) if isinstance(entry, dict) else (int(entry), None)
+            for name, entry in entries.items()}
 
 
 def checkpoint_is_complete(run_dir: Path, step: int, with_state: bool = False) -> bool:
@@ -151,7 +184,7 @@ def checkpoint_is_complete(run_dir: Path, step: int, with_state: bool = False) -
         return False
     if with_state and state_path(run_dir, step).name not in files:
         return False
-    for name, size in files.items():
+    for name, (size, _) in files.items():
         path = Path(run_dir) / name
         if not path.is_file() or (size >= 0 and path.stat().st_size != size):
             return False
@@ -183,6 +216,39 @@ def prune_checkpoints(run_dir: str | Path, keep: int, keep_every: int = 0) -> li
     return removable
 
 
+def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, job: Distributed) -> Path | None:
+    """A new run never mixes with another run's files: an -o holding checkpoints is refused unless -y 1 continues
+    them or --overwrite 1 moves them aside (returned). Rank 0 looks and moves; every rank gets its verdict."""
+    run_dir = Path(run_dir)
+    outcome = None
+    if job.is_main:
+        try:
+            outcome = ("moved", _claim(run_dir, resume, overwrite))
+        except (LlmpyError, OSError) as exc:
+            outcome = ("error", str(exc) if isinstance(exc, LlmpyError) else f"-o {run_dir}: {exc}")
+    outcome = broadcast_object(outcome)
+    if outcome[0] == "error":
+        raise LlmpyError(outcome[1])
+    return outcome[1]
+
+
+def _claim(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LlmpyError(f"-o {run_dir}: a file, not a run directory")
+    markers = sorted(p.name for p in run_dir.glob("DONE_*")) if run_dir.is_dir() else []
+    if resume or not markers:
+        return None
+    if not overwrite:
+        raise LlmpyError(f"-o {run_dir} holds another run's checkpoints ({', '.join(markers[-2:])}): continue that "
+                         "run with -y 1, give a new -o, or add --overwrite 1 to move it aside")
+    n = 1
+    while run_dir.with_name(f"{run_dir.name}.old{n}").exists():
+        n += 1
+    target = run_dir.with_name(f"{run_dir.name}.old{n}")
+    run_dir.rename(target)
+    return target
+
+
 # ------------------------------------------------------------------------------------- comparing runs on resume
 
 # flags whose change alters what the run computes: a resume with another value would not continue the same run.
@@ -191,7 +257,7 @@ MATH_FIELDS = ("seq_len", "optimizer", "learning_rate", "warmup_steps", "final_l
                "wsd_cooldown_frac", "weight_decay", "grad_clip", "seed", "shuffle", "overfit_batch",
                "skip_loss_zscore", "skip_grad_zscore")
 # flags that are saved but are the run's bookkeeping, not something a reader of the log needs told
-_QUIET_FIELDS = ("resume", "output_dir")
+_QUIET_FIELDS = ("resume", "output_dir", "overwrite")
 
 
 def run_changes(saved: dict, saved_tokens: int, new: TrainConfig, new_tokens: int) -> tuple[list[str], list[str]]:
@@ -253,11 +319,19 @@ class CheckpointManager:
         self.last_saved: Path | None = None
 
     def save(self, step: int, model_config: ModelConfig, family: str, model: Stateful, optimizer: Stateful,
-             pieces: dict[str, Stateful], metadata: dict) -> Path:
-        """Write the checkpoint for `step` (model file, state file, DONE marker), then rotate (-nk, -nm)."""
+             pieces: dict[str, Stateful], metadata: dict) -> Path | None:
+        """Write the checkpoint for `step` (model file, state file, DONE marker), then rotate (-nk, -nm). Weights or
+        optimizer state holding NaN/inf are not written (None)."""
         weights, optimizer_state = model.state_dict(), optimizer.state_dict()  # collectives under FSDP
         target = model_path(self.run_dir, step)
         failure = None
+        if self.job.is_main:
+            bad = _non_finite(weights) or _non_finite({"optimizer": optimizer_state})
+        outcome = broadcast_object(bad if self.job.is_main else None)
+        if outcome is not None:  # a NaN model must never become "the last good checkpoint", nor push one out
+            self.print_fn(f"warning: checkpoint {step} not written: NaN or inf in {outcome}; the last good one is "
+                          f"{self.last_saved or 'none yet'}")
+            return None
         if self.job.is_main:
             try:
                 save_model_file(target, step, model_config, weights, family, metadata)

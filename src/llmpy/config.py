@@ -133,6 +133,7 @@ class TrainConfig:
     checkpoint_keep: int = 0  # -nk
     checkpoint_keep_every: int = 0  # -nm
     resume: int = 0  # -y
+    overwrite: int = 0  # 1: a new run in an -o that holds another run's checkpoints moves that run aside
     log_every: int = 1
     tensorboard: str = ""  # TensorBoard log directory ("" = off)
     wandb: str = ""  # Weights & Biases project ("" = off)
@@ -187,7 +188,7 @@ class TrainConfig:
                             ("--max-bad-steps", self.max_bad_steps), ("--log-every", self.log_every),
                             ("--sample-top-k", self.sample_top_k)):
             at_least(flag, 0, value)
-        for flag, value in (("-y/--resume", self.resume), ("-h/--hellaswag", self.hellaswag),
+        for flag, value in (("-y/--resume", self.resume), ("--overwrite", self.overwrite), ("-h/--hellaswag", self.hellaswag),
                             ("-a/--overfit-batch", self.overfit_batch), ("--shuffle", self.shuffle),
                             ("-f/--tf32", self.tf32), ("--auto-batch", self.auto_batch)):
             one_of(flag, (0, 1), value)

@@ -59,6 +59,8 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
     (None, "--attention", "attention", str, "attention kernel preference: auto | flash | cudnn | efficient | math"),
     (None, "--auto-batch", "auto_batch", int,
      "1: on CUDA, halve -b until a step fits in memory, keeping -d by more accumulation (0: fail on OOM)"),
+    (None, "--overwrite", "overwrite", int,
+     "1: -o holds another run's checkpoints and this is a new run (no -y 1): move that run aside to -o.oldN"),
     (None, "--log-every", "log_every", int, "print a console line every N steps (main.log gets every step)"),
     (None, "--sample-prompt", "sample_prompt", str, "prompt for samples during training ('' = <|endoftext|>)"),
     (None, "--sample-top-k", "sample_top_k", int, "top-k for samples during training (0 = full distribution)"),

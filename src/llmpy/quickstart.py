@@ -16,7 +16,7 @@ def quickstart_config(is_cuda: bool, data_dir: Path, out_dir: str, steps: int | 
     """A run sized to finish in minutes: GPT-2 124M on a GPU, a 4-layer 128-wide GPT-2 on a CPU."""
     common = dict(
         train_data=str(data_dir / "tinyshakespeare_train_*.bin"), val_data=str(data_dir / "tinyshakespeare_val_*.bin"),
-        output_dir=out_dir, lr_schedule="cosine", final_lr_frac=0.1, weight_decay=0.1, seed=42,
+        output_dir=out_dir, overwrite=1, lr_schedule="cosine", final_lr_frac=0.1, weight_decay=0.1, seed=42,
     )
     if is_cuda:
         return TrainConfig(

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from llmpy.atomic import atomic_write_bytes
-from llmpy.checkpoint import CheckpointManager
+from llmpy.checkpoint import CheckpointManager, claim_run_dir
 from llmpy.config import DESCRIPTOR_RE, GPT2_NAMES, ModelConfig, TrainConfig
 from llmpy.data.loader import TokenLoader
 from llmpy.distributed import Distributed, all_reduce_mean, check_same_everywhere, init_distributed
@@ -208,6 +208,10 @@ def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) ->
     train_loader, val_loader = build_data(config, layout, job)
     total_steps = config.max_steps if config.max_steps > 0 else train_loader.steps_per_epoch
     optimizer, lr, schedule = build_optimization(config, module, runtime, total_steps)
+    if config.output_dir:
+        moved = claim_run_dir(config.output_dir, bool(config.resume), bool(config.overwrite), job)
+        if moved is not None:
+            print_fn(f"--overwrite 1: the run that was in {config.output_dir} is now in {moved}")
     logger = build_logger(config, job)
     header, text = run_header(config, runtime, model, layout, kind, compile_mode, total_steps, train_loader)
     print_fn(text)

@@ -149,7 +149,8 @@ class Trainer:
             step, model.config, family_of(model), ModelState(self.model), OptimizerState(self.model, self.train_step.optimizer),
             self.stateful(), {"train_config": self.config.to_dict(), "world_size": self.job.world_size},
         )
-        self.print_fn(f"checkpoint: {path}")
+        if path is not None:
+            self.print_fn(f"checkpoint: {path}")
 
     def report(self, stats: StepStats) -> None:
         """main.log line and the full JSONL record for every step; a console line like llm.c's at log steps."""
