@@ -94,3 +94,22 @@ def test_errors_print_one_line_and_exit_2(capsys, tmp_path):
     assert "-t/--seq-len 2048 exceeds the model's max positions 1024" in err
     assert main(["train", "-i", "a.bin", "-pn", "2"]) == 2
     assert "torchrun" in capsys.readouterr().err
+
+
+def test_debug_is_accepted_after_the_subcommand(capsys):
+    assert main(["eval", "--model", "no/such/model", "--no-hellaswag", "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("llmpy: error: --model no/such/model")
+
+
+def test_a_closed_pipe_stops_the_command_without_a_traceback(monkeypatch, capsys):
+    import io
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["plan"]) == 141  # what a program killed by SIGPIPE returns, as llm.c would under `| head`
+    err = capsys.readouterr().err
+    assert err == "llmpy: stopped: its output was closed (broken pipe)\n"

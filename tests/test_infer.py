@@ -47,3 +47,27 @@ def test_seeded_sampling_is_repeatable():
     runs = [generate(model, prompt, 10, top_k=50, top_p=0.9, generator=torch.Generator().manual_seed(7))
             for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
+
+
+def test_a_sample_ends_at_end_of_text(bpe_env, tmp_path):
+    """A model that puts all its mass on <|endoftext|> after "A": the printed sample stops there, without the marker."""
+    import io
+
+    from llmpy.checkpoint import export_model
+    from llmpy.config import ModelConfig
+    from llmpy.gpt2 import EOT_TOKEN
+    from llmpy.sample import run_sample
+
+    model = GPT(ModelConfig(n_layer=1, n_head=1, n_embd=64, block_size=16))
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)  # every hidden state is all ones...
+        model.lm_head.weight[EOT_TOKEN] = 10.0  # ...so <|endoftext|> wins every position
+    export_model(tmp_path / "run", model, {})
+    for samples in (1, 2):
+        out = io.StringIO()
+        run_sample(str(tmp_path / "run"), "A", num_samples=samples, max_new_tokens=5, temperature=0, device="cpu",
+                   out=out)
+        assert "<|endoftext|>" not in out.getvalue()
+        assert out.getvalue().rstrip("\n").endswith("A")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -236,10 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"] and any(arg.split("=", 1)[0] == "--auto-restart" for arg in argv):
         return auto_restart(argv)
+    if "--debug" in argv[1:]:  # accepted after the subcommand too
+        argv = ["--debug"] + [arg for arg in argv if arg != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `llmpy train ... | head`: the reader left, so the command stops, as a C program would
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no second error when Python flushes at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("llmpy: stopped: its output was closed (broken pipe)", file=sys.stderr)
+        return 141  # 128 + SIGPIPE
     except LlmpyError as exc:
         if args.debug:
             traceback.print_exc()

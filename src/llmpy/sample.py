@@ -18,7 +18,8 @@ def run_sample(
     top_k: int = 50, top_p: float = 1.0, seed: int = 1337, device: str = "auto", tokenizer_path: str | None = None,
     out=None,
 ) -> int:
-    """Print `num_samples` continuations of `prompt`, token by token as they are generated."""
+    """Print `num_samples` continuations of `prompt`, token by token as they are generated; a sample ends at
+    <|endoftext|> (the end of a document), which is not printed."""
     out = out or sys.stdout
     if num_samples < 1 or max_new_tokens < 0:
         raise LlmpyError("sample: --num-samples must be >= 1 and --max-new-tokens >= 0")
@@ -39,6 +40,7 @@ def run_sample(
     # several samples of one prompt: one batched generation (each row its own random stream), printed at the end
     tokens = generate(model, context, max_new_tokens, **options)[:, len(prompt_ids):].tolist()
     for index, row in enumerate(tokens):
+        row = row[: row.index(tokenizer.eot_token)] if tokenizer.eot_token in row else row
         print(f"--- sample {index + 1}/{num_samples} ---\n{prompt}{tokenizer.decode(row)}", file=out)
     return 0
 
@@ -49,6 +51,8 @@ def _stream(model, context, max_new_tokens, tokenizer, prompt, out, options) -> 
     ids: list[int] = []
     shown = ""
     for token in generate_tokens(model, context, max_new_tokens, **options):
+        if int(token[0]) == tokenizer.eot_token:  # the end of the document: a sample ends there
+            break
         ids.append(int(token[0]))
         text = tokenizer.decode(ids)
         if not text.endswith("\ufffd"):  # hold back a multi-byte character until it is complete
