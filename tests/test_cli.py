@@ -1,5 +1,6 @@
 """CLI: llm.c's train_gpt2cu flags, long options, --config files, and one-line errors."""
 
+import re
 import shlex
 
 import pytest
@@ -113,3 +114,12 @@ def test_a_closed_pipe_stops_the_command_without_a_traceback(monkeypatch, capsys
     assert main(["plan"]) == 141  # what a program killed by SIGPIPE returns, as llm.c would under `| head`
     err = capsys.readouterr().err
     assert err == "llmpy: stopped: its output was closed (broken pipe)\n"
+
+
+@pytest.mark.parametrize("flags, named", [("-l inf", "--learning-rate"), ("-l nan", "--learning-rate"),
+                                          ("-v -5", "-v/--val-every"), ("-n -3", "-n/--checkpoint-every"),
+                                          ("-g -5", "-g/--gen-tokens"), ("-sl -1", "-sl/--skip-loss-zscore"),
+                                          ("-y 2", "-y/--resume"), ("--overwrite 3", "--overwrite")])
+def test_numeric_flags_that_can_only_produce_garbage_are_refused(flags, named):
+    with pytest.raises(LlmpyError, match=re.escape(named)):
+        parse(f"train -i a.bin {flags}").validate()
