@@ -7,6 +7,11 @@ from pathlib import Path
 import numpy as np
 
 import pytest
+import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `-n 2` on 2 cores: one thread per worker, and per process it starts
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 from llmpy.errors import LlmpyError
 

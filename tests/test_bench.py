@@ -27,3 +27,14 @@ def test_bench_on_cpu_reports_step_time_and_tokens(tmp_path, capsys):
     assert result["tokens_per_sec"] == 128 / (result["step_ms_median"] / 1000)
     assert result["mfu"] is None  # no MFU on a CPU rather than a wrong one
     assert "ms/step median" in capsys.readouterr().out
+
+
+def test_bench_and_its_check_run_the_modern_recipe(tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    assert main(["bench", "--recipe", "modern", "--model", "d2w64", "-b", "2", "-t", "32", "-d", "64", "--steps", "1",
+                 "--warmup", "1", "--device", "cpu", "--json", str(out)]) == 0
+    assert "recipe modern | model d2w64 (modern, muon)" in capsys.readouterr().out
+    assert main(["bench", "--check", "--recipe", "modern", "--model", "d2w64", "-b", "2", "-t", "32", "--device", "cpu",
+                 "--compile", "0", "--json", str(out)]) == 0
+    result = json.loads(out.read_text().splitlines()[-1])
+    assert result["passed"] and not result["fused_loss"] and result["loss_rel_diff"] < 1e-6

@@ -1,9 +1,12 @@
 """The checkpoint manager: resume compares the saved run's flags (math changes refused, others allowed and said),
-the LR schedule comes back from the checkpoint, llmpy 0.1 checkpoints still load and continue, auto-batch."""
+the LR schedule comes back from the checkpoint, llmpy 0.1 checkpoints still load and continue, auto-batch, and
+what unfinished writes left is removed, not trusted."""
 
 import dataclasses
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +182,27 @@ def test_a_new_run_never_mixes_with_another_runs_checkpoints(finished_run, tmp_p
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(LlmpyError, match="a_file: a file, not a run directory"):
         build_trainer(dataclasses.replace(again, output_dir=str(tmp_path / "a_file")), print_fn=lambda *a: None)
+
+
+def test_resume_removes_what_unfinished_checkpoint_writes_left(finished_run, tmp_path):
+    # what a kill or a full disk leaves: files of step 6 without its DONE marker, temp files of a writer now dead
+    run = tmp_path / "run"
+    shutil.copytree(finished_run.output_dir, run)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(dead.stdout)
+    orphans = ["model_00000006.pt", "state_00000006_00000.pt", f".model_00000008.pt.tmp{dead_pid}",
+               f".DONE_00000006.tmp{dead_pid}"]
+    for name in orphans:
+        shutil.copyfile(run / "model_00000004.pt", run / name)
+    alive = run / ".state_00000008_00000.pt.tmp1"  # pid 1 runs: it may still be writing
+    alive.write_bytes(b"in progress")
+    lines = []
+    trainer = build_trainer(dataclasses.replace(finished_run, output_dir=str(run), resume=1, max_steps=6),
+                            print_fn=lambda *a: lines.append(" ".join(map(str, a))))
+    assert trainer.start_step == 4
+    assert any(line.startswith("resume: removed 4 file(s) of unfinished checkpoint writes") for line in lines), lines
+    assert not any((run / name).exists() for name in orphans) and alive.exists()
+    trainer.fit()
+    assert completed_steps(run, with_state=True) == [4, 6]
+    assert load_model(run)[1]["step"] == 6  # the step-6 files are this run's, vouched for by its own marker

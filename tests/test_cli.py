@@ -1,7 +1,11 @@
 """CLI: llm.c's train_gpt2cu flags, long options, --config files, and one-line errors."""
 
+import argparse
+import os
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 
@@ -119,7 +123,52 @@ def test_a_closed_pipe_stops_the_command_without_a_traceback(monkeypatch, capsys
 @pytest.mark.parametrize("flags, named", [("-l inf", "--learning-rate"), ("-l nan", "--learning-rate"),
                                           ("-v -5", "-v/--val-every"), ("-n -3", "-n/--checkpoint-every"),
                                           ("-g -5", "-g/--gen-tokens"), ("-sl -1", "-sl/--skip-loss-zscore"),
-                                          ("-y 2", "-y/--resume"), ("--overwrite 3", "--overwrite")])
+                                          ("-y 2", "-y/--resume"), ("--overwrite 3", "--overwrite"),
+                                          ("--seed -1", "--seed must be in [0, 2**32), got -1"),
+                                          ("--seed 4294967296", "--seed must be in [0, 2**32), got 4294967296")])
 def test_numeric_flags_that_can_only_produce_garbage_are_refused(flags, named):
     with pytest.raises(LlmpyError, match=re.escape(named)):
         parse(f"train -i a.bin {flags}").validate()
+
+
+@pytest.mark.parametrize("flags, world_size, named", [
+    ("-x 0", None, "-x/--max-steps must be -1 (one epoch) or > 0, got 0"),
+    ("-l inf", None, "--learning-rate must be a finite number, got inf"),
+    ("--seed -1", None, "--seed must be in [0, 2**32)"),
+    ("-b 2 -t 32 -d 64", "2", "-d/--total-batch-size 64 is not a positive multiple of B*T*world = 2*32*2 = 128"),
+])
+def test_a_bad_training_flag_is_refused_before_torch_is_imported(flags, world_size, named):
+    # validation ran after build_trainer's imports: 3 s for a one-line range error
+    env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK")}
+    if world_size is not None:
+        env["WORLD_SIZE"] = world_size  # torchrun's: -d must divide over every rank
+    script = "import sys; from llmpy.cli import main; code = main(sys.argv[1:]); print(code, 'torch' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", script, "train", "-i", "x.bin", *flags.split()], capture_output=True,
+                         text=True, timeout=60, check=False, env=env)
+    assert run.stdout.split() == ["2", "False"], run.stdout + run.stderr
+    assert run.stderr.startswith(f"llmpy: error: {named}") and run.stderr.count("\n") == 1, run.stderr
+
+
+def every_option_help():
+    """(command, option strings, help) of every option of every subcommand."""
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name, command in commands.items():
+        for action in command._actions:
+            if action.help and action.help != argparse.SUPPRESS:
+                yield name, action.option_strings, command._get_formatter()._expand_help(action)
+
+
+def test_every_default_is_said_once_and_names_the_resolution_order():
+    helps = list(every_option_help())
+    assert len(helps) > 100
+    for command, options, text in helps:
+        assert text.count("(default") <= 1, (command, options, text)
+        assert "(default: '')" not in text and "cache or download" not in text, (command, options, text)
+    by_option = {(command, option): text for command, options, text in helps for option in options}
+    for command in ("train", "eval"):
+        assert "$LLMPY_HELLASWAG, else data/hellaswag/hellaswag_val.jsonl" in by_option[command, "--hellaswag-file"]
+    for command in ("train", "eval", "sample", "convert"):
+        assert "$LLMPY_GPT2_BPE, else data/gpt2.tiktoken" in by_option[command, "--tokenizer"]
+    assert by_option["train", "--lr-schedule"].endswith("(default: cosine)")
+    assert by_option["bench", "--batch-size"].endswith("(default: 32)")  # bench's own default, not train's

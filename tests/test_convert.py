@@ -263,3 +263,85 @@ def test_llmc_tokenizer(tmp_path):
 @pytest.fixture(autouse=True)
 def _quiet_transformers():
     logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+# --- file modes and --out safety (issue 15 items 13 and 7) ---
+
+
+@pytest.mark.parametrize("umask", [0o002, 0o027])
+def test_hf_files_get_the_mode_of_any_new_file(tiny_gpt, tmp_path, umask):
+    import os
+
+    previous = os.umask(umask)
+    try:
+        save_hf_model(tiny_gpt, tmp_path / "hf")
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(previous)
+    expected = 0o666 & ~umask
+    assert (tmp_path / "plain").stat().st_mode & 0o777 == expected
+    for name in ("model.safetensors", "config.json"):  # safetensors alone used to come out 0600
+        assert (tmp_path / "hf" / name).stat().st_mode & 0o777 == expected, name
+
+
+@pytest.fixture()
+def llmpy_run(tiny_gpt, tmp_path, monkeypatch):
+    from llmpy.checkpoint import export_model
+
+    monkeypatch.setenv("LLMPY_OFFLINE", "1")
+    monkeypatch.setenv("LLMPY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("LLMPY_GPT2_BPE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return export_model(tmp_path / "run", tiny_gpt, {}).parent
+
+
+def convert(capsys, model, to, out, *extra) -> tuple[int, str]:
+    from llmpy.cli import main
+
+    code = main(["convert", "--model", str(model), "--to", to, "--out", str(out), *extra])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("to", ["hf", "llmpy", "llmc"])
+def test_convert_never_overwrites_an_unrelated_file(llmpy_run, tmp_path, capsys, to):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("my notes")
+    code, err = convert(capsys, llmpy_run, to, mine)
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"llmpy: error: --out {mine}: ")
+    assert "choose a new" in err and "Traceback" not in err
+    assert mine.read_text() == "my notes"
+    code, err = convert(capsys, llmpy_run, to, mine / "model.bin")  # a file where a directory must be
+    assert code == 2 and f"{mine} is a file, not a directory" in err and mine.read_text() == "my notes"
+
+
+@pytest.mark.parametrize("to", ["hf", "llmpy", "llmc"])
+def test_convert_refuses_a_directory_of_other_files(llmpy_run, tmp_path, capsys, to):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("mine")
+    code, err = convert(capsys, llmpy_run, to, other)
+    assert code == 2 and err.count("\n") == 1 and f"--out {other}: " in err
+    assert ("thesis.tex" in err) if to != "llmc" else ("is a directory" in err and "model.bin" in err)
+    assert sorted(p.name for p in other.iterdir()) == ["thesis.tex"]
+
+
+def test_convert_refuses_an_output_of_another_kind(llmpy_run, tmp_path, capsys):
+    code, err = convert(capsys, llmpy_run, "hf", llmpy_run)  # an llmpy run directory is not an hf output
+    assert code == 2 and "model_00000000.pt" in err
+    assert convert(capsys, llmpy_run, "hf", tmp_path / "hf")[0] == 0
+    code, err = convert(capsys, llmpy_run, "llmpy", tmp_path / "hf")  # nor the reverse
+    assert code == 2 and "config.json" in err and not (tmp_path / "hf" / "model_00000000.pt").exists()
+
+
+def test_convert_replaces_its_own_earlier_output(llmpy_run, tmp_path, capsys):
+    from llmpy.cli import main
+
+    for to, out in (("hf", tmp_path / "hf"), ("llmpy", tmp_path / "copy"), ("llmc", tmp_path / "llmc" / "m.bin")):
+        assert convert(capsys, llmpy_run, to, out)[0] == 0
+        assert main(["convert", "--model", str(llmpy_run), "--to", to, "--out", str(out)]) == 0
+        assert "replacing the earlier conversion there" in capsys.readouterr().out
+    tokenizer = tmp_path / "llmc" / "gpt2_tokenizer.bin"
+    tokenizer.write_text("not llm.c's")  # beside the model: refused too, the model not written
+    (tmp_path / "llmc" / "m.bin").unlink()
+    code, err = convert(capsys, llmpy_run, "llmc", tmp_path / "llmc" / "m.bin")
+    assert code == 2 and "gpt2_tokenizer.bin" in err and not (tmp_path / "llmc" / "m.bin").exists()

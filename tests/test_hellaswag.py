@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from llmpy.config import ModelConfig
+from llmpy.errors import LlmpyError
 from llmpy.eval.hellaswag import Example, evaluate_hellaswag, load_examples
 from llmpy.model import GPT
 
@@ -72,3 +73,12 @@ def test_batched_equals_unbatched_and_ranks_sum(bpe_env, shared_data):
               for r in range(2)]
     assert sum(h["examples"] for h in halves) == 24
     assert sum(h["acc_norm"] * h["examples"] for h in halves) == pytest.approx(batched["acc_norm"] * 24)
+
+
+def test_a_file_without_examples_is_an_error_not_an_accuracy_of_zero(tmp_path):
+    """D10: an empty file loaded as no examples, and `eval` printed "HellaSwag acc_norm 0.0000"."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(LlmpyError, match=f"{empty}: no HellaSwag examples in this file"):
+        load_examples(empty, tokenizer=None)
+    assert load_examples(empty, tokenizer=None, limit=0) == []  # a caller that asks for none gets none

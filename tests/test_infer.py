@@ -1,9 +1,10 @@
 """KV-cache generation against a plain recompute-everything loop."""
 
+import pytest
 import torch
 
 from llmpy.config import ModelConfig
-from llmpy.infer import KVCache, generate
+from llmpy.infer import KVCache, filter_logits, generate
 from llmpy.model import GPT
 
 
@@ -71,3 +72,18 @@ def test_a_sample_ends_at_end_of_text(bpe_env, tmp_path):
                    out=out)
         assert "<|endoftext|>" not in out.getvalue()
         assert out.getvalue().rstrip("\n").endswith("A")
+
+
+def test_top_p_zero_keeps_the_most_likely_token_and_bad_settings_are_named():
+    """D3: top_p 0 once masked every token, and torch.multinomial failed on the all -inf row."""
+    logits = torch.log(torch.tensor([[0.1, 0.5, 0.25, 0.15]]))
+    assert torch.isinf(filter_logits(logits, top_p=0.0)).tolist() == [[True, False, True, True]]
+    torch.manual_seed(3)
+    model = GPT(ModelConfig(n_layer=1, n_head=1, n_embd=64, block_size=16)).eval()
+    prompt = torch.zeros(2, 1, dtype=torch.long)
+    sampled = generate(model, prompt, 4, top_p=0.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sampled, generate(model, prompt, 4, temperature=0))  # only the top token left: greedy
+    for options, named in (({"top_p": float("nan")}, "top_p"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"),
+                           ({"temperature": float("nan")}, "temperature"), ({"temperature": -1.0}, "temperature")):
+        with pytest.raises(ValueError, match=named):
+            generate(model, prompt, 1, **options)

@@ -1,6 +1,7 @@
 """main.log in llm.c's line layout, strict-JSON metrics.jsonl, resume, rank gating, and parsing after restarts."""
 
 import json
+import re
 import time
 
 import numpy as np
@@ -108,3 +109,62 @@ def test_plot_reads_what_the_logger_writes_to_main_log(tmp_path):
     series = load_run(tmp_path).series
     assert (series["train_loss"], series["lr"], series["grad_norm"]) == ({0: 3.25}, {0: 0.0006}, {0: 1.5})
     assert (series["val_loss"], series["hellaswag"]) == ({0: 3.5}, {0: 0.25})
+
+
+def test_a_log_line_on_a_full_disk_is_the_one_line_disk_full_error(tmp_path, monkeypatch):
+    import errno
+
+    from llmpy.errors import DiskFullError
+
+    logger = RunLogger(tmp_path, enabled=True)
+    original = logger._main.write
+
+    def full(text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(logger._main, "write", full)
+    with pytest.raises(DiskFullError, match=r"no space left on device writing .*main\.log \(needs more than \d+ bytes"):
+        logger.log_train(1, loss=1.0, lr=1e-3, grad_norm=1.0)
+    monkeypatch.setattr(logger._main, "write", original)
+    logger.close()
+
+
+def full_disk_log(path):
+    """A text log on a disk with no room: every flush of its buffer fails with ENOSPC, as on a full tmpfs."""
+    import errno
+    import io
+    import os
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    return io.TextIOWrapper(io.BufferedWriter(FullDisk(path, "w")), encoding="utf-8")
+
+
+def test_closing_after_a_failed_write_does_not_hide_its_error(tmp_path):
+    # the line that did not fit stays in the file's buffer; close() flushed it again and raised a bare ENOSPC
+    # over the one-line error (issue D2: three chained tracebacks instead of one line)
+    from llmpy.errors import DiskFullError
+
+    logger = RunLogger(tmp_path)
+    logger._main.close()
+    logger._main = full_disk_log(tmp_path / "main.log")
+    with pytest.raises(DiskFullError, match=r"no space left on device writing .*main\.log \("):
+        logger.log_train(1, loss=1.0, lr=1e-3, grad_norm=1.0)
+    logger.close()  # nothing raised: the write's error was the one
+    assert logger._main is None and logger._jsonl is None
+
+
+def test_a_full_disk_met_by_close_itself_is_the_one_line_error(tmp_path):
+    from llmpy.errors import DiskFullError
+
+    logger = RunLogger(tmp_path)
+    logger._main.close()
+    logger._main = full_disk_log(tmp_path / "main.log")
+    logger._main.write("s:0 trl:1.0\n")  # buffered, not yet flushed: as after a resume's newline
+    with pytest.raises(DiskFullError) as error:
+        logger.close()
+    assert re.fullmatch(rf"no space left on device writing {re.escape(str(tmp_path / 'main.log'))} "
+                        r"\(\d+(\.\d)? (bytes|KB|MB|GB) free\)", str(error.value)), str(error.value)
+    assert logger._jsonl is None  # the other file was closed all the same

@@ -42,7 +42,7 @@ def test_build_optimizer_defaults_and_decay_applies_only_to_2d_params():
     model = TinyTiedModel()
     lr = torch.tensor(0.1)
     optimizer = build_optimizer("adamw", model, lr, weight_decay=0.5)
-    assert sorted(OPTIMIZERS) == ["adamw"]
+    assert sorted(OPTIMIZERS) == ["adamw", "muon"]
     assert optimizer.defaults["betas"] == (0.9, 0.95) and optimizer.defaults["eps"] == 1e-8
     assert optimizer.defaults["fused"]  # always fused (CPU too): tensor LR and found_inf masking on the device
     before = {name: p.detach().clone() for name, p in model.named_parameters()}

@@ -95,3 +95,15 @@ def test_errors():
         plan.make_plan(plan.PlanInputs(mfu=1.5))
     unknown_price = plan.make_plan(plan.PlanInputs(gpu="RTX 4090"))
     assert unknown_price.cost is None and any("--price-per-gpu-hour" in n for n in unknown_price.assumptions)
+
+
+def test_the_modern_recipe_plans_a_tenth_of_the_tokens_at_its_measured_throughput():
+    classic = plan.make_plan(plan.PlanInputs(model="d12", gpus=1, gpu="H100"))
+    modern = plan.make_plan(plan.PlanInputs(model="d12", gpus=1, gpu="H100", recipe="modern", tokens_given=False))
+    assert modern.inputs.tokens == pytest.approx(1e9)
+    assert modern.tok_per_sec_per_gpu == pytest.approx(classic.tok_per_sec_per_gpu * 504_139 / 546_942)
+    assert modern.seconds == pytest.approx(classic.seconds / 10 * 546_942 / 504_139)
+    given = plan.make_plan(plan.PlanInputs(model="d12", tokens=5e9, recipe="modern", tokens_given=True))
+    assert given.inputs.tokens == 5e9  # a budget the user gave is kept
+    with pytest.raises(LlmpyError, match="--recipe must be classic or modern"):
+        plan.make_plan(plan.PlanInputs(recipe="fast"))

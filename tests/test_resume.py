@@ -105,7 +105,7 @@ def test_resume_refuses_a_different_model(data, straight, tmp_path, capsys):
     args = train_args(data, straight)
     args[args.index("d2w64")] = "d3w64"
     assert main(args) == 2
-    assert "is a 2-layer, 64-wide model but -e asks for 3 layers" in capsys.readouterr().err
+    assert "is a 2-layer, 64-wide GPT-2 model but -e asks for a 3-layer, 64-wide GPT-2 model" in capsys.readouterr().err
 
 
 def test_outlier_zscore_by_hand():

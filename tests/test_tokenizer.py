@@ -27,6 +27,12 @@ KNOWN_IDS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _empty_workdir(tmp_path, monkeypatch):
+    """No ./data of the caller's working directory takes part in the resolution."""
+    monkeypatch.chdir(tmp_path)
+
+
 def test_known_ids_and_round_trip(bpe_env):
     tokenizer = get_tokenizer()
     for text, ids in KNOWN_IDS.items():
@@ -50,6 +56,33 @@ def test_resolution_order(bpe_env, tmp_path, monkeypatch):
     cached.parent.mkdir(parents=True)
     cached.write_bytes(bpe_env.read_bytes())
     assert resolve_bpe_file() == cached  # the cache
+    local = tmp_path / "data" / "gpt2.tiktoken"
+    local.parent.mkdir()
+    local.write_bytes(bpe_env.read_bytes())
+    assert resolve_bpe_file() == Path("data/gpt2.tiktoken")  # ./data, where a user or `llmpy prepare` puts files
+    assert resolve_bpe_file(tmp_path / "data", flag="--tokenizer") == tmp_path / "data" / "gpt2.tiktoken"
+
+
+def test_errors_name_the_commands_tokenizer_flag(bpe_env, tmp_path, monkeypatch, capsys):
+    from llmpy.cli import main
+
+    with pytest.raises(LlmpyError, match=r"missing.tiktoken \(--tokenizer\): no such GPT-2 BPE file"):
+        resolve_bpe_file(tmp_path / "missing.tiktoken", flag="--tokenizer")
+    monkeypatch.delenv("LLMPY_GPT2_BPE")
+    with pytest.raises(LlmpyError, match="not found and LLMPY_OFFLINE is set.*: pass --tokenizer FILE, set LLMPY_GPT2_BPE"):
+        resolve_bpe_file(flag="--tokenizer")
+    # eval takes --tokenizer too (it used to have none), so its error names it
+    from llmpy.checkpoint import export_model
+    from llmpy.config import ModelConfig
+    from llmpy.model import GPT
+
+    model = export_model(tmp_path / "tiny", GPT(ModelConfig(n_layer=1, n_head=1, n_embd=64, block_size=32)), {})
+    hellaswag = tmp_path / "hellaswag_val.jsonl"
+    hellaswag.write_text('{"ctx": "A man", "endings": ["a", "b", "c", "d"], "label": 0}\n')
+    capsys.readouterr()
+    assert main(["eval", "--model", str(model.parent), "--hellaswag-file", str(hellaswag), "--device", "cpu",
+                 "--tokenizer", str(tmp_path / "gone.tiktoken")]) == 2
+    assert capsys.readouterr().err.endswith("gone.tiktoken (--tokenizer): no such GPT-2 BPE file\n")
 
 
 def test_damaged_or_missing_files_are_named(bpe_env, tmp_path, monkeypatch):

@@ -11,15 +11,14 @@ import json
 import statistics
 import tempfile
 from pathlib import Path
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from llmpy.config import TrainConfig
-from llmpy.data.shards import write_shard
-from llmpy.distributed import launch_from_env
 from llmpy.flags import add_flag_arguments
 from llmpy.gpt2 import PADDED_VOCAB_SIZE, VOCAB_SIZE
+
+if TYPE_CHECKING:  # torch, numpy and the trainer are imported where used: `llmpy --help` builds this parser
+    import torch
 
 # (category, substrings of CUDA kernel names), first match wins
 KERNEL_CATEGORIES = (
@@ -44,6 +43,10 @@ def kernel_category(name: str) -> str:
 
 def write_random_data(directory: Path, tokens: int, seed: int = 0) -> str:
     """One llm.c shard of uniformly random GPT-2 token ids; returns its glob."""
+    import numpy as np
+
+    from llmpy.data.shards import write_shard
+
     rng = np.random.default_rng(seed)
     write_shard(directory / "bench_train_000001.bin", rng.integers(0, VOCAB_SIZE, tokens))
     return str(directory / "bench_train_*.bin")
@@ -51,17 +54,33 @@ def write_random_data(directory: Path, tokens: int, seed: int = 0) -> str:
 
 # the train flags that shape a step, with bench's own defaults (llm.c's d12 setting, no auto-batch)
 BENCH_FIELDS = ("model", "batch_size", "seq_len", "total_batch_size", "recompute", "zero_stage", "compile",
-                "compile_mode", "attention", "fused_loss", "auto_batch", "device", "dtype", "seed", "optimizer")
-BENCH_DEFAULTS = {"batch_size": 32, "total_batch_size": 524288, "auto_batch": 0}
+                "compile_mode", "attention", "fused_loss", "auto_batch", "device", "dtype", "seed", "optimizer",
+                "recipe", "family", "arch")
+# "" for --optimizer and --family: the recipe's
+BENCH_DEFAULTS = {"batch_size": 32, "total_batch_size": 524288, "auto_batch": 0, "optimizer": "", "family": ""}
 
 
 def bench_config(args: argparse.Namespace, train_data: str) -> TrainConfig:
-    """A TrainConfig that trains and does nothing else: no eval, sampling, checkpoints or logs."""
-    return TrainConfig(
-        train_data=train_data, learning_rate=6e-4, warmup_steps=10, weight_decay=0.1,
-        max_steps=args.warmup + args.steps + (args.profile_steps if args.profile else 0), val_every=0,
-        sample_every=0, checkpoint_every=0, log_every=0, **{name: getattr(args, name) for name in BENCH_FIELDS},
-    )
+    """A TrainConfig that trains and does nothing else: no eval, sampling, checkpoints or logs. The recipe's
+    settings apply (the classic one at llm.c's d12 LR, warmup and weight decay)."""
+    from llmpy.recipes import with_recipe
+
+    values = {name: getattr(args, name) for name in BENCH_FIELDS if getattr(args, name) != ""}
+    if values.get("recipe", "classic") == "classic":
+        values.update(learning_rate=6e-4, warmup_steps=10, weight_decay=0.1)
+    return TrainConfig(**with_recipe(dict(
+        values, train_data=train_data, max_steps=args.warmup + args.steps + (args.profile_steps if args.profile else 0),
+        val_every=0, sample_every=0, checkpoint_every=0, log_every=0,
+    )))
+
+
+def describe_steps(args: argparse.Namespace, tokens_per_step: int) -> str:
+    """What the run header's step count and "tokens/epoch" mean for a bench: warm-up + timed steps, random data."""
+    profiled = f" + {args.profile_steps} profiled" if args.profile else ""
+    total = args.warmup + args.steps + (args.profile_steps if args.profile else 0)
+    return (f"bench: the {total} steps of {tokens_per_step:,} tokens are {args.warmup} warm-up (compilation, not "
+            f"timed) + {args.steps} timed{profiled}; the train data is random tokens, two steps' worth, read again "
+            f"each epoch (its size does not change the timing)")
 
 
 def timed_steps(trainer, first_step: int, steps: int) -> list:
@@ -77,6 +96,9 @@ def timed_steps(trainer, first_step: int, steps: int) -> list:
 
 def run_bench(args: argparse.Namespace, print_fn=print) -> dict:
     """Build a trainer on random data, run warm-up then timed steps, optionally profile; returns the result."""
+    import torch
+
+    from llmpy.distributed import launch_from_env
     from llmpy.train.build import build_trainer, compile_mode_for
 
     with tempfile.TemporaryDirectory(prefix="llmpy-bench-") as tmp:
@@ -88,7 +110,7 @@ def run_bench(args: argparse.Namespace, print_fn=print) -> dict:
         say = trainer.print_fn  # silent on ranks other than 0
         device = trainer.runtime.device
         layout = trainer.train_step.layout
-        say(f"bench: {args.warmup} warm-up steps (compilation), then {args.steps} timed steps")
+        say(describe_steps(args, layout.tokens_per_step))
         timed_steps(trainer, 0, args.warmup)
         if trainer.runtime.is_cuda:
             torch.cuda.reset_peak_memory_stats(device)
@@ -184,6 +206,8 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
     against the eager fp32 model (plain loss, TF32 off) on one fixed random batch, from the same weights."""
     import contextlib
 
+    import torch
+
     from llmpy.loss import ModelWithLoss
     from llmpy.runtime import seed_everything, select_runtime
     from llmpy.train.build import build_loss, build_model, compile_mode_for, loss_kind
@@ -192,10 +216,11 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
     runtime = select_runtime(args.device, args.dtype, attention=args.attention)
     runtime.activate(tf32=False)
     seed_everything(args.seed)
-    reference = build_model(args.model, args.seq_len).to(runtime.device)
-    fast = build_model(args.model, args.seq_len, args.recompute).to(runtime.device)
+    config = bench_config(args, "")
+    reference = build_model(args.model, args.seq_len, 0, config.family, config.arch).to(runtime.device)
+    fast = build_model(args.model, args.seq_len, args.recompute, config.family, config.arch).to(runtime.device)
     fast.load_state_dict(reference.state_dict())
-    kind = loss_kind(args.fused_loss, runtime)
+    kind = loss_kind(args.fused_loss, runtime, fast.lm_head)
     reference_run = ModelWithLoss(reference, build_loss("plain", reference.config, runtime))
     fast_run = ModelWithLoss(fast, build_loss(kind, fast.config, runtime))
     compile_mode = compile_mode_for(args.compile, args.compile_mode, runtime)
@@ -242,6 +267,8 @@ LOSS_KERNEL_LAUNCHES = ((4096, 8, 4, 0, 1), (4096, 8, 4, 0, 2), (4096, 8, 4, 0, 
 def check_loss_kernel(device: torch.device, seed: int, rows: int = 8192) -> dict:
     """The Triton loss kernel against its PyTorch reference on GPT-2-sized bf16 logits; every launch configuration
     in LOSS_KERNEL_LAUNCHES timed (ms per call and the memory bandwidth it implies, 2 bytes read + 2 written)."""
+    import torch
+
     from llmpy.kernels.cross_entropy import kernel_launch_config, reference_loss_and_grad, triton_loss_and_grad_
 
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -298,6 +325,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llmpy.distributed import launch_from_env
+
     if args.check:
         result = check_fast_path(args)
         if args.json:

@@ -5,7 +5,9 @@ A run directory has llm.c's layout: `model_%08d.pt` (weights + config: what samp
 outlier windows) and last the `DONE_%08d` marker listing every file with its size. Each file is written to a
 temporary name and renamed, and the marker comes after all of them, so a kill or a full disk mid-write leaves no
 checkpoint that looks complete; a checkpoint whose files are missing or of another size than its marker records is
-never used. Loading uses `weights_only=True`, so no pickled code ever runs.
+never used. A checkpoint that does not fit on the disk is refused before it is written when its size can be told,
+and otherwise removed with whatever it had written; either way one line says so, and no earlier checkpoint is
+touched. Loading uses `weights_only=True`, so no pickled code ever runs.
 
 `CheckpointManager` saves a dict of Stateful pieces (anything with `state_dict()`/`load_state_dict()`) and, on
 `-y 1`, restores every one of them from the newest readable checkpoint, after comparing the saved run's flags
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 from typing import Callable, Protocol
@@ -24,16 +27,21 @@ import torch
 import torch.nn as nn
 
 import llmpy
-from llmpy.atomic import atomic_open, atomic_write_bytes, sha256_of
+from llmpy.atomic import atomic_open, atomic_write_bytes, check_free_space, disk_full_error, sha256_of
 from llmpy.config import ModelConfig, TrainConfig
 from llmpy.distributed import Distributed, broadcast_object
-from llmpy.errors import LlmpyError
-from llmpy.families import DEFAULT_FAMILY, build_model, family_of
+from llmpy.errors import DiskFullError, LlmpyError
+from llmpy.families import DEFAULT_FAMILY, build_model, config_from_dict, family_of, is_tied
 from llmpy.runtime import rng_state, set_rng_state
 
 MODEL_FORMAT = "llmpy-model"
 STATE_FORMAT = "llmpy-state"
 _DONE_RE = re.compile(r"DONE_(\d{8})$")
+_FILE_RE = re.compile(r"(?:model|state)_(\d{8})(?:_\d{5})?\.pt$")
+# a checkpoint file's temporary name while atomic_open writes it (see llmpy.atomic): the writer's pid at the end
+_TEMP_RE = re.compile(r"\.(?:(?:model|state)_\d{8}(?:_\d{5})?\.pt|DONE_\d{8})\.tmp(\d+)$")
+# torch.save's zip records and pickled non-tensor values, beyond the tensors' own bytes (measured: ~360 B a tensor)
+_BYTES_PER_TENSOR, _BYTES_PER_FILE = 1024, 64 << 10
 
 
 class Stateful(Protocol):
@@ -57,16 +65,33 @@ def state_path(run_dir: str | Path, step: int, rank: int = 0) -> Path:
 # ---------------------------------------------------------------------------------------------- the model file
 
 
-def save_model_file(path: str | Path, step: int, config: ModelConfig, weights: dict, family: str = DEFAULT_FAMILY,
-                    metadata: dict | None = None) -> Path:
-    """Write one model file (the tied `lm_head.weight` is not stored: it is `transformer.wte.weight`)."""
-    payload = {
+def saved_size(state) -> int:
+    """About the bytes torch.save writes for a (nested) state dict: its tensors' bytes and the zip records around them."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size() + _BYTES_PER_TENSOR
+    items = state.values() if isinstance(state, dict) else state if isinstance(state, (list, tuple)) else ()
+    return sum(saved_size(value) for value in items)
+
+
+def _model_payload(step: int, config: ModelConfig, weights: dict, family: str, metadata: dict | None) -> dict:
+    """What a model file holds (a tied `lm_head.weight` is not stored: it is `transformer.wte.weight`)."""
+    return {
         "format": MODEL_FORMAT, "step": step, "family": family, "model_config": config.to_dict(),
-        "model": {k: v.detach().cpu() for k, v in weights.items() if k != "lm_head.weight"},
+        "model": {k: v.detach().cpu() for k, v in weights.items() if k != "lm_head.weight" or not is_tied(config)},
         "llmpy_version": llmpy.__version__, "torch_version": str(torch.__version__), "metadata": metadata or {},
     }
-    with atomic_open(path) as handle:
+
+
+def _save(payload: dict, path: Path) -> None:
+    """torch.save to `path` atomically, refused first if the disk cannot hold it."""
+    with atomic_open(path, size=saved_size(payload) + _BYTES_PER_FILE) as handle:
         torch.save(payload, handle)
+
+
+def save_model_file(path: str | Path, step: int, config: ModelConfig, weights: dict, family: str = DEFAULT_FAMILY,
+                    metadata: dict | None = None) -> Path:
+    """Write one model file (weights + config: what sample, eval, convert and `-e` read)."""
+    _save(_model_payload(step, config, weights, family, metadata), Path(path))
     return Path(path)
 
 
@@ -79,7 +104,7 @@ def write_marker(run_dir: str | Path, step: int, files: list[Path]) -> None:
 
 def verify_file(file: Path) -> None:
     """Check `file` against the SHA-256 its DONE marker records (markers of llmpy 0.1 record sizes only)."""
-    match = re.fullmatch(r"(?:model|state)_(\d{8})(?:_\d{5})?\.pt", file.name)
+    match = _FILE_RE.match(file.name)
     if not match:
         return  # a model file outside a run directory: nothing vouches for it
     recorded = (_marker_files(file.parent, int(match.group(1))) or {}).get(file.name)
@@ -137,7 +162,8 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     payload = _read(file, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise LlmpyError(f"{file}: not an llmpy model checkpoint (missing format marker)")
-    model = build_model(ModelConfig.from_dict(payload["model_config"]), payload.get("family", DEFAULT_FAMILY))
+    family = payload.get("family", DEFAULT_FAMILY)
+    model = build_model(config_from_dict(family, payload["model_config"]), family)
     bad = _non_finite(payload["model"])
     if bad is not None:
         raise LlmpyError(f"{file}: the weights hold NaN or inf (first in {bad}); this model cannot be used")
@@ -146,9 +172,10 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
 
 
 def load_weights(model: nn.Module, weights: dict, origin: str | Path) -> None:
-    """Load stored weights (without the tied head) into `model`; a mismatch is one line naming `origin`."""
+    """Load stored weights (without a tied head) into `model`; a mismatch is one line naming `origin`."""
     state = dict(weights)
-    state["lm_head.weight"] = state.get("transformer.wte.weight")
+    if is_tied(model.config):
+        state["lm_head.weight"] = state.get("transformer.wte.weight")
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
@@ -209,11 +236,40 @@ def prune_checkpoints(run_dir: str | Path, keep: int, keep_every: int = 0) -> li
     steps = completed_steps(run_dir)
     removable = [s for s in steps[:-keep] if not (keep_every > 0 and s % keep_every == 0)]
     for step in removable:
-        done_path(run_dir, step).unlink(missing_ok=True)  # marker first: a half-deleted checkpoint is never "complete"
-        model_path(run_dir, step).unlink(missing_ok=True)
-        for state in run_dir.glob(f"state_{step:08d}_*.pt"):
-            state.unlink()
+        remove_checkpoint(run_dir, step)
     return removable
+
+
+def remove_checkpoint(run_dir: Path, step: int) -> None:
+    """Delete the checkpoint of `step`: its marker first, so that a half-deleted checkpoint is never "complete"."""
+    done_path(run_dir, step).unlink(missing_ok=True)
+    model_path(run_dir, step).unlink(missing_ok=True)
+    for state in run_dir.glob(f"state_{step:08d}_*.pt"):
+        state.unlink(missing_ok=True)
+
+
+def remove_unfinished(run_dir: Path) -> list[str]:
+    """Delete what unfinished checkpoint writes left (a kill, a full disk): model and state files of a step with
+    no DONE marker, and temporary files of writers no longer running. They would only take disk space, and a
+    marker written later must never vouch for them. Returns the names removed."""
+    removed = []
+    for entry in run_dir.iterdir():
+        file, temp = _FILE_RE.match(entry.name), _TEMP_RE.match(entry.name)
+        if (file and not done_path(run_dir, int(file.group(1))).exists()) or (temp and not _running(int(temp.group(1)))):
+            entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return sorted(removed)
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists (this one counts: its own writes are not left over)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
 
 
 def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, job: Distributed) -> Path | None:
@@ -253,7 +309,7 @@ def _claim(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
 
 # flags whose change alters what the run computes: a resume with another value would not continue the same run.
 # -e is checked as the architecture it builds (the weights come from the checkpoint either way).
-MATH_FIELDS = ("seq_len", "optimizer", "learning_rate", "warmup_steps", "final_lr_frac", "lr_schedule",
+MATH_FIELDS = ("recipe", "family", "arch", "seq_len", "optimizer", "optimizer_args", "learning_rate", "warmup_steps", "final_lr_frac", "lr_schedule",
                "wsd_cooldown_frac", "weight_decay", "grad_clip", "seed", "shuffle", "overfit_batch",
                "skip_loss_zscore", "skip_grad_zscore")
 # flags that are saved but are the run's bookkeeping, not something a reader of the log needs told
@@ -283,6 +339,14 @@ def run_changes(saved: dict, saved_tokens: int, new: TrainConfig, new_tokens: in
 
 
 # ----------------------------------------------------------------------------------------------- the manager
+
+
+def _describe(config: ModelConfig) -> str:
+    """"a 12-layer, 768-wide GPT-2 model" (or ... modern model with softcap=15.0, ...: its switches)."""
+    switches = {k: v for k, v in config.to_dict().items() if k not in ModelConfig().to_dict()}
+    kind = "modern model" if switches else "GPT-2 model"
+    detail = f" ({', '.join(f'{k}={v}' for k, v in switches.items())})" if switches else ""
+    return f"a {config.n_layer}-layer, {config.n_embd}-wide {kind}{detail}"
 
 
 class RngState:
@@ -334,13 +398,10 @@ class CheckpointManager:
             return None
         if self.job.is_main:
             try:
-                save_model_file(target, step, model_config, weights, family, metadata)
-                state = {"format": STATE_FORMAT, "step": step, "optimizer": optimizer_state,
-                         **{name: piece.state_dict() for name, piece in pieces.items()}, **metadata}
-                with atomic_open(state_path(self.run_dir, step)) as handle:
-                    torch.save(state, handle)
-                write_marker(self.run_dir, step, [target, state_path(self.run_dir, step)])
-                prune_checkpoints(self.run_dir, self.keep, self.keep_every)
+                self._write(step, _model_payload(step, model_config, weights, family, metadata),
+                            {"format": STATE_FORMAT, "step": step, "optimizer": optimizer_state,
+                             **{name: piece.state_dict() for name, piece in pieces.items()}, **metadata})
+                prune_checkpoints(self.run_dir, self.keep, self.keep_every)  # only after a complete checkpoint
             except Exception as exc:  # the other ranks wait below: tell them, rather than leave them hanging
                 failure = exc
         # no rank moves on (or exits) before the checkpoint is complete, and all of them learn if it failed
@@ -352,6 +413,27 @@ class CheckpointManager:
             raise LlmpyError(f"rank 0 failed {outcome}")
         self.last_saved = target
         return target
+
+    def _write(self, step: int, model_payload: dict, state: dict) -> None:
+        """Rank 0: the model file, the state file, then the marker. A checkpoint that does not fit is refused before
+        anything is written; one that fails anyway leaves none of its files. (A step rewritten over its own complete
+        checkpoint, as a resume at the last step does, keeps that one's files: its marker's checksums then decide.)"""
+        files = [model_path(self.run_dir, step), state_path(self.run_dir, step)]
+        what = f"checkpoint {step}: {files[0]} and {files[1].name}"
+        needed = saved_size(model_payload) + saved_size(state) + 2 * _BYTES_PER_FILE
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        check_free_space(what, needed, self.run_dir)  # both files are on disk at once, so both must fit
+        rewrite = done_path(self.run_dir, step).exists()
+        try:
+            _save(model_payload, files[0])
+            _save(state, files[1])
+            write_marker(self.run_dir, step, files)
+        except Exception as exc:
+            if not rewrite:
+                remove_checkpoint(self.run_dir, step)
+            if isinstance(exc, DiskFullError):  # said for the whole checkpoint, with the space its removal freed
+                raise disk_full_error(what, needed, self.run_dir) from exc
+            raise
 
     def candidates(self) -> list[int]:
         """Complete checkpoints with their training state, newest first; warns about damaged ones."""
@@ -379,18 +461,15 @@ class CheckpointManager:
                 self.print_fn(f"warning: skipping checkpoint {step}: {state_path(self.run_dir, step)} is not an "
                               "llmpy training state")
                 continue
-            if saved.config != model_config:
-                raise LlmpyError(
-                    f"-y 1: the checkpoint at step {step} in {self.run_dir} is a {saved.config.n_layer}-layer, "
-                    f"{saved.config.n_embd}-wide model but -e asks for {model_config.n_layer} layers, "
-                    f"{model_config.n_embd} wide"
-                )
             saved_config = state.get("train_config") or {}
             saved_tokens = (state.get("loader") or {}).get("chunk_tokens", tokens_per_step)
             refused, allowed = run_changes(saved_config, saved_tokens, config, tokens_per_step)
-            if refused:
+            if refused:  # first: a changed --recipe/--family/--arch is named as such, not as a model mismatch
                 raise LlmpyError(f"-y 1: {refused[0]}; that changes the math of the run in {self.run_dir}, so it "
                                  "cannot be continued: use the saved value, or a new -o for a new run")
+            if saved.config != model_config:
+                raise LlmpyError(f"-y 1: the checkpoint at step {step} in {self.run_dir} is "
+                                 f"{_describe(saved.config)} but -e asks for {_describe(model_config)}")
             for change in allowed:
                 self.print_fn(f"resume: {change} (allowed: it does not change the math)")
             return step, saved.state_dict(), state
@@ -402,6 +481,11 @@ class CheckpointManager:
         Rank 0 reads and decides; the other ranks follow its choice (and its error, if it refuses)."""
         step, weights, state = None, None, None
         outcome: tuple = ("none",)
+        if self.job.is_main and self.run_dir.is_dir():
+            removed = remove_unfinished(self.run_dir)
+            if removed:
+                self.print_fn(f"resume: removed {len(removed)} file(s) of unfinished checkpoint writes in "
+                              f"{self.run_dir}: {', '.join(removed[:4])}{', ...' if len(removed) > 4 else ''}")
         if not (self.run_dir.is_dir() and any(self.run_dir.glob("DONE_*"))):
             return None  # a new run: -y 1 in a first launch (llm.c's scripts, --auto-restart) just starts
         if self.job.is_main:

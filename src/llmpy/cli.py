@@ -11,16 +11,22 @@ from pathlib import Path
 
 from llmpy.flags import COMPAT_FLAGS, add_train_arguments, train_config_from_args
 from llmpy.errors import PREEMPTED_EXIT_CODE, LlmpyError
+from llmpy.resources import GPT2_BPE, HELLASWAG_VAL, default_help
 from llmpy.supervisor import auto_restart
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from llmpy.train.build import build_trainer
-    from llmpy.train.faults import Preempted
-
     for name in vars(args):
         if name.startswith("compat_"):
             print(f"note: -{name[7:]} accepted for llm.c compatibility; {COMPAT_FLAGS['-' + name[7:]]}")
     config = train_config_from_args(args)
+    # a bad flag is refused before torch is imported (seconds); the trainer checks again, in the job it joined.
+    # torchrun's WORLD_SIZE only: a world of one never refuses a -d that a larger world would take
+    world_size = os.environ.get("WORLD_SIZE", "1")
+    config.validate(int(world_size) if world_size.isdigit() and int(world_size) > 0 else 1)
+
+    from llmpy.train.build import build_trainer
+    from llmpy.train.faults import Preempted
+
     trainer = build_trainer(config)
     try:
         trainer.fit()
@@ -32,6 +38,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from llmpy.data import prepare
+    from llmpy.data.manifest import describe_text_source
 
     if args.verify:
         from llmpy.data.pipeline import verify_output
@@ -44,6 +51,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.source is None:
         raise LlmpyError("prepare: name a source (tinyshakespeare, text, fineweb, tinystories, hellaswag) "
                          "or give --verify DIR")
+    for flag, value in (("--workers", args.workers), ("--max-tokens", args.max_tokens)):
+        if value is not None and value <= 0:
+            raise LlmpyError(f"{flag} must be a positive number, got {value}")
     if args.source == "hellaswag":
         from llmpy.data.hellaswag import prepare_hellaswag
 
@@ -74,7 +84,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     for shard in shards[:3] + ([{"split": "...", "tokens": 0, "file": ""}] if len(shards) > 6 else []) + shards[3:][-3:]:
         print(f"{shard['split']:5s} {shard['tokens']:>12,} tokens  {shard['file']}" if shard["file"] else "...")
     totals = manifest["total_tokens"]
-    print(f"{len(shards)} shards: {totals['val']:,} val + {totals['train']:,} train tokens")
+    print(f"{len(shards)} shards: {totals['val']:,} val + {totals['train']:,} train tokens "
+          f"of {describe_text_source(manifest['settings'].get('source'))}")
     return 0
 
 
@@ -97,41 +108,46 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run_eval(
         args.model, val_data=args.val_data, val_tokens=args.val_tokens, batch_size=args.batch_size,
         seq_len=args.seq_len, hellaswag=args.hellaswag_file, skip_hellaswag=args.no_hellaswag, limit=args.limit,
-        runtime=runtime, as_json=args.json,
+        runtime=runtime, as_json=args.json, tokenizer=args.tokenizer,
     )
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from llmpy.convert.load import load_any_model
+    from llmpy.convert.output import check_output
 
-    model = load_any_model(args.model)
     out = Path(args.out)
+    replaces = check_output(out, args.to)  # before loading: a refused --out costs nothing
+    model = load_any_model(args.model)
     if args.to == "hf":
         from llmpy.convert.hf import save_hf_model
 
-        save_hf_model(model, out, bpe_file=_bpe_file_if_available())
+        save_hf_model(model, out, bpe_file=_bpe_file_if_available(args.tokenizer))
     elif args.to == "llmc":
-        from llmpy.convert.llmc import write_llmc_model, write_llmc_tokenizer
+        from llmpy.convert.llmc import TOKENIZER_FILE_NAME, write_llmc_model, write_llmc_tokenizer
 
         write_llmc_model(model, out, dtype=args.dtype)
-        bpe_file = _bpe_file_if_available()
+        bpe_file = _bpe_file_if_available(args.tokenizer)
         if bpe_file is not None:
-            write_llmc_tokenizer(out.parent / "gpt2_tokenizer.bin", bpe_file)
+            write_llmc_tokenizer(out.parent / TOKENIZER_FILE_NAME, bpe_file)
     else:
         from llmpy.checkpoint import export_model
 
         export_model(out, model, {"converted_from": args.model})
-    print(f"{args.model} -> {out} ({args.to})")
+    print(f"{args.model} -> {out} ({args.to}{', replacing the earlier conversion there' if replaces else ''})")
     return 0
 
 
-def _bpe_file_if_available():
-    """The GPT-2 ranks file for writing tokenizer files next to a converted model; None (with a note) if missing."""
+def _bpe_file_if_available(path: str | None):
+    """The GPT-2 ranks file for writing tokenizer files next to a converted model; None (with a note) if none is
+    found. A --tokenizer file that is missing or wrong is an error: it was asked for."""
     from llmpy.tokenizer import resolve_bpe_file
 
+    if path:
+        return resolve_bpe_file(path, flag="--tokenizer")
     try:
-        return resolve_bpe_file()
+        return resolve_bpe_file(flag="--tokenizer")
     except LlmpyError as exc:
         print(f"note: tokenizer files not written ({exc})", file=sys.stderr)
         return None
@@ -139,14 +155,29 @@ def _bpe_file_if_available():
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from llmpy.quickstart import run_quickstart
+    from llmpy.train.faults import Preempted
 
-    run_quickstart(out_dir=args.out, steps=args.steps, device=args.device, data_dir=args.data)
+    try:
+        run_quickstart(out_dir=args.out, steps=args.steps, device=args.device, data_dir=args.data)
+    except Preempted as stopped:  # as `llmpy train` stops: the checkpoint is written, one line, exit 75
+        print(f"llmpy: {stopped} in {args.out}; `llmpy sample --model {args.out}` samples from it, and the next "
+              "quickstart moves it aside and starts over", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     return 0
 
 
 DEFAULT_VAL_TOKENS = 10_485_760  # llm.c's 124M setting: -m 20 batches of 64 x 1024 on 8 GPUs
 MODEL_HELP = ("llmpy run directory or checkpoint, llm.c model .bin, Hugging Face GPT-2 directory, "
               "or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
+DEVICE_HELP = "auto | cpu | cuda | cuda:N"
+
+
+def device_flag(value: str) -> str:
+    """An eval/sample --device: the devices llmpy runs on (torch knows more, e.g. mps, that autocast here cannot)."""
+    kind, _, index = value.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of {DEVICE_HELP}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,14 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="val loss and HellaSwag of a model, beside OpenAI's GPT-2 and GPT-3")
     evaluate.add_argument("--model", required=True, help=MODEL_HELP)
     evaluate.add_argument("--val-data", "-j", default=None, help="val shards glob for the loss (e.g. fineweb_val_*.bin)")
-    evaluate.add_argument("--val-tokens", type=int, default=DEFAULT_VAL_TOKENS, help="token budget for the val loss")
-    evaluate.add_argument("--batch-size", "-b", type=int, default=8)
-    evaluate.add_argument("--seq-len", "-t", type=int, default=1024)
-    evaluate.add_argument("--hellaswag-file", default=None, help="hellaswag_val.jsonl (default: cache or download)")
+    evaluate.add_argument("--val-tokens", type=int, default=DEFAULT_VAL_TOKENS,
+                          help=f"token budget for the val loss (default: {DEFAULT_VAL_TOKENS:,})")
+    evaluate.add_argument("--batch-size", "-b", type=int, default=8, help="sequences per forward pass (default: 8)")
+    evaluate.add_argument("--seq-len", "-t", type=int, default=1024, help="sequence length (default: 1024)")
+    evaluate.add_argument("--hellaswag-file", default=None, help=f"hellaswag_val.jsonl {default_help(HELLASWAG_VAL)}")
+    evaluate.add_argument("--tokenizer", default=None, help=f"gpt2.tiktoken {default_help(GPT2_BPE)}")
     evaluate.add_argument("--no-hellaswag", action="store_true", help="skip HellaSwag")
     evaluate.add_argument("--limit", type=int, default=None, help="only the first N HellaSwag examples")
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--dtype", default="auto", help="auto | bf16 | fp32")
+    evaluate.add_argument("--device", default="auto", type=device_flag, help=DEVICE_HELP)
+    evaluate.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                          help="auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32")
     evaluate.add_argument("--json", action="store_true", help="one JSON line instead of the table")
     evaluate.set_defaults(func=cmd_eval)
 
@@ -216,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--model", required=True, help=MODEL_HELP)
     convert.add_argument("--to", required=True, choices=["hf", "llmc", "llmpy"], help="output format")
     convert.add_argument("--out", required=True, help="hf/llmpy: a directory; llmc: the .bin file")
-    convert.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="(llmc) parameter precision")
+    convert.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                         help="(llmc) parameter precision (default: fp32)")
+    convert.add_argument("--tokenizer", default=None,
+                         help=f"gpt2.tiktoken, for the tokenizer files beside the model {default_help(GPT2_BPE)}")
     convert.set_defaults(func=cmd_convert)
 
     sample = sub.add_parser("sample", help="generate text from a trained model")
@@ -228,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--top-k", type=int, default=50, help="0 = off")
     sample.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0 = off)")
     sample.add_argument("--seed", type=int, default=1337)
-    sample.add_argument("--device", default="auto")
-    sample.add_argument("--tokenizer", default=None, help="path to gpt2.tiktoken")
+    sample.add_argument("--device", default="auto", type=device_flag, help=DEVICE_HELP)
+    sample.add_argument("--tokenizer", default=None, help=f"gpt2.tiktoken {default_help(GPT2_BPE)}")
     sample.set_defaults(func=cmd_sample)
     return parser
 

@@ -81,6 +81,7 @@ class ModelConfig:
 LR_SCHEDULES = ("cosine", "linear", "constant", "wsd")
 ZERO_STAGES = (0, 1, 3)  # DDP, sharded optimizer state (FSDP2 without resharding), FSDP2 full sharding
 RECOMPUTE_LEVELS = (0, 1, 2, 3)  # none, GELU, GELU + LayerNorm (llm.c's levels), whole blocks
+RECIPE_NAMES = ("classic", "modern")  # their settings: llmpy.recipes.RECIPES
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ class TrainConfig:
     options; comments give llm.c's short flag. Values the run derives from it (the micro-batch auto-batch settles
     on, accumulation, steps) live in llmpy.train.step.BatchLayout, not here."""
 
+    # the recipe: a named set of defaults for the fields below (llmpy.recipes); flags given explicitly win
+    recipe: str = "classic"  # classic (GPT-2 + GPT-3 hyperparameters, as llm.c) | modern (Muon, rotary, ...)
     # data
     train_data: str = ""  # -i: shard glob of the training split
     val_data: str = ""  # -j: shard glob of the val split ("" = no val loss)
@@ -96,6 +99,8 @@ class TrainConfig:
     overfit_batch: int = 0  # -a
     # model
     model: str = "d12"  # -e: descriptor (dN) or a checkpoint to start from
+    family: str = "gpt2"  # model family of a fresh -e dN (llmpy.families): gpt2 | modern
+    arch: str = ""  # the modern family's architecture switches, "name=value,..." ("" = its defaults)
     seq_len: int = 1024  # -t
     # batch
     batch_size: int = 4  # -b: micro-batch per process
@@ -103,6 +108,7 @@ class TrainConfig:
     auto_batch: int = 1  # on CUDA: halve -b (more accumulation, same -d) until a step fits in memory
     # optimizer and schedule
     optimizer: str = "adamw"  # see llmpy.train.optim.OPTIMIZERS
+    optimizer_args: str = ""  # the optimizer's own settings, "name=value,..." (see its builder)
     learning_rate: float = 3e-4  # -l
     warmup_steps: int = 0  # -u
     final_lr_frac: float = 1.0  # -q: lr at the end as a fraction of -l
@@ -165,6 +171,7 @@ class TrainConfig:
         def one_of(flag: str, allowed, value) -> None:
             need(value in allowed, f"{flag} must be one of {', '.join(map(str, allowed))}, got {value!r}")
 
+        one_of("--recipe", RECIPE_NAMES, self.recipe)
         need(bool(self.train_data), "-i/--train-data: no training data given (a shard glob, e.g. 'data/x_train_*.bin')")
         need(self.batch_size > 0, f"-b/--batch-size must be positive, got {self.batch_size}")
         need(self.seq_len > 0, f"-t/--seq-len must be positive, got {self.seq_len}")
@@ -174,6 +181,8 @@ class TrainConfig:
         one_of("-k/--lr-schedule", LR_SCHEDULES, self.lr_schedule)
         need(0.0 < self.wsd_cooldown_frac <= 1.0, f"--wsd-cooldown-frac must be in (0, 1], got {self.wsd_cooldown_frac}")
         at_least("-c/--weight-decay", 0, self.weight_decay)
+        # numpy's generators take 32-bit seeds; a negative or larger one would only fail later, deep in the loader
+        need(0 <= self.seed < 2**32, f"--seed must be in [0, 2**32), got {self.seed}")
         need(self.grad_clip >= 0, f"--grad-clip must be >= 0 (0 = off), got {self.grad_clip}")
         need(self.max_steps == -1 or self.max_steps > 0, f"-x/--max-steps must be -1 (one epoch) or > 0, got {self.max_steps}")
         need(self.val_max_steps == -1 or self.val_max_steps > 0, f"-m/--val-max-steps must be -1 or > 0, got {self.val_max_steps}")

@@ -8,3 +8,8 @@ PREEMPTED_EXIT_CODE = 75
 
 class LlmpyError(Exception):
     """A user-facing error; the CLI prints its message as one line (traceback only with --debug)."""
+
+
+class DiskFullError(LlmpyError, OSError):
+    """A write that found no space left on its device (the message names the file, the MB needed and free). Also an
+    OSError, as the ENOSPC it stands for: code that handles a failed write as one still does."""

@@ -8,12 +8,16 @@ import dataclasses
 
 from llmpy.config import TrainConfig, load_config_file
 from llmpy.errors import LlmpyError
+from llmpy.recipes import with_recipe
+from llmpy.resources import GPT2_BPE, HELLASWAG_VAL, default_help
 
 # (short flag as llm.c's train_gpt2cu spells it, long option, TrainConfig field, type, help)
 TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
-    ("-i", "--train-data", "train_data", str, "train shards glob (llm.c .bin or .npy; comma-separate several)"),
-    ("-j", "--val-data", "val_data", str, "val shards glob ('' = no val loss)"),
-    ("-o", "--output-dir", "output_dir", str, "run directory: main.log, metrics.jsonl, checkpoints"),
+    ("-i", "--train-data", "train_data", str,
+     "train shards glob (llm.c .bin or .npy; comma-separate several) (required)"),
+    ("-j", "--val-data", "val_data", str, "val shards glob (default: none, no val loss)"),
+    ("-o", "--output-dir", "output_dir", str,
+     "run directory: main.log, metrics.jsonl, checkpoints (default: none, no files are written)"),
     ("-e", "--model", "model", str, "model descriptor (d6, d12, d24, d36, d48, dN, dNwC) or checkpoint to start from"),
     ("-b", "--batch-size", "batch_size", int, "micro-batch size B per process"),
     ("-t", "--seq-len", "seq_len", int, "sequence length T"),
@@ -29,7 +33,7 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
     ("-s", "--sample-every", "sample_every", int, "sample text every N steps (0 = never)"),
     ("-g", "--gen-tokens", "gen_tokens", int, "tokens to generate per sample"),
     ("-h", "--hellaswag", "hellaswag", int, "HellaSwag eval at each val step (0/1)"),
-    (None, "--hellaswag-file", "hellaswag_file", str, "hellaswag_val.jsonl for -h 1 (default: cache or download)"),
+    (None, "--hellaswag-file", "hellaswag_file", str, f"hellaswag_val.jsonl for -h 1 {default_help(HELLASWAG_VAL)}"),
     (None, "--hellaswag-limit", "hellaswag_limit", int, "score only the first N HellaSwag examples (-1 = all)"),
     ("-n", "--checkpoint-every", "checkpoint_every", int, "write a checkpoint every N steps (0 = only at the end)"),
     ("-nk", "--checkpoint-keep", "checkpoint_keep", int, "keep only the newest K checkpoints (0 = keep all)"),
@@ -54,18 +58,32 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
      "default | tuned (+ coordinate-descent tuning of the fused kernels) | max-autotune-no-cudagraphs"),
     (None, "--fused-loss", "fused_loss", int,
      "output head + cross-entropy with the gradient written in the forward pass (-1 = on CUDA, 0 off, 1 on)"),
-    (None, "--tensorboard", "tensorboard", str, "also log every metric to TensorBoard event files in this directory"),
-    (None, "--wandb", "wandb", str, "also log every metric to Weights & Biases project W (WANDB_MODE=offline works)"),
+    (None, "--tensorboard", "tensorboard", str,
+     "also log every metric to TensorBoard event files in this directory (default: off)"),
+    (None, "--wandb", "wandb", str,
+     "also log every metric to Weights & Biases project W (WANDB_MODE=offline works) (default: off)"),
     (None, "--attention", "attention", str, "attention kernel preference: auto | flash | cudnn | efficient | math"),
     (None, "--auto-batch", "auto_batch", int,
      "1: on CUDA, halve -b until a step fits in memory, keeping -d by more accumulation (0: fail on OOM)"),
     (None, "--overwrite", "overwrite", int,
      "1: -o holds another run's checkpoints and this is a new run (no -y 1): move that run aside to -o.oldN"),
     (None, "--log-every", "log_every", int, "print a console line every N steps (main.log gets every step)"),
-    (None, "--sample-prompt", "sample_prompt", str, "prompt for samples during training ('' = <|endoftext|>)"),
+    (None, "--sample-prompt", "sample_prompt", str,
+     "prompt for samples during training (default: none, start from <|endoftext|>)"),
     (None, "--sample-top-k", "sample_top_k", int, "top-k for samples during training (0 = full distribution)"),
-    (None, "--tokenizer", "tokenizer", str, "path to gpt2.tiktoken (default: resolve automatically)"),
-    (None, "--optimizer", "optimizer", str, "optimizer family: adamw (llm.c's AdamW)"),
+    (None, "--tokenizer", "tokenizer", str, f"gpt2.tiktoken {default_help(GPT2_BPE)}"),
+    (None, "--optimizer", "optimizer", str,
+     "adamw (llm.c's AdamW) | muon (Muon on hidden matrices, Adam on embeddings, head, scalars; -l is Muon's LR)"),
+    (None, "--optimizer-args", "optimizer_args", str,
+     "the optimizer's settings, 'name=value,...'; muon: embedding head scalar (Adam LRs as multiples of -l), "
+     "normuon momentum momentum_start momentum_warmup ns_steps orthogonalizer"),
+    (None, "--recipe", "recipe", str,
+     "classic (GPT-2 + GPT-3's AdamW recipe, as llm.c) | modern (modern architecture + Muon): sets the defaults of "
+     "--family --optimizer -l -u -k -q -c --grad-clip --wsd-cooldown-frac; flags given win"),
+    (None, "--family", "family", str, "model family of a fresh -e dN: gpt2 | modern (see docs/recipes.md)"),
+    (None, "--arch", "arch", str,
+     "modern family switches, e.g. 'softcap=0,value_embeds=0' (rotary qk_norm relu2 rmsnorm bias zero_init tie "
+     "softcap value_embeds unet rope_base)"),
 ]
 
 # llm.c flags with no counterpart here: accepted so its run scripts work, explained once.
@@ -91,7 +109,14 @@ def add_flag_arguments(parser: argparse.ArgumentParser, fields: tuple[str, ...] 
             default, shown = argparse.SUPPRESS, getattr(base, field)
         else:
             default = shown = defaults.get(field, getattr(base, field))
-        parser.add_argument(*names, dest=field, type=kind, default=default, help=f"{help_text} (default: {shown!r})")
+        parser.add_argument(*names, dest=field, type=kind, default=default, help=_with_default(help_text, shown))
+
+
+def _with_default(help_text: str, default) -> str:
+    """The help with its default said once: a help that says it itself (or "required") is left as it is."""
+    if "(default" in help_text or "(required)" in help_text:
+        return help_text
+    return f"{help_text} (default: {'none' if default == '' else default})"
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,7 +134,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Merge defaults <- --config file <- command-line flags into one TrainConfig."""
+    """Merge defaults <- the recipe's (--recipe) <- --config file <- command-line flags into one TrainConfig."""
     values: dict = {}
     field_names = {f.name for f in dataclasses.fields(TrainConfig)}
     if getattr(args, "config", None):
@@ -125,6 +150,7 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
             "`torchrun --nproc_per_node=N -m llmpy train ...`"
         )
     values.update({k: v for k, v in vars(args).items() if k in field_names})
+    values = with_recipe(values)
     try:
         config = TrainConfig(**values)
     except TypeError as exc:

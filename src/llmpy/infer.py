@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -49,8 +50,20 @@ class KVCache:
         self.length += steps
 
 
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+    """A ValueError naming the setting no sampler can use: a NaN, an infinity, a negative, a top_p above 1."""
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+    if not 0 <= top_p <= 1:  # also false for NaN
+        raise ValueError(f"top_p must be in [0, 1] (1 = off), got {top_p}")
+
+
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Keep the top_k most likely tokens and the smallest set whose probability reaches top_p; -inf elsewhere."""
+    """Keep the top_k most likely tokens and the smallest set whose probability reaches top_p; -inf elsewhere.
+    The most likely token always stays (top_p 0 keeps only it), so a sampler never sees a row with nothing left."""
+    check_sampling(1.0, top_k, top_p)
     if top_k > 0 and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -59,6 +72,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         # drop a token when the tokens ranked above it already reach top_p (the top token always stays)
         drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[..., 0] = False  # at top_p 0 the rule above would drop every token
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -81,6 +95,7 @@ def generate_tokens(
     The prompt is processed once into a KV cache, then each step feeds one token. Once the context window is full,
     every step recomputes the last block_size tokens (the same result a cache-less loop gives).
     """
+    check_sampling(temperature, top_k, top_p)
     idx = prompt
     block_size = model.config.block_size
     cache = KVCache(model.config.n_layer, block_size)

@@ -14,15 +14,15 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from typing import TYPE_CHECKING
 
 from llmpy.errors import LlmpyError
 from llmpy.gpt2 import reference_for
 from llmpy.metrics.rundata import RunData, Series, load_run
 from llmpy.metrics.units import format_duration
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: `llmpy --help` builds this command's parser
+    from matplotlib.figure import Figure
 
 X_AXES = ("steps", "tokens")
 
@@ -171,6 +171,9 @@ class PlotResult:
 def plot_runs(runs: list[RunData], x_axis: str = "steps", smooth: int = 0, reference: str | None = None,
               title: str | None = None) -> PlotResult:
     """A multi-panel figure: loss across the top, the other panels with data two per row below it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     if x_axis not in X_AXES:
         raise LlmpyError(f"--x must be one of {', '.join(X_AXES)}, got {x_axis!r}")
     if x_axis == "tokens" and any(run.tokens_per_step() is None for run in runs):
@@ -199,6 +202,8 @@ def plot_runs(runs: list[RunData], x_axis: str = "steps", smooth: int = 0, refer
 
 def _draw_panel(axis, panel: Panel, x_axis: str) -> None:
     """Curves, reference lines, labels, readable ticks and a legend on one axis."""
+    from matplotlib.ticker import FuncFormatter
+
     for curve in panel.curves:
         style = dict(curve.style)
         if len(curve.x) > 40:
@@ -226,6 +231,8 @@ def _draw_panel(axis, panel: Panel, x_axis: str) -> None:
 
 def _format_y(axis, panel: Panel) -> None:
     """Plain-number ticks: 3, 3.5, 4 on a log axis, 35% for MFU, 3.5M for tokens/s, 0.0006 for the LR."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     if panel.log_y:
         low, high = axis.get_ylim()
         # the narrower the range (the loss after warm-up spans 3..6), the more ticks per decade

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -13,6 +14,22 @@ from llmpy.tokenizer import get_tokenizer
 from llmpy.convert.load import load_any_model
 
 
+def check_sample_flags(*, num_samples: int, max_new_tokens: int, temperature: float, top_k: int,
+                       top_p: float) -> None:
+    """A one-line LlmpyError naming the first flag with a value sampling cannot use (before any model is loaded)."""
+    problems = (
+        ("--temperature", temperature, not (math.isfinite(temperature) and temperature >= 0),
+         "a finite number >= 0 (0 = greedy)"),
+        ("--top-p", top_p, not 0 < top_p <= 1, "in (0, 1] (1 = off)"),  # `not` also catches NaN
+        ("--top-k", top_k, top_k < 0, ">= 0 (0 = off)"),
+        ("--num-samples", num_samples, num_samples < 1, ">= 1"),
+        ("--max-new-tokens", max_new_tokens, max_new_tokens < 1, ">= 1"),
+    )
+    for flag, value, bad, wanted in problems:
+        if bad:
+            raise LlmpyError(f"sample: {flag} must be {wanted}, got {value}")
+
+
 def run_sample(
     model_path: str, prompt: str, *, num_samples: int = 1, max_new_tokens: int = 128, temperature: float = 1.0,
     top_k: int = 50, top_p: float = 1.0, seed: int = 1337, device: str = "auto", tokenizer_path: str | None = None,
@@ -21,13 +38,13 @@ def run_sample(
     """Print `num_samples` continuations of `prompt`, token by token as they are generated; a sample ends at
     <|endoftext|> (the end of a document), which is not printed."""
     out = out or sys.stdout
-    if num_samples < 1 or max_new_tokens < 0:
-        raise LlmpyError("sample: --num-samples must be >= 1 and --max-new-tokens >= 0")
+    check_sample_flags(num_samples=num_samples, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                       top_p=top_p)
     runtime = select_runtime(device)
     runtime.activate(tf32=True)
     model = load_any_model(model_path)
     model.to(runtime.device).eval()
-    tokenizer = get_tokenizer(tokenizer_path)
+    tokenizer = get_tokenizer(tokenizer_path, flag="--tokenizer")
     prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_token]
     if len(prompt_ids) >= model.config.block_size:
         prompt_ids = prompt_ids[-(model.config.block_size - 1):]

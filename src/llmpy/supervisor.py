@@ -1,13 +1,18 @@
-"""`llmpy train ... --auto-restart N`: run training in a child process and relaunch it with -y 1 after a crash, a kill
-or a preemption, at most N launches in all. SIGTERM/SIGINT sent to the supervisor stop the run instead: they are
-passed on to the trainer, which checkpoints and exits, and nothing is relaunched."""
+"""`llmpy train ... --auto-restart N`: run training in a child process, first as the command without --auto-restart
+(an -o holding another run is refused or, with --overwrite 1, moved aside, as ever), and relaunch it with -y 1 after a
+crash, a kill or a preemption, at most N launches in all. SIGTERM/SIGINT sent to the supervisor stop the run instead:
+they are passed on to the trainer, which checkpoints and exits, and nothing is relaunched. A supervisor that dies
+(kill -9 included) takes its trainer with it."""
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
 import subprocess
 import sys
 import threading
+from typing import Callable
 
 from llmpy.errors import PREEMPTED_EXIT_CODE
 
@@ -15,19 +20,58 @@ USAGE_ERROR_EXIT_CODE = 2  # `llmpy`'s exit code for a user error: a relaunch wo
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def _resume_command(argv: list[str]) -> tuple[int, list[str]]:
-    """(launches, the training command without --auto-restart and with -y 1) from `train ... --auto-restart N`."""
+# a relaunch continues the run the first launch started: these flags of the command give way to `-y 1`. --overwrite
+# goes too: after a first launch that moved an old run aside, the run in -o is this one, to be continued, not moved
+RELAUNCH_DROPS = ("-y", "--resume", "--overwrite")
+
+
+def _launch_commands(argv: list[str]) -> tuple[int, list[str], list[str]]:
+    """(launches, the first launch's command, a relaunch's command) from `train ... --auto-restart N`. The first
+    launch is the command without --auto-restart, exactly as typed; only relaunches continue it with -y 1."""
     argv = [part for arg in argv for part in (arg.split("=", 1) if arg.startswith("--auto-restart=") else [arg])]
     index = argv.index("--auto-restart")
     launches = int(argv[index + 1])  # IndexError / ValueError: the caller reports the usage error
     if launches < 1:
         raise ValueError(launches)
-    command = argv[:index] + argv[index + 2:]
-    for flag in ("-y", "--resume"):
-        while flag in command:
-            position = command.index(flag)
-            del command[position: position + 2]
-    return launches, command + ["-y", "1"]
+    first = argv[:index] + argv[index + 2:]
+    return launches, first, _without_flags(first, RELAUNCH_DROPS) + ["-y", "1"]
+
+
+def _without_flags(command: list[str], flags: tuple[str, ...]) -> list[str]:
+    """`command` less each of `flags` and its value, in any form argparse reads: `-y 1`, `-y1`, `-y=1`, `--resume=1`."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in command:
+        if skip_value:
+            skip_value = False
+        elif arg in flags:
+            skip_value = True
+        elif not any(arg.startswith(f"{flag}=") or (not flag.startswith("--") and arg.startswith(flag))
+                     for flag in flags):
+            kept.append(arg)
+    return kept
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _dies_with_this_process() -> Callable[[], None] | None:
+    """A preexec_fn that has the kernel send the trainer SIGTERM (checkpoint and exit, as on a preemption) when the
+    supervisor dies, however it dies (kill -9 included), so that no trainer goes on alone. Linux only, else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child between fork and exec does little
+    except (OSError, AttributeError):
+        return None
+    supervisor = os.getpid()
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != supervisor:  # it died before the line above: no signal will come, and nothing ran yet
+            os._exit(1)
+
+    return in_child
 
 
 class _StopRequest:
@@ -51,7 +95,7 @@ class _StopRequest:
 def auto_restart(argv: list[str]) -> int:
     """Supervise `llmpy train` (argv without the program name); its exit code, or 75 when stopped by a signal."""
     try:
-        launches, command = _resume_command(argv)
+        launches, first, relaunch = _launch_commands(argv)
     except (IndexError, ValueError):
         print("llmpy: error: --auto-restart takes a number of launches (1 or more)", file=sys.stderr)
         return USAGE_ERROR_EXIT_CODE
@@ -60,19 +104,21 @@ def auto_restart(argv: list[str]) -> int:
     if threading.current_thread() is threading.main_thread():  # handlers can only be set there
         previous = {sig: signal.signal(sig, stop.handle) for sig in STOP_SIGNALS}
     try:
-        return _supervise(command, launches, stop)
+        return _supervise(first, relaunch, launches, stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
-def _supervise(command: list[str], launches: int, stop: _StopRequest) -> int:
-    """Launch until training succeeds, fails on usage, is stopped by a signal, or `launches` are used up."""
+def _supervise(first: list[str], relaunch: list[str], launches: int, stop: _StopRequest) -> int:
+    """Launch `first`, then `relaunch` until training succeeds, fails on usage, is stopped by a signal, or `launches`
+    are used up."""
     code = 1
     for launch in range(1, launches + 1):
         if stop.signum is not None:
             break
-        stop.child = subprocess.Popen([sys.executable, "-m", "llmpy", *command])
+        command = first if launch == 1 else relaunch
+        stop.child = subprocess.Popen([sys.executable, "-m", "llmpy", *command], preexec_fn=_dies_with_this_process())
         stop.forward()  # a signal that arrived while the child was being started
         code = stop.child.wait()
         if stop.signum is not None or code in (0, USAGE_ERROR_EXIT_CODE):

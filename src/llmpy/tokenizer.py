@@ -1,8 +1,9 @@
 """GPT-2 BPE through tiktoken, with the ranks file resolved locally first and downloaded only as a fallback.
 
-Resolution order for `gpt2.tiktoken`: an explicit path -> $LLMPY_GPT2_BPE -> the llmpy cache -> tiktoken's own
-`gpt2` download (OpenAI's encoder.json + vocab.bpe) -> the copy inside the `openai-whisper` sdist on PyPI -> a clear
-error. Every file is checked against GPT-2's SHA-256. $LLMPY_OFFLINE=1 skips both downloads.
+`gpt2.tiktoken` is found in llmpy.resources' order (the command's --tokenizer -> $LLMPY_GPT2_BPE -> ./data -> the
+llmpy cache), then downloaded into the cache: tiktoken's own `gpt2` download (OpenAI's encoder.json + vocab.bpe), else
+the copy inside the `openai-whisper` sdist on PyPI. Every file is checked against GPT-2's SHA-256. $LLMPY_OFFLINE=1
+skips both downloads.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import os
 import subprocess
 import sys
 import tarfile
@@ -19,10 +19,10 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from llmpy.config import default_cache_dir
 from llmpy.atomic import atomic_write_bytes, sha256_of
 from llmpy.errors import LlmpyError
 from llmpy.gpt2 import EOT_TEXT, EOT_TOKEN, VOCAB_SIZE
+from llmpy.resources import CACHE_ORIGIN, GPT2_BPE, locate, offline  # noqa: F401 (offline: used by data sources)
 
 GPT2_TIKTOKEN_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 WHISPER_SDIST = "openai-whisper==20250625"
@@ -34,27 +34,19 @@ TIKTOKEN_DOWNLOAD_TIMEOUT_S = 60
 PIP_DOWNLOAD_TIMEOUT_S = 300
 
 
-def offline() -> bool:
-    """True when $LLMPY_OFFLINE asks llmpy never to try the network."""
-    return os.environ.get("LLMPY_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def serialize_ranks(ranks: dict[bytes, int]) -> bytes:
     """Ranks in tiktoken's file format (`base64(token) rank` per line, by rank), as `dump_tiktoken_bpe` writes."""
     ordered = sorted(ranks.items(), key=lambda item: item[1])
     return b"".join(base64.b64encode(token) + b" " + str(rank).encode() + b"\n" for token, rank in ordered)
 
 
-def _checked(path: Path, origin: str) -> Path:
-    if not path.is_file():
-        raise LlmpyError(f"{path} ({origin}): no such GPT-2 BPE file")
+def _checked(path: Path, origin: str) -> None:
     if sha256_of(path) != GPT2_TIKTOKEN_SHA256:
-        fix = "delete it to fetch a fresh copy" if origin == "llmpy cache" else "point to GPT-2's gpt2.tiktoken"
+        fix = "delete it to fetch a fresh copy" if origin == CACHE_ORIGIN else "point to GPT-2's gpt2.tiktoken"
         raise LlmpyError(
             f"{path} ({origin}): SHA-256 differs from GPT-2's gpt2.tiktoken; the file is damaged or not GPT-2's "
             f"ranks ({fix})"
         )
-    return path
 
 
 def _with_timeout(fetch: Callable[[], bytes | None], seconds: float) -> bytes | None:
@@ -115,22 +107,11 @@ def _from_whisper_sdist(target: Path) -> bool:
     return True
 
 
-def resolve_bpe_file(path: str | Path | None = None) -> Path:
-    """Find (or fetch into the cache) GPT-2's `gpt2.tiktoken` ranks file; see the module docstring for the order."""
-    if path:
-        return _checked(Path(path), "explicit path")
-    if os.environ.get("LLMPY_GPT2_BPE"):
-        return _checked(Path(os.environ["LLMPY_GPT2_BPE"]), "$LLMPY_GPT2_BPE")
-    cached = default_cache_dir() / "gpt2.tiktoken"
-    if cached.is_file():
-        return _checked(cached, "llmpy cache")
-    if not offline() and (_from_tiktoken_download(cached) or _from_whisper_sdist(cached)):
-        return cached
-    how = "LLMPY_OFFLINE is set, so nothing was downloaded" if offline() else "the downloads failed"
-    raise LlmpyError(
-        f"GPT-2 BPE (gpt2.tiktoken) not found and {how}: set LLMPY_GPT2_BPE=/path/to/gpt2.tiktoken, put the file "
-        f"at {cached}, or run once with internet access (tiktoken's download or `pip download {WHISPER_SDIST}`)"
-    )
+def resolve_bpe_file(path: str | Path | None = None, flag: str | None = None) -> Path:
+    """Find (or fetch into the cache) GPT-2's `gpt2.tiktoken` ranks file; see the module docstring for the order.
+    `flag`: the command's option for `path` (e.g. "--tokenizer"), named in messages."""
+    return locate(GPT2_BPE, path, flag, fetchers=(_from_tiktoken_download, _from_whisper_sdist), check=_checked,
+                  online=f"tiktoken's download or `pip download {WHISPER_SDIST}`")
 
 
 class GPT2Tokenizer:
@@ -167,6 +148,6 @@ def _tokenizer_for(bpe_file: Path) -> GPT2Tokenizer:
     return GPT2Tokenizer(bpe_file)
 
 
-def get_tokenizer(path: str | Path | None = None) -> GPT2Tokenizer:
-    """The GPT-2 tokenizer, built once per ranks file."""
-    return _tokenizer_for(resolve_bpe_file(path).resolve())
+def get_tokenizer(path: str | Path | None = None, flag: str | None = None) -> GPT2Tokenizer:
+    """The GPT-2 tokenizer, built once per ranks file (`flag`: the command's option for `path`)."""
+    return _tokenizer_for(resolve_bpe_file(path, flag).resolve())

@@ -16,6 +16,7 @@ import torch
 from llmpy.atomic import atomic_open, atomic_write_bytes
 from llmpy.config import ModelConfig
 from llmpy.errors import LlmpyError
+from llmpy.families import require_gpt2
 from llmpy.gpt2 import BLOCK_SIZE, EOT_TEXT, EOT_TOKEN, HUB_NAMES, VOCAB_SIZE
 from llmpy.model import GPT
 
@@ -23,6 +24,9 @@ TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 # per-block tensors; the Conv1D ones are (in, out) in HF and (out, in) in llmpy
 _CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 _LAYER_NORMS = ("ln_1", "ln_2")
+# what `save_hf_model` writes (the last four only with the tokenizer)
+HF_FILES = ("model.safetensors", "config.json", "vocab.json", "merges.txt", "tokenizer_config.json",
+            "special_tokens_map.json")
 
 
 _BLOCK_TENSORS = [
@@ -226,6 +230,7 @@ def save_hf_model(model: GPT, out_dir: str | Path, bpe_file: Path | None = None)
     """Write `config.json` + `model.safetensors` (and the tokenizer files when `bpe_file` is given) to `out_dir`."""
     from safetensors.torch import save_file
 
+    require_gpt2(model, "Hugging Face GPT-2", out_dir)
     if model.config.vocab_size != VOCAB_SIZE or model.config.padded_vocab_size < VOCAB_SIZE:
         raise LlmpyError(f"{out_dir}: only GPT-2's {VOCAB_SIZE}-token vocabulary can be exported")
     out_dir = Path(out_dir)

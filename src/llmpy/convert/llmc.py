@@ -17,12 +17,14 @@ from llmpy.config import ModelConfig
 from llmpy.convert.hf import read_tiktoken_ranks
 from llmpy.data.shards import SHARD_MAGIC
 from llmpy.errors import LlmpyError
+from llmpy.families import require_gpt2
 from llmpy.gpt2 import EOT_TEXT, EOT_TOKEN, VOCAB_SIZE
 from llmpy.model import GPT
 
 MODEL_MAGIC = 20240326
 TOKENIZER_MAGIC = 20240328
 TOKENIZER_VERSION = 2
+TOKENIZER_FILE_NAME = "gpt2_tokenizer.bin"  # llm.c's name; `convert --to llmc` writes it beside the model
 HEADER_INTS = 256  # model and tokenizer files alike
 HEADER_BYTES = HEADER_INTS * 4
 VERSION_DTYPES = {3: "fp32", 5: "bf16"}
@@ -149,6 +151,7 @@ def _encode(tensor: torch.Tensor, dtype: str) -> bytes:
 
 def write_llmc_model(model: GPT, path: str | Path, dtype: str = "fp32") -> None:
     """Write `model` as an llm.c model .bin (dtype "fp32" = version 3, "bf16" = version 5)."""
+    require_gpt2(model, "llm.c", path)
     if dtype not in DTYPE_VERSIONS:
         raise LlmpyError(f"{path}: unsupported llm.c dtype {dtype!r} (use fp32 or bf16)")
     config = model.config

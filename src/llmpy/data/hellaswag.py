@@ -1,5 +1,6 @@
-"""HellaSwag's validation set (10,042 examples), resolved at run time: explicit file -> cache -> the rowanz/hellaswag
-GitHub data -> a clear error. The evaluation itself lives in llmpy.eval; this only finds and checks the file."""
+"""HellaSwag's validation set (10,042 examples), found in llmpy.resources' order (the command's flag ->
+$LLMPY_HELLASWAG -> ./data/hellaswag, where `llmpy prepare hellaswag` writes -> the cache -> the rowanz/hellaswag GitHub
+data -> a clear error). The evaluation itself lives in llmpy.eval; this only finds and checks the file."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from llmpy.config import default_cache_dir
+from llmpy.atomic import atomic_open, atomic_write_bytes, sha256_of
+from llmpy.data.pipeline import make_out_dir
 from llmpy.data.textfiles import iter_json_records
 from llmpy.errors import LlmpyError
-from llmpy.atomic import atomic_open, atomic_write_bytes, sha256_of
-from llmpy.tokenizer import offline
+from llmpy.resources import HELLASWAG_VAL, locate
 
 HELLASWAG_VAL_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 HELLASWAG_VAL_SHA256 = "dc1be2fa1bef56aab8e92a5be597a617e363b09239fa66822939d7fb7a8da4ec"
@@ -34,37 +35,30 @@ def check_hellaswag_file(path: Path) -> int:
     return count
 
 
-def resolve_hellaswag(input_path: str | Path | None = None) -> Path:
-    """The val jsonl: explicit path -> cache -> download (when online) -> an error saying what to do."""
-    if input_path:
-        path = Path(input_path)
-        if not path.is_file():
-            raise LlmpyError(f"{path}: no such HellaSwag file")
-        return path
-    cached = default_cache_dir() / "hellaswag_val.jsonl"
-    if cached.is_file():
-        return cached
-    if not offline():
-        try:
-            with urllib.request.urlopen(HELLASWAG_VAL_URL, timeout=30) as response:
-                data = response.read()
-        except Exception:
-            data = None
-        if data is not None:
-            atomic_write_bytes(cached, data)
-            print(f"llmpy: downloaded {HELLASWAG_VAL_URL} -> {cached}", file=sys.stderr)
-            return cached
-    raise LlmpyError(
-        f"HellaSwag val set not found: pass --input hellaswag_val.jsonl, put it at {cached}, or run once online "
-        f"({HELLASWAG_VAL_URL})"
-    )
+def _download(target: Path) -> bool:
+    """rowanz/hellaswag's val jsonl into `target`; False when offline or blocked."""
+    try:
+        with urllib.request.urlopen(HELLASWAG_VAL_URL, timeout=30) as response:
+            data = response.read()
+    except Exception:  # offline, blocked, or a timeout: the caller says what to do instead
+        return False
+    atomic_write_bytes(target, data)
+    print(f"llmpy: downloaded {HELLASWAG_VAL_URL} -> {target}", file=sys.stderr)
+    return True
+
+
+def resolve_hellaswag(input_path: str | Path | None = None, flag: str = "--hellaswag-file") -> Path:
+    """The val jsonl (see the module docstring for the order); `flag`: the command's option for `input_path`
+    (`eval` and `train` take --hellaswag-file, `prepare hellaswag` --input), named in its messages."""
+    return locate(HELLASWAG_VAL, input_path, flag, fetchers=(_download,), online=HELLASWAG_VAL_URL)
 
 
 def prepare_hellaswag(out_dir: str | Path, input_path: str | Path | None = None) -> dict:
     """Copy the checked val jsonl into `out_dir` with a manifest (examples, SHA-256, whether it is the official file)."""
-    source = resolve_hellaswag(input_path)
+    source = resolve_hellaswag(input_path, flag="--input")
     examples = check_hellaswag_file(source)
     out = Path(out_dir)
+    make_out_dir(out)
     target = out / "hellaswag_val.jsonl"
     if source.resolve() != target.resolve():
         with open(source, "rb") as reader, atomic_open(target) as writer:

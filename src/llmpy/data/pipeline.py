@@ -10,10 +10,13 @@ or Ctrl-C skips the complete shards and continues; a shard without its manifest 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import multiprocessing
 import re
+import signal
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +24,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from llmpy.data.manifest import MANIFEST, read_manifest
 from llmpy.data.shards import HEADER_BYTES, read_shard, write_shard
 from llmpy.errors import LlmpyError
 from llmpy.atomic import atomic_write_bytes, sha256_of
 from llmpy.gpt2 import EOT_TOKEN
 from llmpy.tokenizer import GPT2Tokenizer
-
-MANIFEST = "manifest.json"
 
 
 # ---------------------------------------------------------------- tokenization
@@ -35,18 +37,37 @@ MANIFEST = "manifest.json"
 _worker_tokenizer: GPT2Tokenizer | None = None
 
 
-def _init_worker(bpe_file: str) -> None:
+def _init_worker(bpe_file: str, in_pool: bool = False) -> None:
     global _worker_tokenizer
+    if in_pool:  # Ctrl-C reaches the whole process group: the main process stops the pool, with one line
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_tokenizer = GPT2Tokenizer(Path(bpe_file))
 
 
-def _encode_task(documents: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """EOT + tokens for each document, concatenated as uint16, and each document's length."""
-    encoded = [_worker_tokenizer.encode(text) for text in documents]  # one thread per process: no oversubscription
-    lengths = np.fromiter((len(ids) + 1 for ids in encoded), dtype=np.int64, count=len(encoded))
+@contextlib.contextmanager
+def _sigint_ignored_by_children():
+    """Processes started inside inherit an ignored SIGINT, so a Ctrl-C while they start up (before the pool's
+    initializer runs) prints no traceback of theirs; this process keeps its own handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _encode_task(documents: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """EOT + tokens for each document, concatenated as uint16, and each document's length (0 for a None: a
+    skipped record keeps its place in the count that a resume skips by, but adds no tokens)."""
+    encoded = [None if text is None else _worker_tokenizer.encode(text) for text in documents]  # one thread each
+    lengths = np.fromiter((0 if ids is None else len(ids) + 1 for ids in encoded), dtype=np.int64, count=len(encoded))
     tokens = np.empty(int(lengths.sum()), dtype=np.uint16)
     position = 0
     for ids, length in zip(encoded, lengths):
+        if ids is None:
+            continue
         tokens[position] = EOT_TOKEN
         tokens[position + 1: position + length] = ids
         position += length
@@ -60,7 +81,9 @@ def tokenize_batches(batches: Iterable[list[str]], bpe_file: Path, workers: int)
         yield from map(_encode_task, batches)
         return
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads or CUDA
-    with context.Pool(workers, initializer=_init_worker, initargs=(str(bpe_file),)) as pool:
+    with _sigint_ignored_by_children():
+        pool = context.Pool(workers, initializer=_init_worker, initargs=(str(bpe_file), True))
+    with pool:
         in_flight: collections.deque = collections.deque()
         for batch in batches:
             in_flight.append(pool.apply_async(_encode_task, (batch,)))
@@ -71,6 +94,39 @@ def tokenize_batches(batches: Iterable[list[str]], bpe_file: Path, workers: int)
 
 
 # ---------------------------------------------------------------- resumable sharded output
+
+def shard_pattern(name: str) -> re.Pattern:
+    """The file names of the shards of prefix `name`: {name}_{train|val}_{index:06d}.bin."""
+    return re.compile(rf"{re.escape(name)}_(train|val)_\d{{6}}\.bin")
+
+
+def make_out_dir(out_dir: Path) -> None:
+    """Create the output directory; a one-line error where a file is in the way or it cannot be made."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LlmpyError(f"{out_dir}: a file is there, not a directory; give another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, no permission, a read-only file system
+        raise LlmpyError(f"{out_dir}: cannot create the output directory ({exc.strerror or exc}); "
+                         "give another --out") from None
+
+
+def _refuse_other_manifest(out_dir: Path, name: str, pattern: re.Pattern) -> None:
+    """A one-line error when `out_dir`'s manifest lists shards of another prefix (the only record of where they came
+    from). An unreadable manifest vouches for nothing and is replaced."""
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        return
+    try:
+        previous = read_manifest(path)
+    except LlmpyError:
+        return
+    others = [shard["file"] for shard in previous["shards"] if not pattern.fullmatch(shard["file"])]
+    if others:
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise LlmpyError(f"{path} describes other shards ({others[0]}{more}); preparing {name!r} here would replace "
+                         "their record, so give another --out (one directory per data set)")
+
 
 @dataclass
 class StreamPosition:
@@ -97,12 +153,12 @@ class ShardedOutput:
         """Start fresh, or pick up a previous run of the same settings where its manifest says it stopped."""
         if shard_size <= 0:
             raise LlmpyError(f"--shard-size must be positive, got {shard_size}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_out_dir(out_dir)
         output = cls(out_dir, name, shard_size, settings)
         path = out_dir / MANIFEST
         if path.is_file():
-            previous = json.loads(path.read_text())
-            if previous.get("settings") != settings:
+            previous = read_manifest(path)
+            if previous["settings"] != settings:
                 raise LlmpyError(
                     f"{path}: this directory was prepared with other settings ({previous.get('settings')}); "
                     "use another --out or delete it"
@@ -116,9 +172,11 @@ class ShardedOutput:
 
     @classmethod
     def fresh(cls, out_dir: Path, name: str, shard_size: int, settings: dict) -> "ShardedOutput":
-        """Start over: shards of this name left by an earlier run go first (a glob would otherwise mix them in)."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        pattern = re.compile(rf"{re.escape(name)}_(train|val)_\d{{6}}\.bin")
+        """Start over: shards of this name left by an earlier run go first (a glob would otherwise mix them in).
+        Refused where the manifest is another preparation's: replacing it would leave its shards unaccounted for."""
+        make_out_dir(out_dir)
+        pattern = shard_pattern(name)
+        _refuse_other_manifest(out_dir, name, pattern)
         stale = [p for p in out_dir.iterdir() if pattern.fullmatch(p.name)]
         (out_dir / MANIFEST).unlink(missing_ok=True)  # first: no manifest may vouch for half-deleted shards
         for path in stale:
@@ -208,7 +266,7 @@ def verify_output(out_dir: str | Path) -> list[str]:
     path = out / MANIFEST
     if not path.is_file():
         raise LlmpyError(f"{path}: no manifest to verify against")
-    manifest = json.loads(path.read_text())
+    manifest = read_manifest(path, fix="the shards cannot be checked without it; prepare the directory again")
     problems = []
     for shard in manifest["shards"]:
         file = out / shard["file"]
@@ -225,6 +283,6 @@ def verify_output(out_dir: str | Path) -> list[str]:
             continue
         if sha256_of(file) != shard["sha256"]:
             problems.append(f"{file}: SHA-256 differs from the manifest (the file changed after it was written)")
-    if not manifest.get("complete", True):
+    if not manifest["complete"]:
         problems.append(f"{path}: the preparation did not finish; re-run the same prepare command to complete it")
     return problems

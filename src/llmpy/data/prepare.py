@@ -2,13 +2,15 @@
 
 Layout (llm.c's): `{name}_val_000000.bin` is shard 0 (val), then `{name}_train_000001.bin`, ... of `shard_size`
 tokens each; every document starts with <|endoftext|> (50256), GPT-2's pretraining layout. Every output goes through
-`ShardedOutput`, so each has the same `manifest.json` (settings, each shard's token count and SHA-256) that
-`llmpy prepare --verify DIR` checks.
+`ShardedOutput`, so each has the same `manifest.json` (settings with the source text, each shard's token count and
+SHA-256) that `llmpy prepare --verify DIR` checks and `llmpy.data.manifest.describe_source` puts in words.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from llmpy.data.pipeline import ShardedOutput, tokenize_batches, write_stream
+from llmpy.data.pipeline import ShardedOutput, StreamPosition, tokenize_batches, write_stream
 from llmpy.data.shakespeare import resolve_tinyshakespeare, shakespeare_sections
 from llmpy.data.sources import DatasetSpec, open_split
-from llmpy.data.textfiles import iter_documents
+from llmpy.data.textfiles import RecordTally, input_files, iter_documents
 from llmpy.errors import LlmpyError
 from llmpy.atomic import sha256_of
 from llmpy.tokenizer import GPT2Tokenizer, get_tokenizer
@@ -28,6 +30,8 @@ TINYSHAKESPEARE_VAL_TOKENS = 32_768  # llm.c's split for this set
 DEFAULT_SHARD_SIZE = 100_000_000
 ENCODE_BATCH = 256  # documents per tokenizer call
 FORMAT = "llm.c token shard v1 (uint16), EOT before each document"
+VAL_SHARE = 0.05  # of a text too short in documents to split by them: the share of its tokens for val (1 in 20)
+MIN_SPLIT_TOKENS = 2  # each split needs at least one (input, next token) pair
 
 
 def default_workers() -> int:
@@ -58,9 +62,10 @@ def _documents(batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.
 
 
 def prepare_tinyshakespeare(out_dir: str | Path, input_path: str | Path | None = None,
-                            tokenizer: GPT2Tokenizer | None = None) -> dict:
-    """llm.c's recipe: each blank-line section after an EOT; val = exactly the first 32,768 tokens, train the rest."""
-    text_path, is_substitute = resolve_tinyshakespeare(input_path)
+                            tokenizer: GPT2Tokenizer | None = None, *, text: tuple[Path, bool] | None = None) -> dict:
+    """llm.c's recipe: each blank-line section after an EOT; val = exactly the first 32,768 tokens, train the rest.
+    `text`: (file, is_substitute) already resolved by the caller; else `input_path`, the cache, the network."""
+    text_path, is_substitute = text or resolve_tinyshakespeare(input_path)
     tokenizer = tokenizer or get_tokenizer()
     texts = shakespeare_sections(text_path.read_text(encoding="utf-8"))
     tokens, _ = next(tokenize_batches([texts], tokenizer.bpe_file, workers=1))
@@ -77,6 +82,33 @@ def prepare_tinyshakespeare(out_dir: str | Path, input_path: str | Path | None =
     return output.save()
 
 
+SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_shard_name(name: str) -> None:
+    """A one-line error for a --name that is not a plain file-name prefix: shards are written beside the manifest,
+    which lists bare names, so a separator or '..' would put them where `prepare --verify` never looks."""
+    if not SHARD_NAME.fullmatch(name) or ".." in name:
+        raise LlmpyError(f"--name {name!r}: the shard prefix takes letters, digits, '.', '_' and '-' only (no path "
+                         "separators, no '..', not starting with '.' or '-'); choose the directory with --out")
+
+
+def _split_by_tokens(documents: list[np.ndarray], val_tokens: int | None, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(val, train) of a text too short in documents for the document rule: val = its first tokens, train the rest."""
+    stream = np.concatenate(documents) if documents else np.zeros(0, dtype=np.uint16)
+    wanted = val_tokens if val_tokens is not None else max(MIN_SPLIT_TOKENS, math.ceil(VAL_SHARE * stream.size))
+    if stream.size - wanted < MIN_SPLIT_TOKENS:
+        asked = (f"--val-tokens {val_tokens:,}" if val_tokens is not None
+                 else f"val takes {VAL_SHARE:.0%} of them, and each split needs {MIN_SPLIT_TOKENS}")
+        raise LlmpyError(f"{where}: only {stream.size:,} tokens in {len(documents)} document(s), too few to split into "
+                         f"val and train ({asked}); give a longer text, a smaller --val-tokens, or separate val files "
+                         "(--val-input)")
+    share = "" if val_tokens is not None else f" ({VAL_SHARE:.0%})"
+    print(f"llmpy: {where}: {len(documents)} document(s) are too few to split by document, so split by tokens: "
+          f"val = the first {wanted:,} tokens{share}, train = the other {stream.size - wanted:,}", file=sys.stderr)
+    return stream[:wanted], stream[wanted:]
+
+
 def prepare_text(
     inputs: list[str | Path], out_dir: str | Path, *, name: str = "text", shard_size: int = DEFAULT_SHARD_SIZE,
     val_inputs: list[str | Path] | None = None, val_tokens: int | None = None, field: str = "text",
@@ -84,21 +116,30 @@ def prepare_text(
 ) -> dict:
     """Tokenize local files into shards. Val is, in order of precedence: all documents of `val_inputs`; the leading
     documents until `val_tokens` tokens are reached; else every 20th document, from the first (5%, one pass).
-    Documents are never split between val and train; the val split is held in memory until the end."""
+    Documents are never split between val and train, except when that would leave train empty (one book.txt is one
+    document): then val is the first `val_tokens` tokens (default 5%) and train the rest. Records without a string
+    `field` are skipped and counted. The val split is held in memory until the end."""
+    if val_tokens is not None and val_tokens <= 0:
+        raise LlmpyError(f"--val-tokens must be a positive number of tokens, got {val_tokens}")
+    check_shard_name(name)
+    inputs, val_inputs = input_files(inputs), input_files(val_inputs or [], flag="--val-input")
     tokenizer = tokenizer or get_tokenizer()
+    where = ", ".join(map(str, inputs))
     val_rule = ("val_inputs" if val_inputs else f"first documents up to {val_tokens} tokens"
                 if val_tokens is not None else "every 20th document")
-    source = {"name": name, "inputs": [str(p) for p in inputs], "val_inputs": [str(p) for p in val_inputs or []],
-              "field": field, "val_rule": val_rule}
+    source = {"name": name, "inputs": [str(p) for p in inputs], "val_inputs": [str(p) for p in val_inputs],
+              "field": field, "val_rule": val_rule, "sha256": [sha256_of(p) for p in inputs],
+              "val_sha256": [sha256_of(p) for p in val_inputs]}
     output = ShardedOutput.fresh(Path(out_dir), name, shard_size, _settings(source, tokenizer, shard_size))
     val: list[np.ndarray] = []
+    tally, val_tally = RecordTally(field), RecordTally(field)
 
-    def tokenized(paths):
-        return _documents(tokenize_batches(_in_batches(iter_documents(paths, field)), tokenizer.bpe_file, 1))
+    def tokenized(paths, counts):
+        return _documents(tokenize_batches(_in_batches(iter_documents(paths, field, counts)), tokenizer.bpe_file, 1))
 
     def train_documents() -> Iterator[np.ndarray]:
         val_count = 0
-        for index, tokens in enumerate(tokenized(inputs)):
+        for index, tokens in enumerate(tokenized(inputs, tally)):
             to_val = (not val_inputs) and (val_count < val_tokens if val_tokens is not None else index % 20 == 0)
             if to_val:
                 val.append(tokens)
@@ -107,17 +148,22 @@ def prepare_text(
                 yield tokens
 
     if val_inputs:
-        val.extend(tokenized(val_inputs))
+        val.extend(tokenized(val_inputs, val_tally))
+        val_tally.report(", ".join(map(str, val_inputs)))
     with tqdm(unit="tok", unit_scale=True, desc=f"tokenizing {name}", disable=quiet or not sys.stderr.isatty()) as bar:
         batches = ((tokens, np.array([tokens.size])) for tokens in train_documents())
         write_stream(output, batches, start=output.position, val_from_stream=False, progress=bar)
+    tally.report(where)
     if not val:
         raise LlmpyError(f"{', '.join(map(str, val_inputs or inputs))}: no documents for the val split")
-    if output.next_index == 1:
-        raise LlmpyError(
-            f"{', '.join(map(str, inputs))}: all {len(val)} document(s) went to val, none are left for train; pass "
-            "more documents, a smaller val_tokens (--val-tokens), or separate val files (--val-input)"
-        )
+    if output.next_index == 1:  # nothing went to train
+        if val_inputs:
+            raise LlmpyError(f"{where}: no documents for the train split")
+        val_split, train_split = _split_by_tokens(val, val_tokens, where)
+        source["val_rule"] = f"first {val_split.size} tokens (too few documents to split by document)"
+        write_stream(output, [(train_split, np.array([train_split.size]))], start=StreamPosition(),
+                     val_from_stream=False)
+        val = [val_split]
     output.write("val", 0, np.concatenate(val))
     output.complete = True
     return output.save()
@@ -140,11 +186,17 @@ def prepare_stream(
         return output.save()
     separate_val = bool(val_inputs) or (spec.val_split is not None and not inputs)
     if separate_val and not output.has_val():
-        val_docs = open_split(spec, spec.val_split or "train", val_inputs, field)
+        val_tally = RecordTally(field)
+        val_docs = open_split(spec, spec.val_split or "train", val_inputs, field, tally=val_tally)
         val_batches = list(tokenize_batches(val_docs, tokenizer.bpe_file, workers))
-        output.write("val", 0, np.concatenate([tokens for tokens, _ in val_batches]))
+        val_tally.report(", ".join(val_inputs or []) or f"{spec.hub_path} ({spec.val_split})")
+        val_stream = np.concatenate([tokens for tokens, _ in val_batches] or [np.zeros(0, dtype=np.uint16)])
+        if not val_stream.size:
+            raise LlmpyError(f"{', '.join(val_inputs or []) or spec.hub_path}: no documents for the val split")
+        output.write("val", 0, val_stream)
     resumed = output.position.next_document > 0
-    train_docs = open_split(spec, spec.train_split, inputs, field, skip=output.position.next_document)
+    tally = RecordTally(field)
+    train_docs = open_split(spec, spec.train_split, inputs, field, skip=output.position.next_document, tally=tally)
     written = sum(s["tokens"] for s in output.shards)
     total = max_tokens or (None if inputs else spec.expected_tokens)
     with tqdm(total=total, initial=written, unit="tok", unit_scale=True, desc=f"{spec.name} ({workers} workers)",
@@ -153,5 +205,22 @@ def prepare_stream(
             bar.write(f"resuming after {len(output.shards)} complete shards at document {output.position.next_document}")
         write_stream(output, tokenize_batches(train_docs, tokenizer.bpe_file, workers), start=output.position,
                      val_from_stream=not separate_val, max_tokens=max_tokens, progress=bar)
+    where = ", ".join(inputs or []) or spec.hub_path
+    tally.report(where)
+    _check_train_left(output, where, separate_val)
     output.complete = True
     return output.save()
+
+
+def _check_train_left(output: ShardedOutput, where: str, separate_val: bool) -> None:
+    """A one-line error when the stream left no train tokens (a marked-complete output would train on nothing)."""
+    if any(s["split"] == "train" and s["tokens"] for s in output.shards):
+        return
+    if separate_val:
+        raise LlmpyError(f"{where}: no documents for the train split")
+    val = sum(s["tokens"] for s in output.shards if s["split"] == "val")
+    raise LlmpyError(
+        f"{where}: all {val:,} tokens went to the val shard (shard 0 takes the first --shard-size "
+        f"{output.shard_size:,} tokens, as llm.c does), none are left for train; give a smaller --shard-size, "
+        "more data, or separate val files (--val-input)"
+    )

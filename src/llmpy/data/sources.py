@@ -4,10 +4,12 @@ run it)."""
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmpy.data.textfiles import RecordTally
 from llmpy.errors import LlmpyError
 
 
@@ -52,8 +54,9 @@ def _local_builder(files: list[str]) -> str:
 
 
 def open_split(spec: DatasetSpec, split: str, inputs: list[str] | None = None, field: str = "text",
-               skip: int = 0, batch_size: int = 256) -> Iterator[list[str]]:
-    """Stream the `field` of a hub split's rows, or of local files', in lists of `batch_size`, after `skip` rows."""
+               skip: int = 0, batch_size: int = 256, tally: RecordTally | None = None) -> Iterator[list[str | None]]:
+    """Stream the `field` of a hub split's rows, or of local files', in lists of `batch_size`, after `skip` rows.
+    A row without a string `field` is None (no tokens, but it keeps its place for a resume) and counted in `tally`."""
     try:
         import datasets
     except ImportError:
@@ -62,6 +65,9 @@ def open_split(spec: DatasetSpec, split: str, inputs: list[str] | None = None, f
     if inputs:
         files = [str(Path(f)) for f in inputs]
         for f in files:
+            if Path(f).is_dir():
+                raise LlmpyError(f"{f}: a directory; --input takes the .parquet or .jsonl(.gz) files themselves "
+                                 f"(e.g. --input {Path(f) / '*.parquet'})")
             if not Path(f).is_file():
                 raise LlmpyError(f"{f}: no such input file")
         where = ", ".join(files)
@@ -81,12 +87,42 @@ def open_split(spec: DatasetSpec, split: str, inputs: list[str] | None = None, f
     except Exception as exc:  # offline, a bad file, a missing config: say where and what
         raise LlmpyError(f"{where}: cannot open with datasets ({type(exc).__name__}: {str(exc).splitlines()[0]})"
                          + ("" if inputs else "; offline? download the files and pass them with --input")) from None
-    return _text_batches(dataset, field, where, batch_size)
+    local = [Path(f) for f in inputs or []]
+    return _text_batches(dataset, field, where, batch_size, skip, tally or RecordTally(field),
+                         lambda row: locate_row(local, row) if local else f"row {row + 1} of {where}")
 
 
-def _text_batches(dataset, field: str, where: str, batch_size: int) -> Iterator[list[str]]:
+def locate_row(files: list[Path], row: int) -> str:
+    """Where row `row` (0-based, as `datasets` counts: jsonl blank lines are not rows) is: FILE line N or FILE row N."""
+    for path in files:
+        if path.name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            rows = pq.ParquetFile(path).metadata.num_rows
+            if row < rows:
+                return f"{path} row {row + 1}"
+            row -= rows
+            continue
+        with (gzip.open if path.name.endswith(".gz") else open)(path, "rt", encoding="utf-8") as handle:
+            for line_number, line in enumerate(handle, 1):
+                if line.strip():
+                    if row == 0:
+                        return f"{path} line {line_number}"
+                    row -= 1
+    return "?"
+
+
+def _text_batches(dataset, field: str, where: str, batch_size: int, first_row: int, tally: RecordTally,
+                  locate) -> Iterator[list[str | None]]:
+    row = first_row
     try:
         for batch in dataset.iter(batch_size=batch_size):  # columnar batches: far less per-row Python than rows
-            yield [text or "" for text in batch[field]]  # a null row stays an (empty) document: counts match on resume
+            texts = [text if isinstance(text, str) else None for text in batch[field]]
+            if None in texts:
+                for offset in (i for i, text in enumerate(texts) if text is None):
+                    tally.skip(lambda at=row + offset: locate(at))
+            row += len(texts)
+            tally.read += len(texts)
+            yield texts
     except Exception as exc:  # a corrupt line or file met mid-stream
         raise LlmpyError(f"{where}: reading failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None

@@ -28,7 +28,7 @@ class Example:
 
 
 def load_examples(path: str | Path, tokenizer, limit: int | None = None) -> list[Example]:
-    """Tokenize a HellaSwag jsonl (official format: ctx, endings, label)."""
+    """Tokenize a HellaSwag jsonl (official format: ctx, endings, label); a file without examples is an error."""
     examples = []
     with open(path, encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, 1):
@@ -46,6 +46,9 @@ def load_examples(path: str | Path, tokenizer, limit: int | None = None) -> list
             if len(endings) != 4 or label not in range(4):
                 raise LlmpyError(f"{path}:{line_number}: needs 4 endings and a label 0-3")
             examples.append(Example(context, endings, label))
+    if not examples and limit != 0:  # scoring nothing would report an accuracy of 0
+        raise LlmpyError(f"{path}: no HellaSwag examples in this file (one JSON object per line with ctx, endings, "
+                         "label); give the hellaswag_val.jsonl file")
     return examples
 
 

@@ -24,6 +24,11 @@ def val_loss_over_budget(model, pattern: str, tokens: int, batch_size: int, seq_
     return {"val_loss": evaluate_loss(with_loss, loader, steps, runtime), "val_tokens": steps * batch_size * seq_len}
 
 
+def token_count(tokens: int) -> str:
+    """A token count for a label: 65,536 below a million (where "0.1M" would hide it), else 10.5M."""
+    return f"{tokens:,}" if tokens < 1_000_000 else f"{tokens / 1e6:.1f}M"
+
+
 def format_table(spec: str, model_config: ModelConfig, num_params: int, results: dict) -> str:
     """A plain-text table of this model's numbers beside the reference checkpoints of its size."""
     match = reference_for(model_config.n_layer, model_config.n_embd)
@@ -40,7 +45,7 @@ def format_table(spec: str, model_config: ModelConfig, num_params: int, results:
         lines.append(cells)
 
     if "val_loss" in results:
-        row(f"val loss ({results['val_tokens'] / 1e6:.1f}M tok)", results["val_loss"], ref.get("gpt2_val_loss"))
+        row(f"val loss ({token_count(results['val_tokens'])} tok)", results["val_loss"], ref.get("gpt2_val_loss"))
     if "hellaswag_acc_norm" in results:
         row("HellaSwag acc_norm", results["hellaswag_acc_norm"], ref.get("gpt2_hellaswag"), ref.get("gpt3_hellaswag"))
         row("HellaSwag acc", results["hellaswag_acc"])
@@ -50,10 +55,13 @@ def format_table(spec: str, model_config: ModelConfig, num_params: int, results:
 
 
 def run_eval(spec: str, *, val_data: str | None, val_tokens: int, batch_size: int, seq_len: int,
-             hellaswag: str | None, skip_hellaswag: bool, limit: int | None, runtime: Runtime, as_json: bool) -> dict:
+             hellaswag: str | None, skip_hellaswag: bool, limit: int | None, runtime: Runtime, as_json: bool,
+             tokenizer: str | None = None) -> dict:
     """Load the model, compute what was asked for, print a table (or one JSON line); returns the results."""
     from llmpy.convert.load import load_any_model
 
+    if limit is not None and limit < 1:
+        raise LlmpyError(f"eval: --limit must be at least 1 HellaSwag example, got {limit} (leave it out for all)")
     model = load_any_model(spec).to(runtime.device).eval()
     results: dict = {"model": spec}
     if val_data:
@@ -65,7 +73,8 @@ def run_eval(spec: str, *, val_data: str | None, val_tokens: int, batch_size: in
         from llmpy.eval.hellaswag import evaluate_hellaswag, load_examples
         from llmpy.tokenizer import get_tokenizer
 
-        examples = load_examples(resolve_hellaswag(hellaswag), get_tokenizer(), limit)
+        examples = load_examples(resolve_hellaswag(hellaswag, flag="--hellaswag-file"),
+                                 get_tokenizer(tokenizer, flag="--tokenizer"), limit)
         started = time.perf_counter()
         scores = evaluate_hellaswag(model, examples, runtime.device, runtime.autocast, progress=not as_json)
         results.update(hellaswag_acc_norm=scores["acc_norm"], hellaswag_acc=scores["acc"],

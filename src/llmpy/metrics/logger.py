@@ -24,6 +24,28 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def _append(handle, text: str) -> None:
+    """Write and flush (a crash must not lose lines already logged); a full disk is the one-line disk-full error."""
+    try:
+        handle.write(text)
+        handle.flush()
+    except OSError as exc:
+        raise _as_disk_full(handle, exc, len(text))
+
+
+def _as_disk_full(handle, exc: OSError, needed: int | None) -> OSError:
+    """The one-line disk-full error (caused by `exc`) for a failed write of `needed` bytes (None: unknown) to
+    `handle`, when the disk is full; else `exc` itself."""
+    from llmpy.atomic import disk_full_error, ran_out_of_space
+
+    directory = Path(handle.name).parent
+    if not ran_out_of_space(exc, directory):
+        return exc
+    error = disk_full_error(handle.name, needed, directory, at_least=True)
+    error.__cause__ = exc
+    return error
+
+
 def _open_log(path: Path, resume: bool) -> TextIO:
     """llm.c's rule: a resumed run (-y 1) appends, a fresh one starts the file over."""
     if not resume:
@@ -59,6 +81,7 @@ class RunLogger:
         self._main: TextIO | None = None
         self._jsonl: TextIO | None = None
         self._sinks: list[MetricSink] = []
+        self._write_failed = False  # then close() keeps quiet: the failed write's error is the one to tell
         if self.active:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -89,31 +112,46 @@ class RunLogger:
 
     def _write_main(self, line: str) -> None:
         if self._main is not None:
-            self._main.write(line + "\n")
-            self._main.flush()  # a crash must not lose lines already logged
+            self._append(self._main, line + "\n")
+
+    def _append(self, handle: TextIO, text: str) -> None:
+        try:
+            _append(handle, text)
+        except OSError:
+            self._write_failed = True
+            raise
 
     def _write_record(self, step: int, kind: str, **fields: Any) -> None:
         """`time` in `fields`: when it happened (a step is logged after it ran); else now."""
         wall_time = fields.pop("time", None) or time.time()
         if self._jsonl is not None:
             record = _json_value({"step": step, "kind": kind, "time": wall_time, **fields})
-            self._jsonl.write(json.dumps(record, allow_nan=False, default=str) + "\n")
-            self._jsonl.flush()
+            self._append(self._jsonl, json.dumps(record, allow_nan=False, default=str) + "\n")
         if self._sinks:
             values = _json_value(fields)  # NaN/inf become None, which sinks leave out
             for sink in self._sinks:
                 sink.log(step, kind, values)
 
     def close(self) -> None:
-        """Close both files and the monitoring sinks; later calls are no-ops."""
+        """Close both files and the monitoring sinks; later calls are no-ops. A full disk met here (the last buffered
+        bytes) is the one-line disk-full error, raised once everything is closed; after a write that already failed
+        (its text is still buffered, so closing retries it) nothing is raised: that write's error was the one."""
+        error: OSError | None = None
         for handle in (self._main, self._jsonl):
-            if handle is not None:
-                handle.close()
+            if handle is None:
+                continue
+            try:
+                handle.close()  # the file is closed even when the flush before fails
+            except OSError as exc:
+                if error is None and not self._write_failed:
+                    error = _as_disk_full(handle, exc, None)
         self._main = self._jsonl = None
         for sink in self._sinks:
             sink.close()
         self._sinks = []
         self.active = False
+        if error is not None:
+            raise error
 
     def __enter__(self) -> "RunLogger":
         return self

@@ -44,6 +44,18 @@ def parameter_count(cfg: ModelConfig) -> int:
     return cfg.padded_vocab_size * C + cfg.block_size * C + L * (12 * C * C + 13 * C) + 2 * C
 
 
+def matmul_parameters(model) -> int:
+    """N for `training_flops_per_token`: llm.c counts every GPT-2 parameter (the tied embedding is also the head's
+    matmul). An untied model (the modern family) counts its head but not its lookup tables (token, position and
+    value embeddings), which cost no matmul FLOPs."""
+    import torch.nn as nn
+
+    total = sum(p.numel() for p in model.parameters())
+    if model.lm_head.weight is model.transformer.wte.weight:
+        return total
+    return total - sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
+
+
 def training_flops_per_token(cfg: ModelConfig, seq_len: int, num_params: int | None = None) -> float:
     """FLOPs to train on one token, llm.c's count: 6N + 6LCT.
 

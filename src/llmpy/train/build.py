@@ -16,12 +16,13 @@ from llmpy.atomic import atomic_write_bytes
 from llmpy.checkpoint import CheckpointManager, claim_run_dir
 from llmpy.config import DESCRIPTOR_RE, GPT2_NAMES, ModelConfig, TrainConfig
 from llmpy.data.loader import TokenLoader
+from llmpy.data.manifest import describe_source
 from llmpy.distributed import Distributed, all_reduce_mean, check_same_everywhere, init_distributed
 from llmpy.errors import LlmpyError
-from llmpy.families import DEFAULT_FAMILY, build_model as build_family_model, family_of
+from llmpy.families import DEFAULT_FAMILY, build_model as build_family_model, family_of, model_config
 from llmpy.loss import CrossEntropyLoss, build_loss as build_loss_component
 from llmpy.metrics.logger import RunLogger
-from llmpy.metrics.mfu import peak_flops, training_flops_per_token
+from llmpy.metrics.mfu import matmul_parameters, peak_flops, training_flops_per_token
 from llmpy.runtime import Runtime, seed_everything, select_runtime
 from llmpy.train.evaluation import Evaluator
 from llmpy.train.faults import BadStepCounter, OutlierWindow, SkipRule
@@ -55,14 +56,19 @@ def build_runtime(config: TrainConfig, job: Distributed) -> Runtime:
     return runtime
 
 
-def build_model(spec: str, seq_len: int, recompute: int = 0) -> nn.Module:
-    """`-e`: a descriptor (d12, gpt2-medium, ...) for a fresh GPT-2, or a model file to start from."""
+def build_model(spec: str, seq_len: int, recompute: int = 0, family: str = DEFAULT_FAMILY, arch: str = "") -> nn.Module:
+    """`-e`: a descriptor (d12, gpt2-medium, ...) for a fresh model of `family` (with the `--arch` switches), or a
+    model file to start from (its own family and architecture; `--family`/`--arch` must then agree or be left)."""
     if DESCRIPTOR_RE.fullmatch(spec) or spec in GPT2_NAMES:
-        model = build_family_model(ModelConfig.from_descriptor(spec), DEFAULT_FAMILY, recompute)
+        model = build_family_model(model_config(family, spec, arch), family, recompute)
     else:  # llm.c's -e also takes a model file to start from: an llm.c .bin, an llmpy checkpoint, HF weights
         from llmpy.convert.load import load_any_model
 
         loaded = load_any_model(spec)
+        if family_of(loaded) != family or arch:
+            raise LlmpyError(f"-e {spec} is a {family_of(loaded)} model; a run started from it keeps its family "
+                             f"and architecture (give --family {family_of(loaded)} and no --arch, or the recipe "
+                             f"that uses that family)")
         model = build_family_model(loaded.config, family_of(loaded), recompute)
         model.load_state_dict(loaded.state_dict())
     if seq_len > model.config.block_size:
@@ -70,11 +76,16 @@ def build_model(spec: str, seq_len: int, recompute: int = 0) -> nn.Module:
     return model
 
 
-def loss_kind(flag: int, runtime: Runtime) -> str:
-    """--fused-loss: 1 fused, 0 plain, -1 fused where its Triton kernel runs (CUDA with Triton installed)."""
+def loss_kind(flag: int, runtime: Runtime, head: nn.Module | None = None) -> str:
+    """--fused-loss: 1 fused, 0 plain, -1 fused where its Triton kernel runs (CUDA with Triton installed) and the
+    head is a plain linear layer (the modern family's soft-capped head is not: it takes the plain loss)."""
     from llmpy.kernels.cross_entropy import triton
 
-    return "fused" if (bool(flag) if flag != -1 else runtime.is_cuda and triton is not None) else "plain"
+    plain_head = head is None or type(head) is nn.Linear
+    if flag == 1 and not plain_head:
+        raise LlmpyError(f"--fused-loss 1: the fused loss needs a plain linear head, and this model's is a "
+                         f"{type(head).__name__}; leave --fused-loss at -1 or give 0")
+    return "fused" if (bool(flag) if flag != -1 else runtime.is_cuda and triton is not None and plain_head) else "plain"
 
 
 def build_loss(kind: str, model_config: ModelConfig, runtime: Runtime) -> CrossEntropyLoss:
@@ -126,7 +137,7 @@ def build_optimization(config: TrainConfig, model: nn.Module, runtime: Runtime,
                        total_steps: int) -> tuple[torch.optim.Optimizer, torch.Tensor, LRSchedule]:
     """The optimizer family (--optimizer), the device tensor it reads its learning rate from, and the schedule."""
     lr = torch.tensor(config.learning_rate, dtype=torch.float32, device=runtime.device)
-    optimizer = build_optimizer(config.optimizer, model, lr, config.weight_decay)
+    optimizer = build_optimizer(config.optimizer, model, lr, config.weight_decay, config.optimizer_args)
     schedule = LRSchedule(max_lr=config.learning_rate, warmup_steps=config.warmup_steps, total_steps=total_steps,
                           final_lr_frac=config.final_lr_frac, schedule=config.lr_schedule,
                           cooldown_frac=config.wsd_cooldown_frac)
@@ -153,7 +164,7 @@ def build_evaluator(config: TrainConfig, model: ParallelModel, runtime: Runtime,
         from llmpy.tokenizer import get_tokenizer
 
         try:
-            tokenizer = get_tokenizer(config.tokenizer or None)
+            tokenizer = get_tokenizer(config.tokenizer or None, flag="--tokenizer")
         except LlmpyError as exc:
             if config.hellaswag:
                 raise
@@ -180,16 +191,19 @@ def run_header(config: TrainConfig, runtime: Runtime, model: ParallelModel, layo
         "model_config": module.config.to_dict(), "batch_size": layout.batch_size,
         "grad_accum_steps": layout.grad_accum_steps, "total_steps": total_steps, "world_size": layout.world_size,
         "parallelism": model.description, "torch": str(torch.__version__), "argv": sys.argv,
+        "recipe": config.recipe, "family": family_of(module), "train_source": describe_source(config.train_data),
     }
     compile_note = {None: "", "default": ", compiled"}.get(compile_mode, f", compiled {compile_mode}")
     text = (
-        f"model {config.model}: {module.config.n_layer} layers, {module.config.n_head} heads, "
+        f"recipe {config.recipe} | model {config.model} ({family_of(module)}"
+        + (f", {config.optimizer}" if config.optimizer != "adamw" else "") + f"): {module.config.n_layer} layers, {module.config.n_head} heads, "
         f"{module.config.n_embd} channels | num_parameters: {num_params:,}\n"
         f"device {header['device']} ({runtime.precision}{compile_note}{', fused loss' if loss == 'fused' else ''}) "
         f"| B={layout.batch_size} T={layout.seq_len} | total batch {layout.tokens_per_step:,} tokens "
-        f"=> grad accumulation {layout.grad_accum_steps} | {total_steps} steps | "
-        f"train {train.tokens_per_epoch:,} tokens/epoch"
+        f"=> grad accumulation {layout.grad_accum_steps} | {total_steps:,} steps x {layout.tokens_per_step:,} "
+        f"tokens | train data: {train.tokens_per_epoch:,} tokens per epoch"
         + (f"\nparallelism: {model.description}" if layout.world_size > 1 or model.sharded else "")
+        + (f"\ntrain data: {header['train_source']}" if header["train_source"] else "")
     )
     return header, text
 
@@ -199,8 +213,8 @@ def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) ->
     job, print_fn = build_job(config, print_fn)
     runtime = build_runtime(config, job)
     seed_everything(config.seed)
-    module = build_model(config.model, config.seq_len, config.recompute).to(runtime.device)
-    kind = loss_kind(config.fused_loss, runtime)
+    module = build_model(config.model, config.seq_len, config.recompute, config.family, config.arch).to(runtime.device)
+    kind = loss_kind(config.fused_loss, runtime, module.lm_head)
     loss = build_loss(kind, module.config, runtime)
     compile_mode = compile_mode_for(config.compile, config.compile_mode, runtime)
     model = parallelize(module, loss, runtime, job, config.zero_stage, compile_mode)
@@ -227,7 +241,7 @@ def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) ->
                              runtime, job, config.grad_clip, bool(config.overfit_batch)),
         evaluator=build_evaluator(config, model, runtime, job, logger, val_loader, print_fn),
         logger=logger, checkpoints=checkpoints, total_steps=total_steps,
-        flops_per_token=training_flops_per_token(module.config, config.seq_len, header["num_parameters"]),
+        flops_per_token=training_flops_per_token(module.config, config.seq_len, matmul_parameters(module)),
         peak_flops=peak * job.world_size if peak else None,  # tokens/s is the whole job's: every GPU's peak
         print_fn=print_fn, bad_steps=BadStepCounter(config.max_bad_steps),
     )

@@ -35,16 +35,49 @@ def build_adamw(model: nn.Module, lr: torch.Tensor, weight_decay: float, betas: 
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
 
 
-# --optimizer: name -> builder(model, lr tensor, weight decay). A new optimizer is a new entry; its step must
-# honour `found_inf` (see masked_step) so the trainer can skip updates on the device.
-OPTIMIZERS = {"adamw": build_adamw}
+def build_muon_adamw(model: nn.Module, lr: torch.Tensor, weight_decay: float, **settings) -> torch.optim.Optimizer:
+    """Muon on the blocks' matrices (-l is its LR, -c its weight decay), AdamW on embeddings, head and scalars at
+    multiples of -l (llmpy.train.muon). `settings` (--optimizer-args): `embedding`, `head`, `scalar` (those
+    multiples), `normuon` (0/1), and Muon's `momentum`, `momentum_start`, `momentum_warmup`, `ns_steps`,
+    `orthogonalizer`, `nesterov`."""
+    from llmpy.train.muon import ADAM_LR_SCALES, MuonAdamW, muon_param_groups
+
+    scales = {name: settings.pop(name) for name in list(settings) if name in ADAM_LR_SCALES}
+    groups = muon_param_groups(model, weight_decay, scales, bool(settings.pop("normuon", 0)))
+    return MuonAdamW(groups, lr, muon=settings)
 
 
-def build_optimizer(name: str, model: nn.Module, lr: torch.Tensor, weight_decay: float) -> torch.optim.Optimizer:
-    """The optimizer family `name` over `model`'s parameters."""
+# --optimizer: name -> builder(model, lr tensor, weight decay, **--optimizer-args). A new optimizer is a new entry;
+# its step must honour `found_inf` (see masked_step) so the trainer can skip updates on the device.
+OPTIMIZERS = {"adamw": build_adamw, "muon": build_muon_adamw}
+
+
+def parse_settings(text: str, flag: str = "--optimizer-args") -> dict:
+    """"name=value,name=value" -> {name: int | float | str}."""
+    settings = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise LlmpyError(f"{flag} {item!r}: expected name=value")
+        value = value.strip()
+        for kind in (int, float, str):
+            try:
+                settings[name.strip().replace("-", "_")] = kind(value)
+                break
+            except ValueError:
+                continue
+    return settings
+
+
+def build_optimizer(name: str, model: nn.Module, lr: torch.Tensor, weight_decay: float,
+                    settings: str = "") -> torch.optim.Optimizer:
+    """The optimizer family `name` over `model`'s parameters, with --optimizer-args `settings`."""
     if name not in OPTIMIZERS:
         raise LlmpyError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
-    return OPTIMIZERS[name](model, lr, weight_decay)
+    try:
+        return OPTIMIZERS[name](model, lr, weight_decay, **parse_settings(settings))
+    except (TypeError, ValueError) as exc:  # a setting the optimizer does not have, or a bad value
+        raise LlmpyError(f"--optimizer-args {settings!r} for --optimizer {name}: {exc}") from None
 
 
 def masked_step(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:

@@ -22,14 +22,17 @@ is counted in whole `-d` batches, which do not depend on the world size.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.tensor import DTensor
 
 from llmpy.distributed import Distributed
 from llmpy.errors import LlmpyError
+from llmpy.families import is_tied
 from llmpy.loss import CrossEntropyLoss, ModelWithLoss
 from llmpy.runtime import Runtime
 
@@ -68,9 +71,24 @@ class ParallelModel:
             self.module.set_requires_gradient_sync(last)
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
-        """The global (unclipped) gradient norm as a plain tensor on the device, after clipping to `max_norm`."""
-        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), max_norm)
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        """The global (unclipped) gradient norm as a plain fp32 tensor on the device, after scaling the gradients
+        down to norm `max_norm` where it is above. Under FSDP each rank sums the squares of its shards and one
+        all-reduce adds them up: the same number as one rank's, whatever the shard sizes.
+
+        On the CPU the norms are taken in fp64: PyTorch's CPU fp32 norm kernel accumulates without a cascade, which
+        puts a 2M-element gradient's norm ~4e-5 (relative) off, and differently for every shard size (so 2 FSDP
+        ranks disagreed with 1 rank by 8e-6). CUDA's fp32 reduction is a tree, accurate to ~1e-7: it stays fp32."""
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]  # FSDP: this rank's shard
+        dtype = torch.float64 if local[0].device.type == "cpu" else torch.float32
+        squares = torch.stack(torch._foreach_norm(local, 2, dtype=dtype)).square().sum()
+        if any(isinstance(g, DTensor) for g in grads):
+            dist.all_reduce(squares)  # the shards' sums of squares (every parameter is sharded over all ranks)
+        norm = squares.sqrt()
+        if math.isfinite(max_norm):
+            scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+            torch._foreach_mul_(local, scale.to(local[0].dtype))
+        return norm.float()
 
     def full_state(self, optimizer: torch.optim.Optimizer | None = None) -> dict | None:
         """The whole model state dict (or, with `optimizer`, its state keyed by parameter name) on rank 0's CPU;
@@ -84,7 +102,8 @@ class ParallelModel:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         if optimizer is None:
             state = get_model_state_dict(self.module, options=options)
-            state.pop(_TIED[0], None)
+            if is_tied(self.module.config):
+                state.pop(_TIED[0], None)
         else:
             with _float_learning_rates(optimizer):
                 state = get_optimizer_state_dict(self.module, optimizer, options=options)
@@ -96,7 +115,7 @@ class ParallelModel:
         `optimizer`, the optimizer's. For FSDP only rank 0 needs it (the others pass None): it is broadcast."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        if optimizer is None and model_state is not None:
+        if optimizer is None and model_state is not None and is_tied(self.module.config):
             model_state = dict(model_state, **{_TIED[0]: model_state[_TIED[1]]})
         if optimizer is not None:
             # a checkpoint brings the moments and step counts; the hyperparameters stay this run's: the LR is the

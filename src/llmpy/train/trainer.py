@@ -57,8 +57,11 @@ class Trainer:
         try:
             with StopSignal() as stop:
                 self._loop(summary, throughput, stop)
-        finally:
-            self.logger.close()  # flushes TensorBoard / W&B too, also when the run stops early
+        except BaseException:
+            with contextlib.suppress(Exception):  # the error that stopped the run is the one to tell, not an echo of it
+                self.logger.close()  # flushes TensorBoard / W&B too, also when the run stops early
+            raise
+        self.logger.close()
         summary["tokens_per_sec"] = sum(throughput) / len(throughput) if throughput else None
         if summary["tokens_per_sec"]:
             self.print_fn(f"mean throughput after the first step: {summary['tokens_per_sec']:,.0f} tok/s")

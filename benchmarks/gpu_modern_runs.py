@@ -1,0 +1,110 @@
+"""Issue 16 on one GPU: the modern recipe against the classic one on the shared corpus (d12, T=1024, 65,536 tokens
+per step), many short runs in one process (`llmpy train` through llmpy.cli.main, so CUDA starts once).
+
+    python benchmarks/gpu_modern_runs.py PHASE[,PHASE...] OUT_DIR [RUN_NAME ...]
+
+PHASE `sweep`: eager 30-step runs of the modern recipe's knobs; `ablate`: eager 30-step runs, each switch off;
+`final`: compiled runs, classic 300 steps (the baseline of issue 16) and the modern recipe to 300 steps and to 30.
+Prints one line per run: val loss at its val steps, train seconds (sum of step times, the first step's compilation
+reported apart), mean tok/s after the first step.
+"""
+
+import gc
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from llmpy.cli import main
+
+D = ".devcarry/corpus"
+COMMON = ["-i", f"{D}/corpus_train_*.bin", "-j", f"{D}/corpus_val_*.bin", "-e", "d12", "-b", "64", "-t", "1024",
+          "-d", "65536", "-r", "0", "-s", "0", "--no-shuffle", "-m", "10", "--log-every", "10"]
+CLASSIC = ["-l", "0.0006", "-u", "30", "-q", "0.1", "-c", "0.1"]
+MODERN = ["--recipe", "modern"]
+EAGER30 = ["--compile", "0", "-x", "30", "-v", "15"]
+
+PHASES = {
+    "sweep": [
+        ("m_default", MODERN),
+        ("m_lr0.1", MODERN + ["-l", "0.1"]),
+        ("m_lr0.025", MODERN + ["-l", "0.025"]),
+        ("m_head1", MODERN + ["--optimizer-args", "head=1"]),
+        ("m_head4", MODERN + ["--optimizer-args", "head=4"]),
+        ("m_emb4", MODERN + ["--optimizer-args", "embedding=4"]),
+        ("m_emb30", MODERN + ["--optimizer-args", "embedding=30"]),
+        ("m_cool1", MODERN + ["--wsd-cooldown-frac", "1.0"]),
+        ("m_cool0.2", MODERN + ["--wsd-cooldown-frac", "0.2"]),
+        ("m_mom0.95", MODERN + ["--optimizer-args", "momentum_start=0.95"]),
+        ("m_normuon", MODERN + ["--optimizer-args", "normuon=1"]),
+        ("m_wd0.1", MODERN + ["-c", "0.1"]),
+    ],
+    "ablate": [
+        ("a_none", MODERN),
+        *[(f"a_{switch}", MODERN + ["--arch", switch]) for switch in (
+            "rotary=0", "qk_norm=0", "relu2=0", "rmsnorm=0", "zero_init=0", "tie=1", "softcap=0", "value_embeds=0",
+            "unet=0")],
+        ("a_adamw", MODERN + ["--optimizer", "adamw", "-l", "0.003", "-u", "3"]),
+        ("a_gpt2_muon", MODERN + ["--family", "gpt2"]),
+        ("classic_x30", CLASSIC + ["-x", "30", "-v", "15", "--compile", "0", "-u", "3", "-l", "0.003"]),
+    ],
+    "final": [
+        ("modern_30", MODERN + ["-x", "30", "-v", "5"]),
+        ("classic_300", CLASSIC + ["-x", "300", "-v", "50"]),
+        ("modern_300", MODERN + ["-x", "300", "-v", "10"]),
+        ("a_gpt2_muon", MODERN + ["--family", "gpt2"] + EAGER30),
+    ],
+}
+
+
+def summary(run: Path) -> dict:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    val = {r["step"]: round(r["loss"], 4) for r in records if r["kind"] == "val"}
+    seconds = [r["step_ms"] / 1000 for r in train]
+    tokens = train[0].get("tokens", 65536) if train else 0
+    return {"val": val, "first_step_s": round(seconds[0], 2) if seconds else None,
+            "train_s_after_first": round(sum(seconds[1:]), 2),
+            "tok_per_s": round(tokens * (len(seconds) - 1) / max(sum(seconds[1:]), 1e-9)) if len(seconds) > 1 else None}
+
+
+def run_phase(phase: str, out: Path, only: list[str], deadline: float) -> None:
+    """Each run writes to a scratch directory (its checkpoint stays there); its logs are copied to `out`. A run
+    that would start after `deadline` (time.time()) is skipped: the trainer takes SIGTERM as a preemption and
+    stops only its own run, so an outer `timeout` would not stop the list."""
+    out.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp())
+    for name, flags in PHASES[phase]:
+        if (only and name not in only) or time.time() > deadline:
+            continue
+        extra = EAGER30 if phase != "final" and "-x" not in flags else []
+        run = scratch / name.replace("=", "")
+        start = time.time()
+        code = main(["train", *COMMON, *flags, *extra, "-o", str(run)])
+        (out / name.replace("=", "")).mkdir(exist_ok=True)
+        for file in ("main.log", "metrics.jsonl", "config.json"):
+            if (run / file).exists():
+                shutil.copy(run / file, out / name.replace("=", "") / file)
+        wall = time.time() - start
+        result = {"name": name, "rc": code, "wall_s": round(wall, 1), "flags": " ".join(flags + extra)}
+        if code == 0:
+            result.update(summary(run))
+        print("RESULT " + json.dumps(result), flush=True)
+        with open(out / "results.jsonl", "a") as handle:
+            handle.write(json.dumps(result) + "\n")
+        # a fresh compiler state per run: dynamo's recompilation check of the shared ModelWithLoss.forward
+        # evaluates the previous model's guards against this one (KeyError: 'rotary', torch 2.11)
+        torch._dynamo.reset()
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    deadline = time.time() + float(os.environ.get("BUDGET_S", "1e9"))
+    for phase in sys.argv[1].split(","):
+        run_phase(phase, Path(sys.argv[2]), sys.argv[3:], deadline)

@@ -1,0 +1,41 @@
+"""Training recipes: named sets of TrainConfig defaults. A recipe picks the model family, the optimizer, the
+schedule and the batch policy; any flag given on the command line or in --config still wins over it.
+
+- `classic` (the default): GPT-2 as OpenAI released it, trained with GPT-3's AdamW hyperparameters, as llm.c does.
+  TrainConfig's own defaults are this recipe, so it sets nothing.
+- `modern`: the speedrun line of work (modded-nanogpt, nanochat): the modern architecture (llmpy.modern: rotary,
+  QK-norm, ReLU^2, RMSNorm, no biases, zero-init projections, untied soft-capped head, value embeddings, U-net
+  skips) trained by Muon on the hidden matrices and Adam on embeddings, head and scalars (llmpy.train.muon), at
+  a constant LR that decays linearly to zero over the last part of the run, without warmup or gradient clipping.
+  `-l` is Muon's learning rate; the Adam groups run at fixed multiples of it. Values measured on one H200: see
+  benchmarks/RESULTS.md ("The modern recipe").
+"""
+
+from __future__ import annotations
+
+from llmpy.config import RECIPE_NAMES
+from llmpy.errors import LlmpyError
+
+RECIPES: dict[str, dict] = {
+    "classic": {},
+    "modern": {
+        "family": "modern",
+        "optimizer": "muon",
+        "learning_rate": 0.05,
+        "warmup_steps": 0,
+        "lr_schedule": "wsd",
+        "wsd_cooldown_frac": 0.5,
+        "final_lr_frac": 0.0,
+        "weight_decay": 0.0,
+        "grad_clip": 0.0,
+    },
+}
+assert tuple(RECIPES) == RECIPE_NAMES
+
+
+def with_recipe(values: dict) -> dict:
+    """TrainConfig field values (from a file and the command line) over their recipe's defaults."""
+    name = values.get("recipe", "classic")
+    if name not in RECIPES:
+        raise LlmpyError(f"--recipe must be one of {', '.join(RECIPES)}, got {name!r}")
+    return {**RECIPES[name], **values}

@@ -1,0 +1,539 @@
+"""Muon for the hidden weight matrices and AdamW for the rest, as one optimizer (`build_muon`).
+
+Muon (Keller Jordan, 2024: MomentUm Orthogonalized by Newton-Schulz) is SGD with Nesterov momentum whose update, for
+each weight matrix, is replaced by the nearest semi-orthogonal matrix: the orthogonal polar factor U V^T of the
+momentum M = U S V^T. The factor is approximated by a few odd quintic polynomial steps X <- a X + (b A + c A^2) X,
+A = X X^T, which act on every singular value alike (s <- a s + b s^3 + c s^5) and need only matmuls (bf16 on GPUs).
+The polynomials are Polar Express's (Amsel, Persson, Musco, Gower 2025): each step's quintic is the minimax-optimal
+one for the interval the singular values are known to lie in after the steps before it, found here by the Remez
+algorithm (`polar_express_coefficients`). NorMuon (Li et al. 2025), optional: the orthogonalized update's rows
+(output neurons) are divided by a running RMS of their own, so that no neuron's update is much larger than another's.
+
+Embeddings, the output head and every vector or scalar are not matrices Muon should whiten: they take AdamW, in the
+same optimizer (modded-nanogpt's split), so that one `state_dict()` (and torch.distributed.checkpoint's name-keyed
+one) holds everything.
+
+Like the fused AdamW of `optim.build_adamw`, a step never waits for the GPU: the learning rate is read from the
+tensor `lr_tensor` (each group's `lr` is a multiplier of it), step counts are device tensors, and the `found_inf`
+protocol of `optim.masked_step` is honoured (a flagged step changes no weight, moment or count). Under DDP each rank
+orthogonalizes every world-th matrix and the results are all-gathered (in masked steps, which every rank takes);
+under FSDP2 the momentum stays sharded, each matrix is gathered whole on one rank (all-to-all), orthogonalized there,
+and its rows are sent back to their shards (another all-to-all).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch import Tensor
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+from torch.optim.adamw import adamw as functional_adamw
+
+from llmpy.errors import LlmpyError
+
+# Polar Express's design constants. The polynomials are optimal for normalised singular values in [LOWER, 1]: a
+# matrix whose condition number times sqrt(rank) is below 1 / LOWER gets the band `polar_express_coefficients` implies.
+POLAR_EXPRESS_LOWER = 1e-3
+# The first steps would otherwise map [1e-3, 1] onto nearly [0, 2]: singular values in the middle of the interval
+# would be crushed towards zero, where bf16 keeps few digits of them. Each step's polynomial is therefore designed
+# for [max(l, CUSHION * u), u] and rescaled to centre its range over [l, u] on 1 (the paper's "cushioning").
+POLAR_EXPRESS_CUSHION = 0.02407
+# bf16 rounding can push a singular value slightly above the interval's top, where a quintic grows fast; every step
+# but the last evaluates its polynomial at x / SAFETY so such values are not amplified step after step.
+POLAR_EXPRESS_SAFETY = 1.01
+# Jordan's fixed quintic (tuned for a steep slope at 0; its singular values end in roughly [0.7, 1.2]): for ablations.
+JORDAN_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+# The Frobenius norm bounds the spectral norm, so dividing by it puts every singular value in (0, 1]; the 1% margin
+# and the eps keep bf16 rounding and an all-zero momentum (a skipped first step) inside [0, 1].
+NORM_SAFETY, NORM_EPS = 1.01, 1e-7
+
+Coefficients = tuple[tuple[float, float, float], ...]
+
+
+def _quintic(coefficients: tuple[float, float, float], x):
+    a, b, c = coefficients
+    return a * x + b * x ** 3 + c * x ** 5
+
+
+def _quintic_range(coefficients: tuple[float, float, float], lo: float, hi: float) -> tuple[float, float]:
+    """min and max of the odd quintic over [lo, hi] (0 < lo): at the ends or where p' = a + 3b x^2 + 5c x^4 is 0."""
+    a, b, c = coefficients
+    roots = np.roots([5 * c, 3 * b, a]) if c != 0 else np.roots([3 * b, a])
+    critical = [math.sqrt(r.real) for r in roots if abs(r.imag) < 1e-12 and lo ** 2 < r.real < hi ** 2]
+    values = [_quintic(coefficients, x) for x in [lo, hi, *critical]]
+    return min(values), max(values)
+
+
+def _minimax_quintic(lo: float, hi: float) -> tuple[float, float, float]:
+    """The odd quintic a x + b x^3 + c x^5 that minimises max |1 - p(x)| over [lo, hi], by the Remez exchange: the
+    optimum's error equioscillates at 4 points (both ends and p's two critical points inside)."""
+    if hi - lo < 1e-3 * hi:
+        # an interval this narrow makes Remez's system singular; the optimum tends to the quintic that is flat to
+        # second order at the middle m (p(m) = 1, p'(m) = p''(m) = 0), the classic Newton-Schulz one scaled to m
+        m = (lo + hi) / 2
+        return 15 / 8 / m, -10 / 8 / m ** 3, 3 / 8 / m ** 5
+    ratio = lo / hi  # solve on [ratio, 1], then scale x back (the problem is scale-free)
+    points = ratio + (1 - ratio) * (1 - np.cos(np.pi * np.arange(4) / 3)) / 2
+    signs = (-1.0) ** np.arange(4)
+    for _ in range(100):
+        system = np.stack([points, points ** 3, points ** 5, signs], axis=1)
+        a, b, c, _error = np.linalg.solve(system, np.ones(4))
+        roots = np.roots([5 * c, 3 * b, a])
+        inside = sorted(math.sqrt(r.real) for r in roots if abs(r.imag) < 1e-12 and ratio ** 2 < r.real < 1)
+        if len(inside) != 2:
+            raise LlmpyError(f"internal: Remez found {len(inside)} inner extrema on [{lo}, {hi}]")
+        new_points = np.array([ratio, *inside, 1.0])
+        converged = np.max(np.abs(new_points - points)) < 1e-15
+        points = new_points
+        if converged:
+            break
+    return a / hi, b / hi ** 3, c / hi ** 5
+
+
+@functools.cache
+def polar_express_coefficients(steps: int, lower: float = POLAR_EXPRESS_LOWER) -> Coefficients:
+    """The (a, b, c) of each of `steps` Polar Express quintics for normalised singular values in [lower, 1].
+
+    Greedy, as the paper proves optimal: step t's quintic is the minimax one for the interval [l, u] the singular
+    values are in after the steps before it (cushioned and recentred, see POLAR_EXPRESS_CUSHION), then evaluated at
+    x / SAFETY unless it is the last; the next interval is that polynomial's range over [l, u]. For [1e-3, 1] and
+    5 steps every singular value ends in [0.867, 1.133] (Jordan's fixed quintic: [0.47, 1.20]); 6 steps: 1 +- 2e-3."""
+    lo, hi = lower, 1.0
+    coefficients = []
+    for step in range(steps):
+        a, b, c = _minimax_quintic(max(lo, POLAR_EXPRESS_CUSHION * hi), hi)
+        bottom, top = _quintic_range((a, b, c), lo, hi)
+        scale = 2 / (bottom + top)  # centre the range over the whole [lo, hi] on 1
+        a, b, c = a * scale, b * scale, c * scale
+        if step < steps - 1:
+            a, b, c = a / POLAR_EXPRESS_SAFETY, b / POLAR_EXPRESS_SAFETY ** 3, c / POLAR_EXPRESS_SAFETY ** 5
+        coefficients.append((float(a), float(b), float(c)))
+        lo, hi = _quintic_range((a, b, c), lo, hi)  # where the singular values are after this step
+    return tuple(coefficients)
+
+
+ORTHOGONALIZERS = {
+    "polar_express": polar_express_coefficients,
+    "jordan": lambda steps: (JORDAN_COEFFICIENTS,) * steps,
+}
+
+
+def orthogonalize(g: Tensor, steps: int = 5, dtype: torch.dtype | None = None,
+                  method: str = "polar_express") -> Tensor:
+    """An approximation of the orthogonal polar factor U V^T of g = U S V^T, for g (..., m, n), batched over the
+    leading dims: `steps` quintic iterations of `method` (ORTHOGONALIZERS), computed in `dtype` (None: bf16 on CUDA,
+    fp32 elsewhere), returned in g's dtype. Each singular value s becomes p_T(...p_1(s / (1.01 |g|_F))...)."""
+    if g.ndim < 2:
+        raise ValueError(f"orthogonalize needs a matrix (..., m, n), got shape {tuple(g.shape)}")
+    if method not in ORTHOGONALIZERS:
+        raise ValueError(f"orthogonalize: method must be one of {', '.join(ORTHOGONALIZERS)}, got {method!r}")
+    if dtype is None:
+        dtype = torch.bfloat16 if g.device.type == "cuda" else torch.float32
+    shape = g.shape
+    x = g.reshape(-1, *shape[-2:])  # (batch, m, n)
+    wide = shape[-2] <= shape[-1]
+    if not wide:
+        x = x.mT  # iterate on (batch, n, m): A = X X^T is then the smaller of the two Gram matrices
+    # the norm accumulated in fp32 at least (a bf16 norm is itself 0.4% off)
+    norm = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32))
+    x = (x / (norm * NORM_SAFETY + NORM_EPS)).to(dtype)
+    for a, b, c in ORTHOGONALIZERS[method](steps):
+        gram = x @ x.mT  # (batch, m, m)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b A + c A^2
+        x = torch.baddbmm(x, poly, x, beta=a)  # a X + (b A + c A^2) X
+    if not wide:
+        x = x.mT
+    return x.reshape(shape).to(g.dtype)
+
+
+def _local(t: Tensor) -> Tensor:
+    """This rank's shard of an FSDP2 DTensor (a view: in-place ops change the DTensor), or the tensor itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _shard_rows(rows: int, world: int, rank: int) -> tuple[int, int]:
+    """(start, count) of rank's rows under Shard(0): torch.chunk's split, as DTensor and FSDP2 use it."""
+    per_rank = -(-rows // world)
+    start = min(rows, rank * per_rank)
+    return start, min(rows, start + per_rank) - start
+
+
+
+def _split_columns(packed: Tensor, shapes: list[torch.Size]) -> list[Tensor]:
+    """(count, sum of the shapes' sizes) -> one (count, *shape) tensor per shape."""
+    sizes = [math.prod(shape) for shape in shapes]
+    return [part.reshape(-1, *shape) for part, shape in zip(packed.split(sizes, dim=1), shapes)]
+
+
+class _SingleProcess:
+    """Where the matrices of one bucket (same shape, stacked as (count, *shape)) are orthogonalized. Here every
+    matrix is whole on this rank, which does them all. `gather`: the ranks' local pieces -> the whole matrices this
+    rank `owned`; `scatter`: the owners' results (the update, then any per-matrix extras) -> this rank's local piece
+    of each, over the whole bucket again."""
+
+    def owned(self, count: int) -> range:
+        return range(count)
+
+    def gather(self, pieces: Tensor, shape: torch.Size) -> Tensor:
+        return pieces
+
+    def scatter(self, results: list[Tensor], count: int, shapes: list[torch.Size]) -> list[Tensor]:
+        return results
+
+
+class _Replicated(_SingleProcess):
+    """DDP: every rank holds every whole matrix. Rank r orthogonalizes matrices r, r + world, ...; one all-gather per
+    bucket gives every rank every result."""
+
+    def __init__(self, group=None):
+        self.group, self.rank, self.world = group, dist.get_rank(group), dist.get_world_size(group)
+
+    def owned(self, count: int) -> range:
+        return range(self.rank, count, self.world)
+
+    def gather(self, pieces: Tensor, shape: torch.Size) -> Tensor:
+        return pieces[self.rank::self.world]
+
+    def scatter(self, results: list[Tensor], count: int, shapes: list[torch.Size]) -> list[Tensor]:
+        slots, length = -(-count // self.world), sum(math.prod(shape) for shape in shapes)
+        packed = torch.cat([result.reshape(result.size(0), -1) for result in results], dim=1)  # (owned, length)
+        send = packed.new_zeros(slots, length)  # a rank owning one matrix fewer leaves its last slot zero
+        send[:packed.size(0)] = packed
+        received = packed.new_empty(self.world, slots, length)
+        all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in 2.13
+        all_gather(received.view(-1), send.view(-1), group=self.group)
+        ordered = received.transpose(0, 1).reshape(slots * self.world, length)[:count]  # matrix slot * world + rank
+        return _split_columns(ordered, shapes)
+
+
+class _Sharded(_SingleProcess):
+    """FSDP2: every rank holds rows of every matrix (Shard(0) over a 1-D mesh). Rank r gathers matrices r, r + world,
+    ... whole (one all-to-all), orthogonalizes them and sends each rank its rows back (another): each matrix crosses
+    the network twice, instead of every rank gathering and orthogonalizing every matrix."""
+
+    def __init__(self, mesh):
+        self.group, self.rank, self.world = mesh.get_group(), mesh.get_local_rank(), mesh.size()
+
+    def owned(self, count: int) -> range:
+        return range(self.rank, count, self.world)
+
+    def _rows(self, rows: int) -> list[tuple[int, int]]:
+        return [_shard_rows(rows, self.world, rank) for rank in range(self.world)]
+
+    def gather(self, pieces: Tensor, shape: torch.Size) -> Tensor:
+        rows, owned = self._rows(shape[0]), len(self.owned(pieces.size(0)))
+        if pieces.size(1) != rows[self.rank][1]:
+            raise LlmpyError(f"internal: Muon expected FSDP shards of {rows[self.rank][1]} rows of {tuple(shape)}, "
+                             f"got {pieces.size(1)}")
+        to_rank = [pieces[rank::self.world].reshape(-1) for rank in range(self.world)]
+        out_splits = [owned * n * math.prod(shape[1:]) for _, n in rows]
+        received = pieces.new_empty(sum(out_splits))
+        dist.all_to_all_single(received, torch.cat(to_rank), out_splits, [t.numel() for t in to_rank],
+                               group=self.group)
+        blocks = [block.view(owned, n, *shape[1:]) for block, (_, n) in zip(received.split(out_splits), rows)]
+        return torch.cat(blocks, dim=1)  # (owned, *shape): every source's rows in order
+
+    def scatter(self, results: list[Tensor], count: int, shapes: list[torch.Size]) -> list[Tensor]:
+        update, extras = results[0], results[1:]
+        shape, owned = shapes[0], results[0].size(0)
+        rows = self._rows(shape[0])
+        to_rank = [torch.cat([update[:, start:start + n].reshape(owned, -1),
+                              *(extra.reshape(owned, -1) for extra in extras)], dim=1).reshape(-1)
+                   for start, n in rows]  # each rank's rows of the update, and the whole extras
+        local_shapes = [torch.Size((rows[self.rank][1], *shape[1:])), *shapes[1:]]
+        length = sum(math.prod(s) for s in local_shapes)
+        from_rank = [len(range(rank, count, self.world)) for rank in range(self.world)]
+        out_splits = [n * length for n in from_rank]
+        received = update.new_empty(count * length)
+        dist.all_to_all_single(received, torch.cat(to_rank), out_splits, [t.numel() for t in to_rank],
+                               group=self.group)
+        ordered = update.new_empty(count, length)
+        for rank, block in enumerate(received.split(out_splits)):
+            ordered[rank::self.world] = block.view(from_rank[rank], length)
+        return _split_columns(ordered, local_shapes)
+
+
+class _Gathered(_SingleProcess):
+    """A DTensor laid out other than Shard(0) over a 1-D mesh: every rank gathers every matrix whole and does all
+    of them (right for any placement, but the work is repeated on every rank)."""
+
+    def __init__(self, like: DTensor):
+        self.mesh, self.placements, self.stride = like.device_mesh, like.placements, like.stride()
+
+    def gather(self, pieces: Tensor, shape: torch.Size) -> Tensor:
+        return torch.stack([DTensor.from_local(piece, self.mesh, self.placements, shape=shape,
+                                               stride=self.stride).full_tensor() for piece in pieces.unbind(0)])
+
+    def scatter(self, results: list[Tensor], count: int, shapes: list[torch.Size]) -> list[Tensor]:
+        # src_data_rank=None: each rank keeps its own slice of its own (identical) copy; nothing is sent
+        local = [distribute_tensor(u, self.mesh, self.placements, src_data_rank=None).to_local()
+                 for u in results[0].unbind(0)]
+        return [torch.stack(local), *results[1:]]
+
+
+def _exchange_for(param: Tensor, split_replicated: bool) -> _SingleProcess:
+    """How a bucket like `param` is shared out. `split_replicated`: whether plain tensors on several ranks (DDP:
+    the same averaged gradient everywhere) split the work; if not, each rank does every matrix, alone."""
+    if isinstance(param, DTensor):
+        if param.device_mesh.ndim == 1 and tuple(param.placements) == (Shard(0),):
+            return _Sharded(param.device_mesh)
+        return _Gathered(param)
+    if split_replicated and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return _Replicated()
+    return _SingleProcess()
+
+
+def _buckets(params: list[Tensor]) -> list[list[Tensor]]:
+    """The parameters grouped by shape, dtype and layout (each group one batched orthogonalization), in order."""
+    buckets: dict[tuple, list[Tensor]] = {}
+    for p in params:
+        layout = (id(p.device_mesh), tuple(p.placements)) if isinstance(p, DTensor) else None
+        buckets.setdefault((tuple(p.shape), p.dtype, layout), []).append(p)
+    return list(buckets.values())
+
+
+def _momentum_at(steps: Tensor, group: dict, dtype: torch.dtype) -> Tensor:
+    """beta after `steps` steps (a device tensor): linear from momentum_start to momentum over momentum_warmup."""
+    start, end, warmup = group["momentum_start"], group["momentum"], group["momentum_warmup"]
+    frac = torch.ones_like(steps, dtype=dtype) if warmup <= 0 else (steps.to(dtype) / warmup).clamp(max=1.0)
+    return start * (1 - frac) + end * frac
+
+
+MUON_DEFAULTS = {
+    "lr": 1.0,  # a multiplier of the optimizer's lr_tensor, as every group's lr
+    "weight_decay": 0.0,
+    "momentum": 0.95,  # Jordan's Muon and modded-nanogpt
+    "momentum_start": 0.85,  # modded-nanogpt's warmup: 0.85 -> 0.95 over the first 300 steps
+    "momentum_warmup": 300,
+    "nesterov": True,
+    "ns_steps": 5,
+    "orthogonalizer": "polar_express",  # or "jordan" (ORTHOGONALIZERS)
+    "normuon": False,
+    "normuon_beta": 0.95,  # NorMuon's beta2 for the rows' second moment
+}
+ADAM_DEFAULTS = {"lr": 1.0, "weight_decay": 0.0, "betas": (0.8, 0.95), "eps": 1e-10}  # modded-nanogpt's Adam
+NORMUON_EPS = 1e-10
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for weight matrices (every parameter of dim >= 2; leading dims beyond 2 are a batch of matrices).
+
+    Per step and matrix: m <- beta m + (1 - beta) g; u = orthogonalize(lerp(g, m, beta)) (Nesterov; m without it),
+    optionally NorMuon's row normalisation, times sqrt(max(1, rows / cols)); then p <- p (1 - lr wd) - lr u, with
+    lr = lr_tensor * group['lr']. beta warms up from momentum_start to momentum over momentum_warmup steps.
+    Set `found_inf` (a 0-d float tensor, 1 = skip) before step() to skip on the device (optim.masked_step)."""
+
+    def __init__(self, params, lr_tensor: Tensor, **muon_settings):
+        self._init(params, lr_tensor, {"muon": _settings("muon", MUON_DEFAULTS, muon_settings)})
+
+    def _init(self, params, lr_tensor: Tensor, kind_defaults: dict[str, dict]) -> None:
+        if not isinstance(lr_tensor, Tensor) or lr_tensor.ndim != 0:
+            raise TypeError("Muon: lr_tensor must be a 0-d tensor on the device (the trainer fills it every step)")
+        self.lr_tensor, self._kind_defaults = lr_tensor, kind_defaults
+        super().__init__(params, {})
+
+    def add_param_group(self, param_group: dict) -> None:
+        group = dict(param_group)
+        kind = group.setdefault("kind", "muon")
+        if kind not in self._kind_defaults:
+            raise ValueError(f"{type(self).__name__}: group kind must be one of {', '.join(self._kind_defaults)}, "
+                             f"got {kind!r}")
+        defaults = self._kind_defaults[kind]
+        unknown = set(group) - {"params", "kind", "name"} - set(defaults)
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: unknown {kind} group settings {sorted(unknown)}")
+        for key, value in defaults.items():
+            group.setdefault(key, value)
+        if isinstance(group["lr"], Tensor):
+            raise ValueError(f"{type(self).__name__}: a group's lr is a float multiplier of lr_tensor, not a tensor")
+        params = group["params"]
+        group["params"] = [params] if isinstance(params, Tensor) else list(params)
+        if kind == "muon" and any(p.dim() < 2 for p in group["params"]):
+            raise ValueError(f"{type(self).__name__}: muon groups take matrices; give vectors and scalars to AdamW")
+        super().add_param_group(group)
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        if closure is not None:
+            raise ValueError(f"{type(self).__name__} takes no closure")
+        if getattr(self, "grad_scale", None) is not None:
+            raise ValueError(f"{type(self).__name__}: gradients are never loss-scaled here (grad_scale must be None)")
+        found_inf = getattr(self, "found_inf", None)  # set by masked_step; absent when others call step()
+        skip = torch.zeros((), device=self.lr_tensor.device) if found_inf is None else found_inf.float()
+        # DDP ranks split the orthogonalizations only in the trainer's (masked) steps, which every rank takes: a bare
+        # step() may run on one rank alone (torch.distributed.checkpoint's state initialisation, on rank 0 under DDP)
+        self._step_groups(skip, split_replicated=found_inf is not None)
+
+    def _step_groups(self, skip: Tensor, split_replicated: bool) -> None:
+        for group in self.param_groups:
+            if group["kind"] == "muon":
+                self._muon_group_step(group, skip, split_replicated)
+
+    def _muon_group_step(self, group: dict, skip: Tensor, split_replicated: bool) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        keep = 1.0 - skip  # 0 on a skipped step: no weight, moment or count moves
+        lr = self.lr_tensor * group["lr"] * keep
+        for bucket in _buckets(params):  # same-shaped matrices, stacked: one kernel each step instead of one each
+            states = [self._muon_state(p, group) for p in bucket]
+            exchange, shape = _exchange_for(bucket[0], split_replicated), bucket[0].shape
+            directions = self._momentum_update(bucket, states, group, keep, skip > 0)  # (count, *local shape)
+            owned = [states[i] for i in exchange.owned(len(bucket))]
+            shapes = [shape] + ([shape[:-1]] if group["normuon"] else [])
+            results = self._updates(group, owned, exchange.gather(directions, shape), keep, shapes)
+            update, *extras = exchange.scatter(results, len(bucket), shapes)
+            if group["normuon"]:  # the owners' new moments, now on every rank (checkpoints read rank 0's)
+                torch._foreach_copy_([s["normuon_second_moment"] for s in states], list(extras[0].unbind(0)))
+            local = [_local(p) for p in bucket]
+            if group["weight_decay"] != 0.0:
+                torch._foreach_mul_(local, 1 - lr * group["weight_decay"])  # p <- p (1 - lr wd)
+            # p <- p - lr u; lr is 0 on a skipped step, which leaves p exactly as it was
+            torch._foreach_add_(local, list((update * -lr).unbind(0)))
+
+    def _muon_state(self, p: Tensor, group: dict) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["momentum_buffer"] = torch.zeros_like(p)  # FSDP: a DTensor sharded like p
+        if group["normuon"] and "normuon_second_moment" not in state:
+            # one per row of the whole matrix, a plain tensor on every rank (small: rows, not rows x cols)
+            state["normuon_second_moment"] = torch.zeros(p.shape[:-1], dtype=p.dtype, device=p.device)
+        return state
+
+    def _momentum_update(self, bucket: list[Tensor], states: list[dict], group: dict, keep: Tensor,
+                         skipped: Tensor) -> Tensor:
+        """Update the bucket's momenta (this rank's shards) and step counts; return what is to be orthogonalized,
+        stacked: lerp(g, m, beta) with Nesterov, else m."""
+        grads = torch.where(skipped, 0.0, torch.stack([_local(p.grad) for p in bucket]))  # NaN/inf stay out
+        buffers = [_local(s["momentum_buffer"]) for s in states]
+        momentum = torch.stack(buffers)
+        steps = torch.stack([s["step"] for s in states])
+        beta = _momentum_at(steps, group, momentum.dtype).view(-1, *[1] * (momentum.ndim - 1))
+        momentum.lerp_(grads, ((1 - beta) * keep).to(momentum.dtype))  # m <- beta m + (1 - beta) g; kept if skipped
+        torch._foreach_copy_(buffers, list(momentum.unbind(0)))
+        # (not _foreach_add_(steps, keep): with a tensor scalar it reads it on the host, a sync on CUDA)
+        torch._foreach_copy_([s["step"] for s in states], list((steps + keep).unbind(0)))
+        return grads.lerp(momentum, beta) if group["nesterov"] else momentum
+
+    def _updates(self, group: dict, states: list[dict], matrices: Tensor, keep: Tensor,
+                 shapes: list[torch.Size]) -> list[Tensor]:
+        """The whole updates of the matrices this rank owns (stacked; with NorMuon: and their new row moments)."""
+        if matrices.size(0) == 0:
+            return [matrices.new_empty(0, *shape) for shape in shapes]
+        updates = orthogonalize(matrices, group["ns_steps"], method=group["orthogonalizer"])
+        results = []
+        if group["normuon"]:
+            old = torch.stack([s["normuon_second_moment"] for s in states])  # (owned, *shape[:-1])
+            moments = old.lerp(updates.square().mean(-1), ((1 - group["normuon_beta"]) * keep).to(old.dtype))
+            normalized = updates / (moments.sqrt() + NORMUON_EPS).unsqueeze(-1)
+            # NorMuon evens out the rows; each matrix keeps the Frobenius norm Muon gave it, so the LR means the same
+            dims = tuple(range(1, updates.ndim))
+            ratio = torch.linalg.vector_norm(updates, dim=dims, keepdim=True) / torch.linalg.vector_norm(
+                normalized, dim=dims, keepdim=True).clamp_min(NORMUON_EPS)
+            updates, results = normalized * ratio, [moments]
+        rows, cols = shapes[0][-2], shapes[0][-1]
+        return [updates * math.sqrt(max(1.0, rows / cols)), *results]  # rows: the fan-out of an (out, in) weight
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:  # step counts are fp32 device tensors (torch leaves them where they were)
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and "step" in state:
+                    state["step"] = state["step"].to(dtype=torch.float32, device=p.device)
+
+
+def _settings(kind: str, defaults: dict, overrides: dict) -> dict:
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {kind} settings {sorted(unknown)}: use {', '.join(defaults)}")
+    return {**defaults, **overrides}
+
+
+class MuonAdamW(Muon):
+    """One optimizer with two kinds of param groups: group['kind'] 'muon' (Muon above) and 'adam' (AdamW: betas,
+    eps, weight_decay per group, PyTorch's fused kernel). Every group's lr multiplies lr_tensor. One optimizer, so
+    that state_dict() and torch.distributed.checkpoint's name-keyed optimizer state dicts hold everything."""
+
+    def __init__(self, params, lr_tensor: Tensor, *, muon: dict | None = None, adam: dict | None = None):
+        self._init(params, lr_tensor, {"muon": _settings("muon", MUON_DEFAULTS, muon or {}),
+                                       "adam": _settings("adam", ADAM_DEFAULTS, adam or {})})
+
+    def _step_groups(self, skip: Tensor, split_replicated: bool) -> None:
+        super()._step_groups(skip, split_replicated)
+        for group in self.param_groups:
+            if group["kind"] == "adam":
+                self._adam_group_step(group, skip)
+
+    def _adam_group_step(self, group: dict, skip: Tensor) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        states = [self._adam_state(p) for p in params]
+        beta1, beta2 = group["betas"]
+        # the fused kernel skips the whole update where found_inf is 1, and the step counts are put back
+        functional_adamw(
+            [_local(p) for p in params], [_local(p.grad) for p in params],
+            [_local(s["exp_avg"]) for s in states], [_local(s["exp_avg_sq"]) for s in states], [],
+            [s["step"] for s in states], fused=True, grad_scale=None, found_inf=skip, amsgrad=False,
+            beta1=beta1, beta2=beta2, lr=self.lr_tensor * group["lr"], weight_decay=group["weight_decay"],
+            eps=group["eps"], maximize=False)
+
+    def _adam_state(self, p: Tensor) -> dict:
+        state = self.state[p]
+        if not state:  # the keys and layout of torch.optim.AdamW's state
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        return state
+
+
+# Adam groups' LR multipliers, relative to Muon's LR (-l): modded-nanogpt's record settings, Muon 0.05 with
+# embeddings 0.6, head 0.008 and scalars 0.04, each divided by 0.05.
+ADAM_LR_SCALES = {"embedding": 12.0, "head": 0.16, "scalar": 0.8}
+MUON_GROUPS = ("muon", "embedding", "head", "scalar")  # always all four, in this order, possibly empty
+
+
+def muon_param_groups(model: nn.Module, weight_decay: float, adam_lr_scales: dict | None = None,
+                      normuon: bool = False) -> list[dict]:
+    """The four groups of MUON_GROUPS: Muon for the matrices inside the transformer blocks (model.transformer.h),
+    AdamW for every nn.Embedding weight (a head tied to one is listed once, as the embedding), the untied output
+    head (lm_head.weight) and every parameter of dim < 2. Weight decay on the Muon group only."""
+    scales = _settings("adam_lr_scales", ADAM_LR_SCALES, adam_lr_scales or {})
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head = getattr(getattr(model, "lm_head", None), "weight", None)
+    blocks = getattr(getattr(model, "transformer", None), "h", None)
+    in_blocks = {id(p) for p in blocks.parameters()} if blocks is not None else set()
+    members: dict[str, list[Tensor]] = {name: [] for name in MUON_GROUPS}
+    for name, p in model.named_parameters():  # a tied tensor once
+        if not p.requires_grad:
+            continue
+        if id(p) in embeddings:
+            members["embedding"].append(p)
+        elif p is head:
+            members["head"].append(p)
+        elif p.dim() < 2:
+            members["scalar"].append(p)
+        elif id(p) in in_blocks or ".h." in name:
+            members["muon"].append(p)
+        else:
+            raise LlmpyError(f"--optimizer muon: parameter {name} {tuple(p.shape)} is a matrix outside the "
+                             f"transformer blocks that is neither an embedding nor lm_head; give it a group")
+    if not any(members.values()):
+        raise LlmpyError("optimizer: the model has no trainable parameters")
+    groups = [{"name": "muon", "kind": "muon", "params": members["muon"], "lr": 1.0, "weight_decay": weight_decay,
+               "normuon": normuon}]
+    for name in MUON_GROUPS[1:]:
+        groups.append({"name": name, "kind": "adam", "params": members[name], "lr": scales[name],
+                       "weight_decay": 0.0})
+    return groups
+
+
+def build_muon(model: nn.Module, lr: Tensor, weight_decay: float, *, adam_lr_scales: dict | None = None,
+               normuon: bool = False) -> MuonAdamW:
+    """Muon (LR = `lr`, the schedule's tensor) for the blocks' matrices, AdamW for the rest (muon_param_groups)."""
+    return MuonAdamW(muon_param_groups(model, weight_decay, adam_lr_scales, normuon), lr)

@@ -1,0 +1,131 @@
+"""Recipes: `--recipe modern` sets the modern family and Muon with its schedule, flags given explicitly win, the
+run records and resumes it; the modern recipe trains a tiny model with falling loss and resumes bitwise on CPU."""
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_random_shards
+from llmpy.checkpoint import load_model
+from llmpy.cli import build_parser, main, train_config_from_args
+from llmpy.modern import ModernGPT
+from llmpy.recipes import RECIPES
+
+
+def parse(command: str):
+    return train_config_from_args(build_parser().parse_args(shlex.split(command)))
+
+
+def test_a_recipe_sets_its_defaults_and_explicit_flags_win(tmp_path):
+    classic = parse("train -i x.bin")
+    assert (classic.recipe, classic.family, classic.optimizer, classic.learning_rate) == ("classic", "gpt2", "adamw", 3e-4)
+    modern = parse("train -i x.bin --recipe modern")
+    for name, value in RECIPES["modern"].items():
+        assert getattr(modern, name) == value, name
+    assert (modern.family, modern.optimizer, modern.grad_clip) == ("modern", "muon", 0.0)
+    mixed = parse("train -i x.bin --recipe modern -l 0.02 --optimizer adamw --grad-clip 1")
+    assert (mixed.learning_rate, mixed.optimizer, mixed.grad_clip, mixed.family) == (0.02, "adamw", 1.0, "modern")
+    (tmp_path / "run.toml").write_text('recipe = "modern"\nlearning-rate = 0.03\n')
+    from_file = parse(f"train -i x.bin --config {tmp_path / 'run.toml'} -u 5")
+    assert (from_file.family, from_file.learning_rate, from_file.warmup_steps) == ("modern", 0.03, 5)
+
+
+def test_an_unknown_recipe_family_or_switch_is_one_line(tmp_path, capsys):
+    data = write_random_shards(tmp_path, "r", {"train_000001": 2000}, seed=0)
+    base = ["train", "-i", str(data / "r_train_*.bin"), "-e", "d2w64", "-t", "16", "-b", "2", "-x", "1",
+            "--device", "cpu", "--compile", "0", "-v", "0", "-s", "0"]
+    for extra, message in ((["--recipe", "fast"], "--recipe must be one of classic, modern, got 'fast'"),
+                           (["--family", "llama"], "unknown model family 'llama'"),
+                           (["--recipe", "modern", "--arch", "rotary=2"], "--arch rotary must be 0 or 1"),
+                           (["--arch", "softcap=3"], "the gpt2 family has no architecture switches"),
+                           (["--recipe", "modern", "--fused-loss", "1"], "the fused loss needs a plain linear head")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
+def write_patterned_shards(root, seed=0):
+    """Shards of a 40-token phrase repeated with a few random tokens between: text a model can learn quickly."""
+    import numpy as np
+
+    from llmpy.data.shards import write_shard
+
+    rng = np.random.default_rng(seed)
+    phrase = rng.integers(0, 50257, 40)
+    def text(count):
+        pieces = []
+        while sum(map(len, pieces)) < count:
+            pieces += [phrase, rng.integers(0, 50257, 3)]
+        return np.concatenate(pieces)[:count]
+    write_shard(root / "p_val_000000.bin", text(2000))
+    write_shard(root / "p_train_000001.bin", text(20000))
+    return root
+
+
+def modern_args(data, run, steps, extra=()):
+    return ["train", "-i", str(data / "p_train_*.bin"), "-j", str(data / "p_val_*.bin"), "-o", str(run),
+            "-e", "d2w64", "-b", "2", "-t", "32", "-d", "128", "-x", str(steps), "-n", "4", "-v", "4", "-m", "2",
+            "-s", "0", "--device", "cpu", "--compile", "0", "--log-every", "0", "--recipe", "modern",
+            "-l", "0.02", *extra]
+
+
+def records(run, kind):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r for r in map(json.loads, lines) if r["kind"] == kind}
+
+
+def test_the_modern_recipe_trains_a_tiny_model_and_resumes_bitwise(tmp_path):
+    data = write_patterned_shards(tmp_path)
+    straight = tmp_path / "straight"
+    assert main(modern_args(data, straight, 8)) == 0
+    val = {step: r["loss"] for step, r in records(straight, "val").items()}
+    assert val[8] < val[4] < val[0] and val[8] < val[0] - 1.5, val  # falling from ln(50257) = 10.82
+    config = json.loads((straight / "config.json").read_text())
+    assert (config["recipe"], config["family"], config["train"]["optimizer"]) == ("modern", "modern", "muon")
+    model, payload = load_model(straight)
+    assert isinstance(model, ModernGPT) and payload["family"] == "modern"
+    # stopped after the step-4 checkpoint (as a kill would leave it: nothing after it), then the same command -y 1
+    resumed = tmp_path / "resumed"
+    assert main(modern_args(data, resumed, 8, ["-n", "4"])) == 0
+    for name in [p.name for p in resumed.iterdir() if p.name.endswith("00000008") or "_00000008_" in p.name]:
+        (resumed / name).unlink()
+    lines = [line for line in (resumed / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 4]
+    (resumed / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    assert main(modern_args(data, resumed, 8, ["-y", "1"])) == 0
+    for kind in ("train", "val"):
+        assert {s: r["loss"] for s, r in records(resumed, kind).items()} == \
+               {s: r["loss"] for s, r in records(straight, kind).items()}, kind
+    final, reference = load_model(resumed)[0].state_dict(), model.state_dict()
+    assert all(torch.equal(final[k], reference[k]) for k in reference)
+
+
+def test_resuming_a_modern_run_with_another_recipe_is_refused(tmp_path, capsys):
+    data = write_patterned_shards(tmp_path)
+    run = tmp_path / "run"
+    assert main(modern_args(data, run, 4)) == 0
+    args = modern_args(data, run, 8, ["-y", "1"])
+    args[args.index("--recipe") + 1] = "classic"
+    assert main(args) == 2
+    assert "--recipe was 'modern' in the saved run, now 'classic'" in capsys.readouterr().err
+
+
+def test_resuming_with_other_architecture_switches_is_refused(tmp_path, capsys):
+    data = write_patterned_shards(tmp_path)
+    run = tmp_path / "run"
+    assert main(modern_args(data, run, 4)) == 0
+    assert main(modern_args(data, run, 8, ["-y", "1", "--arch", "softcap=30"])) == 2
+    assert "--arch was '' in the saved run, now 'softcap=30'" in capsys.readouterr().err
+
+
+def test_the_speedrun_script_parses_into_the_modern_recipe():
+    # scripts/speedrun_124M.sh's llmpy flags (after train_until_done.sh's two arguments) make a valid modern config
+    script = (Path(__file__).parents[1] / "scripts" / "speedrun_124M.sh").read_text()
+    body = script[script.index("--recipe modern"):].replace('"$@"', "").replace("\\\n", " ")
+    body = body.replace("$DATA", "data")
+    config = parse("train " + body.replace('"', ""))
+    assert (config.recipe, config.family, config.optimizer, config.model) == ("modern", "modern", "muon", "d12")
+    assert config.total_batch_size == 8 * 64 * 1024 and config.grad_accum_steps(world_size=8) == 1
+    config.validate(world_size=8)
