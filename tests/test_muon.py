@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from llmpy.config import ModelConfig
 from llmpy.errors import LlmpyError
 from llmpy.families import build_model
-from llmpy.train.muon import (
-    ADAM_LR_SCALES, JORDAN_COEFFICIENTS, NORM_SAFETY, POLAR_EXPRESS_LOWER, Muon, MuonAdamW, _minimax_quintic,
-    _quintic, build_muon, orthogonalize, polar_express_coefficients,
+from llmpy.train.muon import ADAM_LR_SCALES, Muon, MuonAdamW, build_muon
+from llmpy.train.polar import (
+    JORDAN_COEFFICIENTS, NORM_SAFETY, POLAR_EXPRESS_LOWER, _minimax_quintic, _quintic, orthogonalize,
+    polar_express_coefficients,
 )
 from llmpy.train.optim import masked_step
 

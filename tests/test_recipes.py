@@ -129,3 +129,30 @@ def test_the_speedrun_script_parses_into_the_modern_recipe():
     assert (config.recipe, config.family, config.optimizer, config.model) == ("modern", "modern", "muon", "d12")
     assert config.total_batch_size == 8 * 64 * 1024 and config.grad_accum_steps(world_size=8) == 1
     config.validate(world_size=8)
+
+
+def test_plot_overlays_a_classic_and_a_modern_run_against_tokens(tmp_path, capsys):
+    from llmpy import plot
+    from llmpy.metrics.rundata import load_run
+
+    data = write_patterned_shards(tmp_path)
+    modern, classic = tmp_path / "modern", tmp_path / "classic"
+    assert main(modern_args(data, modern, 4)) == 0
+    classic_args = modern_args(data, classic, 4)
+    classic_args[classic_args.index("--recipe") + 1] = "classic"
+    classic_args[classic_args.index("-l") + 1] = "0.001"
+    assert main(classic_args) == 0
+    for run in (modern, classic):  # a d2w64 of either family is no GPT-2 size: no baseline, but no error either
+        assert plot.reference_of(load_run(run)) is None
+    out = tmp_path / "both.png"
+    assert main(["plot", str(modern), str(classic), "--x", "tokens", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = capsys.readouterr().out
+    assert "modern" in summary and "classic" in summary
+    lines = []  # a modern run of GPT-2 124M's size gets GPT-2 124M's baselines
+    for record in map(json.loads, (modern / "metrics.jsonl").read_text().splitlines()):
+        if record["kind"] == "config":
+            record["model_config"].update(n_layer=12, n_embd=768)
+        lines.append(json.dumps(record) + "\n")
+    (modern / "metrics.jsonl").write_text("".join(lines))
+    assert plot.reference_of(load_run(modern))[0] == "124M"

@@ -11,7 +11,7 @@ touched. Loading uses `weights_only=True`, so no pickled code ever runs.
 
 `CheckpointManager` saves a dict of Stateful pieces (anything with `state_dict()`/`load_state_dict()`) and, on
 `-y 1`, restores every one of them from the newest readable checkpoint, after comparing the saved run's flags
-with the new ones (`run_changes`).
+with the new ones (`llmpy.resume_rules.run_changes`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from llmpy.config import ModelConfig, TrainConfig
 from llmpy.distributed import Distributed, broadcast_object
 from llmpy.errors import DiskFullError, LlmpyError
 from llmpy.families import DEFAULT_FAMILY, build_model, config_from_dict, family_of, is_tied
+from llmpy.resume_rules import describe_model, run_changes
 from llmpy.runtime import rng_state, set_rng_state
 
 MODEL_FORMAT = "llmpy-model"
@@ -272,81 +273,7 @@ def _running(pid: int) -> bool:
     return True
 
 
-def claim_run_dir(run_dir: str | Path, resume: bool, overwrite: bool, job: Distributed) -> Path | None:
-    """A new run never mixes with another run's files: an -o holding checkpoints is refused unless -y 1 continues
-    them or --overwrite 1 moves them aside (returned). Rank 0 looks and moves; every rank gets its verdict."""
-    run_dir = Path(run_dir)
-    outcome = None
-    if job.is_main:
-        try:
-            outcome = ("moved", _claim(run_dir, resume, overwrite))
-        except (LlmpyError, OSError) as exc:
-            outcome = ("error", str(exc) if isinstance(exc, LlmpyError) else f"-o {run_dir}: {exc}")
-    outcome = broadcast_object(outcome)
-    if outcome[0] == "error":
-        raise LlmpyError(outcome[1])
-    return outcome[1]
-
-
-def _claim(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise LlmpyError(f"-o {run_dir}: a file, not a run directory")
-    markers = sorted(p.name for p in run_dir.glob("DONE_*")) if run_dir.is_dir() else []
-    if resume or not markers:
-        return None
-    if not overwrite:
-        raise LlmpyError(f"-o {run_dir} holds another run's checkpoints ({', '.join(markers[-2:])}): continue that "
-                         "run with -y 1, give a new -o, or add --overwrite 1 to move it aside")
-    n = 1
-    while run_dir.with_name(f"{run_dir.name}.old{n}").exists():
-        n += 1
-    target = run_dir.with_name(f"{run_dir.name}.old{n}")
-    run_dir.rename(target)
-    return target
-
-
-# ------------------------------------------------------------------------------------- comparing runs on resume
-
-# flags whose change alters what the run computes: a resume with another value would not continue the same run.
-# -e is checked as the architecture it builds (the weights come from the checkpoint either way).
-MATH_FIELDS = ("recipe", "family", "arch", "seq_len", "optimizer", "optimizer_args", "learning_rate", "warmup_steps", "final_lr_frac", "lr_schedule",
-               "wsd_cooldown_frac", "weight_decay", "grad_clip", "seed", "shuffle", "overfit_batch",
-               "skip_loss_zscore", "skip_grad_zscore")
-# flags that are saved but are the run's bookkeeping, not something a reader of the log needs told
-_QUIET_FIELDS = ("resume", "output_dir", "overwrite")
-
-
-def run_changes(saved: dict, saved_tokens: int, new: TrainConfig, new_tokens: int) -> tuple[list[str], list[str]]:
-    """(refused, allowed): one line per flag whose value differs between the saved run's config and the new one.
-    Tokens per step (-d) are compared as the runs resolved them (-d -1 means B*T*world, auto-batch may change B)."""
-    defaults = TrainConfig().to_dict()  # a field the saved run predates had its default value
-    current = new.to_dict()
-    refused, allowed = [], []
-
-    def line(name: str, before, after) -> str:
-        return f"--{name.replace('_', '-')} was {before!r} in the saved run, now {after!r}"
-
-    before_tokens, after_tokens = saved_tokens, new_tokens
-    if before_tokens != after_tokens:
-        refused.append(f"-d/--total-batch-size: the saved run took {before_tokens:,} tokens per step, now "
-                       f"{after_tokens:,}")
-    for name, value in current.items():
-        before = saved.get(name, defaults[name])
-        if before == value or name in _QUIET_FIELDS or name == "total_batch_size":
-            continue
-        (refused if name in MATH_FIELDS else allowed).append(line(name, before, value))
-    return refused, allowed
-
-
 # ----------------------------------------------------------------------------------------------- the manager
-
-
-def _describe(config: ModelConfig) -> str:
-    """"a 12-layer, 768-wide GPT-2 model" (or ... modern model with softcap=15.0, ...: its switches)."""
-    switches = {k: v for k, v in config.to_dict().items() if k not in ModelConfig().to_dict()}
-    kind = "modern model" if switches else "GPT-2 model"
-    detail = f" ({', '.join(f'{k}={v}' for k, v in switches.items())})" if switches else ""
-    return f"a {config.n_layer}-layer, {config.n_embd}-wide {kind}{detail}"
 
 
 class RngState:
@@ -469,7 +396,7 @@ class CheckpointManager:
                                  "cannot be continued: use the saved value, or a new -o for a new run")
             if saved.config != model_config:
                 raise LlmpyError(f"-y 1: the checkpoint at step {step} in {self.run_dir} is "
-                                 f"{_describe(saved.config)} but -e asks for {_describe(model_config)}")
+                                 f"{describe_model(saved.config)} but -e asks for {describe_model(model_config)}")
             for change in allowed:
                 self.print_fn(f"resume: {change} (allowed: it does not change the math)")
             return step, saved.state_dict(), state

@@ -56,14 +56,13 @@ def reference_of(run: RunData, fallback: str | None = None) -> tuple[str, dict] 
     """(size, REFERENCE row) of OpenAI's GPT-2 of this run's shape: from its config record, else `fallback` (dN)."""
     from llmpy.config import ModelConfig
 
-    shape = run.config.get("model_config")
-    try:
-        config = ModelConfig.from_dict(shape) if isinstance(shape, dict) else None
-    except LlmpyError:
-        config = None
-    if config is None and fallback:
+    shape = run.config.get("model_config")  # any family's config: the size is what is compared
+    if isinstance(shape, dict) and isinstance(shape.get("n_layer"), int) and isinstance(shape.get("n_embd"), int):
+        return reference_for(shape["n_layer"], shape["n_embd"])
+    if fallback:
         config = ModelConfig.from_descriptor(fallback)
-    return reference_for(config.n_layer, config.n_embd) if config is not None else None
+        return reference_for(config.n_layer, config.n_embd)
+    return None
 
 
 def moving_average(values: list[float], window: int) -> list[float]:

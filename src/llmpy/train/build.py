@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from llmpy.atomic import atomic_write_bytes
-from llmpy.checkpoint import CheckpointManager, claim_run_dir
+from llmpy.checkpoint import CheckpointManager
 from llmpy.config import DESCRIPTOR_RE, GPT2_NAMES, ModelConfig, TrainConfig
 from llmpy.data.loader import TokenLoader
 from llmpy.data.manifest import describe_source
@@ -23,6 +23,7 @@ from llmpy.families import DEFAULT_FAMILY, build_model as build_family_model, fa
 from llmpy.loss import CrossEntropyLoss, build_loss as build_loss_component
 from llmpy.metrics.logger import RunLogger
 from llmpy.metrics.mfu import matmul_parameters, peak_flops, training_flops_per_token
+from llmpy.rundir import claim_run_dir
 from llmpy.runtime import Runtime, seed_everything, select_runtime
 from llmpy.train.evaluation import Evaluator
 from llmpy.train.faults import BadStepCounter, OutlierWindow, SkipRule
