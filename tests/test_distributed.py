@@ -102,6 +102,7 @@ def test_two_ranks_match_one_rank_with_accumulation_and_resume(data, bpe_file, o
     if zero == 3:  # resharding: the 2-rank FSDP checkpoint resumes on 1 rank (plain), which must not change the math
         result = launch(1, args(data, two, val_batches=2), bpe_file)
         assert "written by 2 process(es), now 1" in result.stdout
+        assert "so from here each val loss covers 128 tokens (1 process(es), before 2)" in result.stdout
         # the remaining val records came from 1 rank with 2 batches: the same tokens
     else:
         launch(2, args(data, two, val_batches=1, zero=zero), bpe_file)

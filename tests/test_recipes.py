@@ -156,3 +156,19 @@ def test_plot_overlays_a_classic_and_a_modern_run_against_tokens(tmp_path, capsy
         lines.append(json.dumps(record) + "\n")
     (modern / "metrics.jsonl").write_text("".join(lines))
     assert plot.reference_of(load_run(modern))[0] == "124M"
+
+
+def test_bad_muon_settings_are_one_line_before_training(tmp_path, capsys):
+    data = write_patterned_shards(tmp_path)
+    cases = {"head=abc": "head must be a finite number > 0", "embedding=-1": "embedding must be a finite number > 0",
+             "momentum=nan": "momentum must be a number in [0, 1)", "momentum_start=inf": "momentum_start must be",
+             "ns_steps=1e9": "ns_steps must be a whole number in [1, 20]", "ns_steps=0": "ns_steps must be",
+             "normuon=abc": "normuon must be 0 or 1", "nesterov=2": "nesterov must be 0 or 1",
+             "orthogonalizer=bogus": "orthogonalizer must be polar_express or jordan",
+             "momentum_warmup=-1": "momentum_warmup must be a whole number >= 0",
+             "nonsense=1": "muon has no setting 'nonsense'; its settings are embedding, head, scalar"}
+    for setting, message in cases.items():
+        assert main(modern_args(data, tmp_path / "run", 2, ["--optimizer-args", setting])) == 2, setting
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (setting, err)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() or "train" not in (tmp_path / "run" / "metrics.jsonl").read_text()

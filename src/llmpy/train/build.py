@@ -257,6 +257,11 @@ def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) ->
             print_fn(f"resuming from the checkpoint at step {restored.step} of {total_steps} in {config.output_dir}"
                      + (f" (written by {restored.saved_world_size} process(es), now {job.world_size})"
                         if restored.saved_world_size != job.world_size else ""))
+            if restored.saved_world_size != job.world_size and config.val_data and config.val_max_steps > 0:
+                tokens = config.val_max_steps * layout.batch_size * layout.seq_len * job.world_size
+                print_fn(f"note: -m counts val batches per process (llm.c's meaning), so from here each val loss "
+                         f"covers {tokens:,} tokens ({job.world_size} process(es), before {restored.saved_world_size}): "
+                         f"the val curve changes its sample at step {restored.step}")
             if schedule.total_steps != total_steps:
                 print_fn(f"resume: the LR schedule continues as saved: it reaches its final LR at step "
                          f"{schedule.total_steps} and holds it after")

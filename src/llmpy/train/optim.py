@@ -42,9 +42,45 @@ def build_muon_adamw(model: nn.Module, lr: torch.Tensor, weight_decay: float, **
     `orthogonalizer`, `nesterov`."""
     from llmpy.train.muon import ADAM_LR_SCALES, MuonAdamW, muon_param_groups
 
+    _check_muon_settings(settings)
     scales = {name: settings.pop(name) for name in list(settings) if name in ADAM_LR_SCALES}
     groups = muon_param_groups(model, weight_decay, scales, bool(settings.pop("normuon", 0)))
     return MuonAdamW(groups, lr, muon=settings)
+
+
+def _number(kind):
+    return lambda value: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (kind is float or float(value).is_integer())
+
+
+# --optimizer-args of muon: name -> (test, what it must be)
+_MUON_SETTINGS = {
+    **{name: (lambda v: _number(float)(v) and v > 0, "a finite number > 0 (a multiple of -l)")
+       for name in ("embedding", "head", "scalar")},
+    "normuon": (lambda v: v in (0, 1), "0 or 1"),
+    "nesterov": (lambda v: v in (0, 1), "0 or 1"),
+    "momentum": (lambda v: _number(float)(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "momentum_start": (lambda v: _number(float)(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "momentum_warmup": (lambda v: _number(int)(v) and v >= 0, "a whole number >= 0 (steps)"),
+    "ns_steps": (lambda v: _number(int)(v) and 1 <= v <= 20, "a whole number in [1, 20]"),
+    "orthogonalizer": (lambda v: v in ("polar_express", "jordan"), "polar_express or jordan"),
+}
+
+
+def _check_muon_settings(settings: dict) -> None:
+    """Every --optimizer-args setting of muon known and in range, before anything is built (one line each)."""
+    for name, value in settings.items():
+        if name not in _MUON_SETTINGS:
+            raise LlmpyError(f"--optimizer-args {name}={value}: muon has no setting {name!r}; its settings are "
+                             f"{', '.join(_MUON_SETTINGS)} (-l and -c set its LR and weight decay)")
+        test, what = _MUON_SETTINGS[name]
+        if not test(value):
+            raise LlmpyError(f"--optimizer-args {name} must be {what}, got {value!r}")
+    for name in ("ns_steps", "momentum_warmup", "normuon", "nesterov"):
+        if name in settings:
+            settings[name] = int(settings[name])
+    if "nesterov" in settings:
+        settings["nesterov"] = bool(settings["nesterov"])
 
 
 # --optimizer: name -> builder(model, lr tensor, weight decay, **--optimizer-args). A new optimizer is a new entry;
