@@ -132,7 +132,8 @@ def test_value_embeddings_are_shared_by_a_first_and_a_last_layer_and_off_with_ze
     state = {k: v for k, v in model.state_dict().items() if "value" not in k}
     plain.load_state_dict(state)
     assert torch.allclose(model(idx), plain(idx), atol=1e-10)
-    assert len(tiny("value_embeds=9").transformer.value_embeds) == 2  # at most L/2 tables
+    capped = tiny("value_embeds=9")  # at most L/2 tables, and the config says so
+    assert len(capped.transformer.value_embeds) == 2 and capped.config.value_embeds == 2
 
 
 def test_unet_skips_add_the_mirrored_encoder_output_and_vanish_at_zero_weight():
@@ -183,6 +184,12 @@ def test_bad_arch_switches_are_one_line_errors():
         model_config("modern", "d2", "qk_norm=2")
     with pytest.raises(LlmpyError, match="the gpt2 family has no architecture switches"):
         model_config("gpt2", "d2", "softcap=0")
+    with pytest.raises(LlmpyError, match="rotary takes a whole number, got '0.5'"):
+        model_config("modern", "d2", "rotary=0.5")
+    with pytest.raises(LlmpyError, match="unet is given twice"):
+        model_config("modern", "d2", "unet=1,unet=0")
+    with pytest.raises(LlmpyError, match="'abc' is not a number"):
+        model_config("modern", "d2", "softcap=abc")
     assert ModernConfig.from_descriptor("d12").with_arch("softcap=30, rope_base=1024").softcap == 30.0
 
 

@@ -65,6 +65,8 @@ class ModernConfig(ModelConfig):
             raise LlmpyError(f"--arch softcap must be >= 0 (0 = off), got {self.softcap}")
         if self.value_embeds < 0:
             raise LlmpyError(f"--arch value_embeds must be >= 0, got {self.value_embeds}")
+        # a table serves a first and a last layer: at most L/2 of them (the config says what the model has)
+        object.__setattr__(self, "value_embeds", min(self.value_embeds, self.n_layer // 2))
         if self.rope_base <= 0:
             raise LlmpyError(f"--arch rope_base must be positive, got {self.rope_base}")
         if self.rotary and (self.n_embd // self.n_head) % 2:
@@ -81,11 +83,16 @@ class ModernConfig(ModelConfig):
             name = name.strip().replace("-", "_")
             if not sep or name not in self.SWITCHES:
                 raise LlmpyError(f"--arch {item!r}: expected name=value with name one of {', '.join(self.SWITCHES)}")
+            if name in changes:
+                raise LlmpyError(f"--arch {arch!r}: {name} is given twice")
             kind = type(getattr(self, name))
             try:
-                changes[name] = kind(float(value)) if kind is int and float(value).is_integer() else kind(value)
+                number = float(value)
             except ValueError:
                 raise LlmpyError(f"--arch {item!r}: {value!r} is not a number") from None
+            if kind is int and not number.is_integer():
+                raise LlmpyError(f"--arch {item!r}: {name} takes a whole number, got {value!r}")
+            changes[name] = kind(number)
         return dataclasses.replace(self, **changes)
 
 
@@ -218,7 +225,7 @@ class ModernGPT(nn.Module):
         self.config = config
         L, C, V = config.n_layer, config.n_embd, config.padded_vocab_size
         rotary = Rotary(C // config.n_head, config.block_size, config.rope_base) if config.rotary else None
-        k = self.n_value_embeds = min(config.value_embeds, L // 2)  # a table serves a first and a last layer
+        k = self.n_value_embeds = config.value_embeds  # <= L/2: a table serves a first and a last layer
         has_ve = [i < k or i >= L - k for i in range(L)] if k else [False] * L
         modules = dict(
             wte=nn.Embedding(V, C),
