@@ -27,13 +27,16 @@ def wait_for(condition, seconds):
     return False
 
 
+def train_command(tmp_path, run, *flags: str) -> list[str]:
+    data = write_random_shards(tmp_path, "s", {"train_000001": 9000}, seed=0)
+    return [sys.executable, "-m", "llmpy", "train", "-i", str(data / "s_train_*.bin"), "-o", str(run), "-e", "d2w64",
+            "-b", "2", "-t", "32", "-v", "0", "-s", "0", "--device", "cpu", "--compile", "0", *flags]
+
+
 @needs_proc
 def test_sigterm_to_the_supervisor_checkpoints_and_stops_without_relaunching(tmp_path):
-    data = write_random_shards(tmp_path, "s", {"train_000001": 9000}, seed=0)
     run = tmp_path / "run"
-    command = [sys.executable, "-m", "llmpy", "train", "-i", str(data / "s_train_*.bin"), "-o", str(run),
-               "-e", "d2w64", "-b", "2", "-t", "32", "-x", "100000", "-n", "0", "-v", "0", "-s", "0",
-               "--device", "cpu", "--compile", "0", "--auto-restart", "3"]
+    command = train_command(tmp_path, run, "-x", "100000", "-n", "0", "--auto-restart", "3")
     supervisor = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     trainers = []
     try:
@@ -55,12 +58,6 @@ def test_sigterm_to_the_supervisor_checkpoints_and_stops_without_relaunching(tmp
     assert "relaunching" not in stderr
     markers = [path.name for path in run.glob("DONE_*")]  # the marker is written last, after every checkpoint file
     assert len(markers) == 1 and 0 < int(markers[0].removeprefix("DONE_")) < 100000
-
-
-def train_command(tmp_path, run, *flags: str) -> list[str]:
-    data = write_random_shards(tmp_path, "s", {"train_000001": 9000}, seed=0)
-    return [sys.executable, "-m", "llmpy", "train", "-i", str(data / "s_train_*.bin"), "-o", str(run), "-e", "d2w64",
-            "-b", "2", "-t", "32", "-v", "0", "-s", "0", "--device", "cpu", "--compile", "0", *flags]
 
 
 def another_runs_checkpoint(run):
