@@ -129,7 +129,9 @@ def test_ctrl_c_to_the_process_group_of_a_parallel_prepare_is_one_line(bpe_env, 
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
     stderr = read(tmp_path / "stderr.txt")
-    assert code == 130 and "Traceback" not in stderr, stderr
+    # 130, or death by SIGINT (which a shell also reports as 130): CPython 3.11 exits that way whenever a Ctrl-C
+    # landed inside exec() of a string (dataclasses do it during imports), even when the program handled it
+    assert code in (130, -signal.SIGINT) and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == "llmpy: interrupted"
 
 

@@ -1,6 +1,6 @@
 """`python -m llmpy` (also what `torchrun -m llmpy` runs)."""
 
-from llmpy.cli import main
+from llmpy.cli import entry
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -296,5 +298,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `llmpy` program (console script and `python -m llmpy`). Once the command is over, a Ctrl-C has nothing
+    left to stop: it is ignored while Python shuts down, else it turns a finished command into a KeyboardInterrupt."""
+    code = main()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise SystemExit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    entry()

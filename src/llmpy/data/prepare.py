@@ -8,6 +8,7 @@ SHA-256) that `llmpy prepare --verify DIR` checks and `llmpy.data.manifest.descr
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -203,8 +204,11 @@ def prepare_stream(
               disable=quiet, dynamic_ncols=True) as bar:
         if resumed:
             bar.write(f"resuming after {len(output.shards)} complete shards at document {output.position.next_document}")
-        write_stream(output, tokenize_batches(train_docs, tokenizer.bpe_file, workers), start=output.position,
-                     val_from_stream=not separate_val, max_tokens=max_tokens, progress=bar)
+        # closing: a Ctrl-C (or any error) while a shard is written stops the tokenizer pool here and now, not
+        # whenever the suspended generator is collected, which can be during interpreter shutdown
+        with contextlib.closing(tokenize_batches(train_docs, tokenizer.bpe_file, workers)) as batches:
+            write_stream(output, batches, start=output.position, val_from_stream=not separate_val,
+                         max_tokens=max_tokens, progress=bar)
     where = ", ".join(inputs or []) or spec.hub_path
     tally.report(where)
     _check_train_left(output, where, separate_val)

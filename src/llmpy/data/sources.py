@@ -62,6 +62,9 @@ def open_split(spec: DatasetSpec, split: str, inputs: list[str] | None = None, f
     except ImportError:
         raise LlmpyError("preparing hub or parquet/jsonl data needs the `datasets` package (pip install datasets)") from None
     datasets.logging.set_verbosity_error()
+    # Streaming needs no torch, but `datasets` imports it (1-2 s) to share an epoch counter with torch DataLoader
+    # workers when it is installed; a Ctrl-C during that import aborts inside torch's C++ instead of stopping cleanly.
+    datasets.config.TORCH_AVAILABLE = False
     if inputs:
         files = [str(Path(f)) for f in inputs]
         for f in files:
