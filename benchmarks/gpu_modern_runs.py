@@ -3,7 +3,8 @@ per step), many short runs in one process (`llmpy train` through llmpy.cli.main,
 
     python benchmarks/gpu_modern_runs.py PHASE[,PHASE...] OUT_DIR [RUN_NAME ...]
 
-PHASE `sweep`: eager 30-step runs of the modern recipe's knobs; `ablate`: eager 30-step runs, each switch off;
+PHASE `attention`: compiled 30-step runs of document masking, the window schedule, the FP8 head, the batch-size
+ramp and the sequence-length warmup, and the same tokens in 60 steps of half the batch; `sweep`: eager 30-step runs of the modern recipe's knobs; `ablate`: eager 30-step runs, each switch off;
 `final`: compiled runs, classic 300 steps (the baseline of issue 16) and the modern recipe to 300 steps and to 30.
 Prints one line per run: val loss at its val steps, train seconds (sum of step times, the first step's compilation
 reported apart), mean tok/s after the first step.
@@ -29,7 +30,21 @@ CLASSIC = ["-l", "0.0006", "-u", "30", "-q", "0.1", "-c", "0.1"]
 MODERN = ["--recipe", "modern"]
 EAGER30 = ["--compile", "0", "-x", "30", "-v", "15"]
 
+COMPILED30 = ["-x", "30", "-v", "5"]
+
 PHASES = {
+    "attention": [  # the second session's techniques, compiled, 30 steps each, and the batch-size question
+        ("m30", MODERN + COMPILED30),
+        ("m30_doc", MODERN + ["--arch", "doc_mask=1"] + COMPILED30),
+        ("m30_win128", MODERN + ["--arch", "window=128"] + COMPILED30),
+        ("m30_doc_win128", MODERN + ["--arch", "doc_mask=1,window=128"] + COMPILED30),
+        ("m30_fp8", MODERN + ["--arch", "fp8_head=1"] + COMPILED30),
+        ("m30_doc_fp8", MODERN + ["--arch", "doc_mask=1,fp8_head=1"] + COMPILED30),
+        ("m60_d32k", MODERN + ["-d", "32768", "-b", "32", "-x", "60", "-v", "10"]),
+        ("m30_b16", MODERN + ["-b", "16"] + COMPILED30),  # the ramp's micro-batch, without the ramp
+        ("m30_ramp10", MODERN + ["-b", "16", "--batch-ramp", "10"] + COMPILED30),
+        ("m30_seqwarm5", MODERN + ["--seq-len-warmup", "5"] + COMPILED30),
+    ],
     "sweep": [
         ("m_default", MODERN),
         ("m_lr0.1", MODERN + ["-l", "0.1"]),

@@ -48,7 +48,7 @@ def test_an_unknown_recipe_family_or_switch_is_one_line(tmp_path, capsys):
 
 
 def write_patterned_shards(root, seed=0):
-    """Shards of a 40-token phrase repeated with a few random tokens between: text a model can learn quickly."""
+    """Shards of documents (an EOT, then a 40-token phrase and a few random tokens): text a model learns quickly."""
     import numpy as np
 
     from llmpy.data.shards import write_shard
@@ -58,18 +58,18 @@ def write_patterned_shards(root, seed=0):
     def text(count):
         pieces = []
         while sum(map(len, pieces)) < count:
-            pieces += [phrase, rng.integers(0, 50257, 3)]
+            pieces += [[50256], phrase, rng.integers(0, 50257, 3)]
         return np.concatenate(pieces)[:count]
     write_shard(root / "p_val_000000.bin", text(2000))
     write_shard(root / "p_train_000001.bin", text(20000))
     return root
 
 
-def modern_args(data, run, steps, extra=()):
+def modern_args(data, run, steps, extra=(), arch=""):
     return ["train", "-i", str(data / "p_train_*.bin"), "-j", str(data / "p_val_*.bin"), "-o", str(run),
             "-e", "d2w64", "-b", "2", "-t", "32", "-d", "128", "-x", str(steps), "-n", "4", "-v", "4", "-m", "2",
             "-s", "0", "--device", "cpu", "--compile", "0", "--log-every", "0", "--recipe", "modern",
-            "-l", "0.02", *extra]
+            "-l", "0.02", *extra, *(["--arch", arch] if arch else [])]
 
 
 def records(run, kind):
@@ -77,10 +77,13 @@ def records(run, kind):
     return {r["step"]: r for r in map(json.loads, lines) if r["kind"] == kind}
 
 
-def test_the_modern_recipe_trains_a_tiny_model_and_resumes_bitwise(tmp_path):
+@pytest.mark.parametrize("arch", ["", "doc_mask=1,window=8"])  # the window schedule is a function of the step
+def test_the_modern_recipe_trains_a_tiny_model_and_resumes_bitwise(tmp_path, arch):
     data = write_patterned_shards(tmp_path)
     straight = tmp_path / "straight"
-    assert main(modern_args(data, straight, 8)) == 0
+    def args(data, run, steps, extra=()):
+        return modern_args(data, run, steps, extra, arch)
+    assert main(args(data, straight, 8)) == 0
     val = {step: r["loss"] for step, r in records(straight, "val").items()}
     assert val[8] < val[4] < val[0] and val[8] < val[0] - 1.5, val  # falling from ln(50257) = 10.82
     config = json.loads((straight / "config.json").read_text())
@@ -89,12 +92,12 @@ def test_the_modern_recipe_trains_a_tiny_model_and_resumes_bitwise(tmp_path):
     assert isinstance(model, ModernGPT) and payload["family"] == "modern"
     # stopped after the step-4 checkpoint (as a kill would leave it: nothing after it), then the same command -y 1
     resumed = tmp_path / "resumed"
-    assert main(modern_args(data, resumed, 8, ["-n", "4"])) == 0
+    assert main(args(data, resumed, 8, ["-n", "4"])) == 0
     for name in [p.name for p in resumed.iterdir() if p.name.endswith("00000008") or "_00000008_" in p.name]:
         (resumed / name).unlink()
     lines = [line for line in (resumed / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 4]
     (resumed / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
-    assert main(modern_args(data, resumed, 8, ["-y", "1"])) == 0
+    assert main(args(data, resumed, 8, ["-y", "1"])) == 0
     for kind in ("train", "val"):
         assert {s: r["loss"] for s, r in records(resumed, kind).items()} == \
                {s: r["loss"] for s, r in records(straight, kind).items()}, kind

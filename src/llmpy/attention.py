@@ -6,24 +6,81 @@ FlashAttention kernels take; PyTorch's SDPA wants (B, n_head, T, head_dim), so t
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache=None) -> torch.Tensor:
+@dataclass
+class AttentionMask:
+    """Causal attention narrowed further, built once per forward pass (before the blocks, so nothing is built inside
+    a recomputed region) and shared by the layers: a FlexAttention block mask inside torch.compile on CUDA, where
+    blocks with nothing to attend are skipped, so the sparsity is speed; else a dense boolean mask for SDPA."""
+
+    block: object = None  # a FlexAttention BlockMask
+    dense: torch.Tensor | None = None  # (B or 1, 1, queries, keys) booleans, True where attention is allowed
+
+
+def attention_mask(length: int, queries: int, documents: torch.Tensor | None, window: torch.Tensor | None,
+                   device: torch.device, flex: bool) -> AttentionMask:
+    """The mask for the last `queries` of `length` positions (all of them without a KV cache) attending to all
+    `length`: a position sees earlier positions of its own document (`documents`, (B, length): the document number
+    of each position; None = no document mask) that are among its last `window` (a 0-dim integer tensor, itself
+    included; None = no limit). `flex`: a BlockMask (needs queries == length)."""
+    offset = length - queries
+
+    def allowed(b, q_idx, kv_idx):
+        q_idx = q_idx + offset  # the query's position in the sequence
+        ok = q_idx >= kv_idx
+        if documents is not None:
+            ok = ok & (documents[b, q_idx] == documents[b, kv_idx])
+        if window is not None:
+            ok = ok & (q_idx - kv_idx < window)
+        return ok
+
+    rows = documents.size(0) if documents is not None else 1
+    if flex:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def mask_mod(b, h, q_idx, kv_idx):  # FlexAttention's signature (a function of four arguments)
+            return allowed(b, q_idx, kv_idx)
+
+        # one mask for every row unless documents differ by row
+        return AttentionMask(block=create_block_mask(mask_mod, rows if documents is not None else None, None,
+                                                     queries, length, device=device))
+    b = torch.arange(rows, device=device)[:, None, None, None]
+    return AttentionMask(dense=allowed(b, torch.arange(queries, device=device)[:, None],
+                                       torch.arange(length, device=device)[None, :]).expand(rows, 1, queries, length))
+
+
+def document_index(idx: torch.Tensor, boundary_token: int) -> torch.Tensor:
+    """(B, T) tokens -> (B, T) document number of each position, counting from the row's start: a document begins at
+    each `boundary_token` (llm.c's shards put EOT before every document, so the EOT belongs to the one it opens)."""
+    return (idx == boundary_token).cumsum(dim=1)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache=None,
+                     mask: AttentionMask | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v with a causal mask; q, k, v (B, T, nh, hs) -> (B, T, nh, hs).
 
     `kv_cache` (inference, see llmpy.infer.KVCache's layer view) holds the keys and values of earlier positions; a
-    cached forward takes a whole prompt first, then one token at a time."""
+    cached forward takes a whole prompt first, then one token at a time. `mask` (see `attention_mask`) replaces the
+    plain causal mask."""
     T = q.size(1)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
     if kv_cache is not None:
         k, v = kv_cache.update(k, v)  # (B, nh, T_past + T, hs)
         if T != 1 and T != k.size(2):
             raise ValueError("a KV cache takes a whole prompt first, then one token at a time")
-    # one new token attends to every cached position; otherwise the usual causal mask
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)  # (B, nh, T, hs)
+    if mask is not None and mask.block is not None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        y = flex_attention(q, k, v, block_mask=mask.block)
+    elif mask is not None:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense)
+    else:  # one new token attends to every cached position; otherwise the usual causal mask
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)  # (B, nh, T, hs)
     return y.transpose(1, 2)
 
 

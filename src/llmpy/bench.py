@@ -90,6 +90,7 @@ def timed_steps(trainer, first_step: int, steps: int) -> list:
 
     queue = MetricsQueue(trainer.train_step.clock)
     for step in range(first_step, first_step + steps):
+        trainer.schedule_model(step)
         queue.put(trainer.train_step(step))
     return queue.drain()
 

@@ -106,6 +106,8 @@ class TrainConfig:
     batch_size: int = 4  # -b: micro-batch per process
     total_batch_size: int = -1  # -d: tokens per optimizer step (-1 = B*T*world, no accumulation)
     auto_batch: int = 1  # on CUDA: halve -b (more accumulation, same -d) until a step fits in memory
+    batch_ramp: int = 0  # steps over which a step's tokens grow from one micro-step's to -d's (0 = off)
+    seq_len_warmup: int = 0  # rows of T/4 for this many steps, then T/2 as long, then T (0 = off)
     # optimizer and schedule
     optimizer: str = "adamw"  # see llmpy.train.optim.OPTIMIZERS
     optimizer_args: str = ""  # the optimizer's own settings, "name=value,..." (see its builder)
@@ -181,6 +183,10 @@ class TrainConfig:
         one_of("-k/--lr-schedule", LR_SCHEDULES, self.lr_schedule)
         need(0.0 < self.wsd_cooldown_frac <= 1.0, f"--wsd-cooldown-frac must be in (0, 1], got {self.wsd_cooldown_frac}")
         at_least("-c/--weight-decay", 0, self.weight_decay)
+        at_least("--batch-ramp", 0, self.batch_ramp)
+        at_least("--seq-len-warmup", 0, self.seq_len_warmup)
+        need(not self.seq_len_warmup or self.seq_len % 4 == 0,
+             f"--seq-len-warmup trains on rows of T/4 and T/2 first: -t/--seq-len must be a multiple of 4, got {self.seq_len}")
         # numpy's generators take 32-bit seeds; a negative or larger one would only fail later, deep in the loader
         need(0 <= self.seed < 2**32, f"--seed must be in [0, 2**32), got {self.seed}")
         need(self.grad_clip >= 0, f"--grad-clip must be >= 0 (0 = off), got {self.grad_clip}")

@@ -30,6 +30,7 @@ class KVCache:
         self.length = 0
         self.keys: torch.Tensor | None = None  # allocated on first use, in the dtype autocast produces
         self.values: torch.Tensor | None = None
+        self.documents: torch.Tensor | None = None  # (B, length): document numbers, for models that mask by them
 
     def layer(self, index: int) -> _LayerCache:
         return _LayerCache(self, index)
@@ -44,6 +45,14 @@ class KVCache:
         self.keys[index, :, :, self.length:end] = k
         self.values[index, :, :, self.length:end] = v
         return self.keys[index, :, :, :end], self.values[index, :, :, :end]
+
+    def extend_documents(self, new: torch.Tensor) -> torch.Tensor:
+        """Append the document numbers of this forward pass's tokens (numbered from 0 within them) after the cached
+        positions', continuing their count; returns those of every position so far (B, length + T)."""
+        if self.documents is not None:
+            new = new + self.documents[:, -1:]
+        self.documents = new if self.documents is None else torch.cat([self.documents, new], dim=1)
+        return self.documents
 
     def advance(self, steps: int) -> None:
         """Called by the model once all layers have stored this forward pass."""

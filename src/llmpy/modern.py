@@ -19,6 +19,15 @@ value_embeds (3)     extra token embeddings added to the values of the first and
                      Zhou et al. 2024's value residual learning)
 unet (1)             U-net-style skips: the outputs of the first half of the blocks are added, with learned
                      weights, to the inputs of the second half, in reverse order
+doc_mask (0)         document-aware attention: a position attends only to its own document (documents start at
+                     each EOT), not to the unrelated text packed before it in the row; FlexAttention block masks on
+                     CUDA, so fully masked blocks are skipped (the speedrun; Zhao et al. 2024 on intra-document masking)
+window (0)           a sliding-window schedule: attention sees only the last `window` tokens at the start of training,
+                     growing linearly to the whole sequence (-t) by the end (the speedrun's window warmup, its
+                     successor to sequence-length warmup; with FlexAttention the blocks outside it are skipped);
+                     0 = the whole sequence throughout
+fp8_head (0)         the head's matmuls (forward and both backward) in FP8 with per-tensor scales, on GPUs with FP8
+                     tensor cores (llmpy.kernels.fp8); elsewhere the ordinary matmul
 
 The vocabulary stays padded to 50304 (the padded rows are never predicted), the output is the final hidden state
 (a norm of the residual stream), and `lm_head` + `logits()` follow GPT's contract (see llmpy.families).
@@ -35,9 +44,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from llmpy.attention import causal_attention
+from llmpy.attention import AttentionMask, attention_mask, causal_attention, document_index
 from llmpy.config import ModelConfig
 from llmpy.errors import LlmpyError
+from llmpy.gpt2 import EOT_TOKEN
+from llmpy.kernels.fp8 import fp8_linear, fp8_matmul_available, fp8_shapes_fit
 
 
 @dataclass(frozen=True)
@@ -55,10 +66,13 @@ class ModernConfig(ModelConfig):
     softcap: float = 15.0
     value_embeds: int = 3
     unet: int = 1
+    doc_mask: int = 0
+    window: int = 0
+    fp8_head: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("rotary", "qk_norm", "relu2", "rmsnorm", "bias", "zero_init", "tie", "unet"):
+        for name in ("rotary", "qk_norm", "relu2", "rmsnorm", "bias", "zero_init", "tie", "unet", "doc_mask", "fp8_head"):
             if getattr(self, name) not in (0, 1):
                 raise LlmpyError(f"--arch {name} must be 0 or 1, got {getattr(self, name)}")
         if self.softcap < 0 or not math.isfinite(self.softcap):
@@ -67,13 +81,15 @@ class ModernConfig(ModelConfig):
             raise LlmpyError(f"--arch value_embeds must be >= 0, got {self.value_embeds}")
         # a table serves a first and a last layer: at most L/2 of them (the config says what the model has)
         object.__setattr__(self, "value_embeds", min(self.value_embeds, self.n_layer // 2))
+        if not 0 <= self.window <= self.block_size:
+            raise LlmpyError(f"--arch window must be 0 (off) to {self.block_size} tokens, got {self.window}")
         if self.rope_base <= 0:
             raise LlmpyError(f"--arch rope_base must be positive, got {self.rope_base}")
         if self.rotary and (self.n_embd // self.n_head) % 2:
             raise LlmpyError(f"rotary positions need an even head size, got {self.n_embd // self.n_head}")
 
     SWITCHES = ("rotary", "rope_base", "qk_norm", "relu2", "rmsnorm", "bias", "zero_init", "tie", "softcap",
-                "value_embeds", "unet")
+                "value_embeds", "unet", "doc_mask", "window", "fp8_head")
 
     def with_arch(self, arch: str) -> "ModernConfig":
         """This config with `--arch` overrides applied: "name=value,name=value" over SWITCHES ("" = none)."""
@@ -146,7 +162,8 @@ class ModernAttention(nn.Module):
         # v <- a * v + b * value_embedding(tokens): (1, 0.5) at the start, learned
         self.value_mix = nn.Parameter(torch.tensor([1.0, 0.5])) if has_value_embed else None
 
-    def forward(self, x: torch.Tensor, value_embed: torch.Tensor | None, start: int, kv_cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, value_embed: torch.Tensor | None, start: int, kv_cache=None,
+                mask: AttentionMask | None = None) -> torch.Tensor:
         B, T, C = x.shape
         shape = (B, T, self.n_head, C // self.n_head)
         q, k, v = self.c_q(x).view(shape), self.c_k(x).view(shape), self.c_v(x).view(shape)  # (B, T, nh, hs)
@@ -156,7 +173,7 @@ class ModernAttention(nn.Module):
             q, k = rms_norm(q), rms_norm(k)
         if self.rotary is not None:
             q, k = self.rotary(q, start), self.rotary(k, start)
-        y = causal_attention(q, k, v, kv_cache)  # (B, T, nh, hs)
+        y = causal_attention(q, k, v, kv_cache, mask)  # (B, T, nh, hs)
         return self.c_proj(y.reshape(B, T, C))
 
 
@@ -186,25 +203,30 @@ class ModernBlock(nn.Module):
         self.mlp = ModernMLP(config)
         self.recompute = recompute
 
-    def forward(self, x: torch.Tensor, value_embed, start: int, kv_cache=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, value_embed, start: int, kv_cache=None, mask=None) -> torch.Tensor:
         if self.recompute >= 3 and kv_cache is None and torch.is_grad_enabled():  # -r 3: keep only the input
-            return checkpoint(self._forward, x, value_embed, start, use_reentrant=False)
-        return self._forward(x, value_embed, start, kv_cache)
+            return checkpoint(self._forward, x, value_embed, start, None, mask, use_reentrant=False)
+        return self._forward(x, value_embed, start, kv_cache, mask)
 
-    def _forward(self, x, value_embed, start: int, kv_cache=None) -> torch.Tensor:
-        x = x + self.attn(self.norm_1(x), value_embed, start, kv_cache)
+    def _forward(self, x, value_embed, start: int, kv_cache=None, mask=None) -> torch.Tensor:
+        x = x + self.attn(self.norm_1(x), value_embed, start, kv_cache, mask)
         return x + self.mlp(self.norm_2(x))
 
 
 class SoftcapHead(nn.Linear):
-    """The output head with logit soft-capping: cap * tanh(W h / cap) (cap 0: a plain linear head)."""
+    """The output head with logit soft-capping: cap * tanh(W h / cap) (cap 0: a plain linear head); `fp8`: its
+    matmul in FP8 where the GPU has FP8 tensor cores."""
 
-    def __init__(self, in_features: int, out_features: int, cap: float):
+    def __init__(self, in_features: int, out_features: int, cap: float, fp8: bool = False):
         super().__init__(in_features, out_features, bias=False)
-        self.cap = cap
+        self.cap, self.fp8 = cap, fp8
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = super().forward(hidden)
+        if (self.fp8 and hidden.is_cuda and fp8_matmul_available(hidden.device.index or 0)
+                and fp8_shapes_fit(hidden, self.weight)):
+            logits = fp8_linear(hidden, self.weight)
+        else:
+            logits = super().forward(hidden)
         if not self.cap:
             return logits
         wide = torch.promote_types(logits.dtype, torch.float32)  # at least fp32: tanh saturates coarsely in bf16
@@ -240,7 +262,10 @@ class ModernGPT(nn.Module):
         self.rotary = rotary
         # decoder block L - 1 - i gets encoder block i's output (i < L/2), weighted: 1 at the start, learned
         self.skip_weights = nn.Parameter(torch.ones(L // 2)) if config.unet else None
-        self.lm_head = SoftcapHead(C, V, config.softcap)
+        self.lm_head = SoftcapHead(C, V, config.softcap, bool(config.fp8_head))
+        # the sliding window now, in tokens: set by training's schedule_window (a buffer, so compiled code reads the
+        # new value), else the whole context, where the schedule ends (eval, sample, a loaded model)
+        self.register_buffer("attention_window", torch.tensor(config.block_size), persistent=False)
         if config.tie:
             self.lm_head.weight = self.transformer.wte.weight
         self.reset_parameters()
@@ -287,17 +312,35 @@ class ModernGPT(nn.Module):
             dtype = torch.get_autocast_dtype(idx.device.type)
             x = x.to(dtype)
             value_embeds = [None if ve is None else ve.to(dtype) for ve in value_embeds]
+        mask = None
+        if self.config.doc_mask or self.config.window:
+            documents = document_index(idx, EOT_TOKEN) if self.config.doc_mask else None
+            if documents is not None and kv_cache is not None:  # numbered on from the cached positions
+                documents = kv_cache.extend_documents(documents)
+            flex = idx.is_cuda and torch.compiler.is_compiling() and kv_cache is None
+            mask = attention_mask(start + T, T, documents, self.attention_window if self.config.window else None,
+                                  idx.device, flex)
         skips = []
         for layer, block in enumerate(self.transformer.h):
             if self.skip_weights is not None and layer >= L - L // 2:  # decoder half: the mirrored encoder output
                 x = x + self.skip_weights[L - 1 - layer].to(x.dtype) * skips.pop()
-            x = block(x, value_embeds[layer], start, kv_cache.layer(layer) if kv_cache is not None else None)
+            x = block(x, value_embeds[layer], start, kv_cache.layer(layer) if kv_cache is not None else None, mask)
             if self.skip_weights is not None and layer < L // 2:
                 skips.append(x)
         if kv_cache is not None:
             kv_cache.advance(T)
         hidden = self.transformer.norm_f(x)
         return hidden if output is None else output(hidden)
+
+    def schedule_window(self, progress: float, context: int) -> int:
+        """Set the sliding window for training progress in [0, 1] (step / steps) and sequence length `context`:
+        `window` tokens at 0, growing linearly to the whole context at 1. Returns it (`context` when off)."""
+        start = min(self.config.window, context)
+        if not start:
+            return context
+        window = round(start + (context - start) * min(max(progress, 0.0), 1.0))
+        self.attention_window.fill_(window)
+        return window
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, T, C) -> soft-capped logits over the real vocabulary (B, T, vocab_size)."""

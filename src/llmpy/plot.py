@@ -79,11 +79,17 @@ def moving_average(values: list[float], window: int) -> list[float]:
 
 
 def x_values(run: RunData, steps: list[int], x_axis: str) -> list[float]:
-    """Steps, or tokens trained before each step (step x tokens per step) for --x tokens."""
-    tokens_per_step = run.tokens_per_step()
-    if x_axis == "tokens" and tokens_per_step:
-        return [float(step * tokens_per_step) for step in steps]
-    return [float(step) for step in steps]
+    """Steps, or for --x tokens the tokens trained before each step: the sum of those logged for the steps before it
+    (a --batch-ramp makes the first steps smaller), a step not logged counting as the run's last logged step."""
+    tokens = run.series["tokens"]
+    if x_axis != "tokens" or not tokens or not steps:
+        return [float(step) for step in steps]
+    per_step = run.tokens_per_step()
+    before, total = [], 0.0
+    for step in range(max(steps) + 1):
+        before.append(total)
+        total += tokens.get(step, per_step)
+    return [before[step] for step in steps]
 
 
 def _curve(run: RunData, name: str, label: str, x_axis: str, scale: float = 1.0, drop_warmup: bool = False,

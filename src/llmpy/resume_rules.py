@@ -10,7 +10,7 @@ from llmpy.config import ModelConfig, TrainConfig
 # -e is checked as the architecture it builds (the weights come from the checkpoint either way).
 MATH_FIELDS = ("recipe", "family", "arch", "seq_len", "optimizer", "optimizer_args", "learning_rate", "warmup_steps",
                "final_lr_frac", "lr_schedule", "wsd_cooldown_frac", "weight_decay", "grad_clip", "seed", "shuffle",
-               "overfit_batch", "skip_loss_zscore", "skip_grad_zscore")
+               "overfit_batch", "skip_loss_zscore", "skip_grad_zscore", "batch_ramp", "seq_len_warmup")
 # flags that are saved but are the run's bookkeeping, not something a reader of the log needs told
 _QUIET_FIELDS = ("resume", "output_dir", "overwrite")
 

@@ -131,6 +131,9 @@ class TokenLoader:
         return {
             "epoch": self.epoch, "shard_position": self.shard_position, "chunk_position": self.chunk_position,
             "micro_step": self.micro_step, "chunk_tokens": self.chunk_tokens, "shuffle": self.shuffle,
+            # how far into the chunk, in tokens: a --batch-ramp ends steps inside chunks, and a resume with another
+            # -b or world size counts micro-steps in other units
+            "chunk_offset": self.micro_step * self.world_size * self.micro_tokens,
             "seed": self.seed,
             # names and sizes, not paths: a run may resume from another directory or with the data moved
             "files": [f.name for f in self.files], "shard_tokens": list(self._shard_tokens),
@@ -145,4 +148,13 @@ class TokenLoader:
                     f"{self.pattern}: loader state was saved with different {key} ({state.get(key)!r} vs "
                     f"{mine[key]!r}); cannot resume with exactly the next batch"
                 )
-        self._start_epoch(state["epoch"], state["shard_position"], state["chunk_position"], state["micro_step"])
+        micro_step = state["micro_step"]
+        if "chunk_offset" in state:  # saved by an llmpy that records it; before, steps always ended on a chunk
+            per_micro_step = self.world_size * self.micro_tokens
+            micro_step, rest = divmod(state["chunk_offset"], per_micro_step)
+            if rest:
+                raise LlmpyError(
+                    f"{self.pattern}: the checkpoint stopped {state['chunk_offset']:,} tokens into a -d batch (a "
+                    f"--batch-ramp step), which is not a whole number of this run's micro-steps ({per_micro_step:,} "
+                    "tokens: -b x -t x ranks); resume with the -b and number of ranks it was saved with")
+        self._start_epoch(state["epoch"], state["shard_position"], state["chunk_position"], micro_step)

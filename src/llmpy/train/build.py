@@ -120,7 +120,13 @@ def build_layout(config: TrainConfig, model: ParallelModel, runtime: Runtime, pr
             return bool(all_reduce_mean(torch.tensor(float(ok), device=runtime.device), model.job).item() == 1.0)
 
         batch_size = find_micro_batch(fits, batch_size, config.seq_len * world, total, print_fn)
-    return BatchLayout(batch_size, config.seq_len, world, config.grad_accum_steps(world, batch_size))
+    layout = BatchLayout(batch_size, config.seq_len, world, config.grad_accum_steps(world, batch_size),
+                         config.batch_ramp, config.seq_len_warmup)
+    if config.batch_ramp and layout.grad_accum_steps == 1:
+        raise LlmpyError(f"--batch-ramp grows a step from one micro-step (-b {batch_size} x -t {config.seq_len} x "
+                         f"{world} rank(s)) to -d's tokens, but -d {layout.tokens_per_step:,} is one micro-step: "
+                         "give a larger -d or a smaller -b")
+    return layout
 
 
 def build_data(config: TrainConfig, layout: BatchLayout, job: Distributed) -> tuple[TokenLoader, TokenLoader | None]:
@@ -203,10 +209,24 @@ def run_header(config: TrainConfig, runtime: Runtime, model: ParallelModel, layo
         f"| B={layout.batch_size} T={layout.seq_len} | total batch {layout.tokens_per_step:,} tokens "
         f"=> grad accumulation {layout.grad_accum_steps} | {total_steps:,} steps x {layout.tokens_per_step:,} "
         f"tokens | train data: {train.tokens_per_epoch:,} tokens per epoch"
+        + schedule_note(layout)
         + (f"\nparallelism: {model.description}" if layout.world_size > 1 or model.sharded else "")
         + (f"\ntrain data: {header['train_source']}" if header["train_source"] else "")
     )
     return header, text
+
+
+def schedule_note(layout: BatchLayout) -> str:
+    """The header's line for the batch-size and sequence-length schedules ("" when both are off)."""
+    parts = []
+    if layout.batch_ramp:
+        parts.append(f"batch ramp: {layout.tokens_at(0):,} tokens at step 0, growing linearly; all "
+                     f"{layout.tokens_per_step:,} from step {layout.batch_ramp} on")
+    if layout.seq_len_warmup:
+        n = layout.seq_len_warmup
+        parts.append(f"sequence-length warmup: rows of {layout.seq_len // 4} for steps 0-{n - 1}, "
+                     f"{layout.seq_len // 2} for {n}-{2 * n - 1}, then {layout.seq_len}")
+    return "".join(f"\n{part}" for part in parts)
 
 
 def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) -> Trainer:
@@ -221,7 +241,7 @@ def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) ->
     model = parallelize(module, loss, runtime, job, config.zero_stage, compile_mode)
     layout = build_layout(config, model, runtime, print_fn)
     train_loader, val_loader = build_data(config, layout, job)
-    total_steps = config.max_steps if config.max_steps > 0 else train_loader.steps_per_epoch
+    total_steps = config.max_steps if config.max_steps > 0 else layout.steps_to_cover(train_loader.steps_per_epoch)
     optimizer, lr, schedule = build_optimization(config, module, runtime, total_steps)
     if config.output_dir:
         moved = claim_run_dir(config.output_dir, bool(config.resume), bool(config.overwrite), job)

@@ -32,10 +32,38 @@ class BatchLayout:
     seq_len: int
     world_size: int
     grad_accum_steps: int
+    batch_ramp: int = 0  # --batch-ramp
+    seq_len_warmup: int = 0  # --seq-len-warmup
 
     @property
     def tokens_per_step(self) -> int:
         return self.grad_accum_steps * self.world_size * self.batch_size * self.seq_len
+
+    def micro_steps_at(self, step: int) -> int:
+        """Micro-steps of step `step`: with --batch-ramp N, 1 + floor((accum - 1) * step / N) for steps 0..N-1 (one
+        micro-step at step 0, growing linearly), then all of -d's from step N on."""
+        if step >= self.batch_ramp:
+            return self.grad_accum_steps
+        return 1 + (self.grad_accum_steps - 1) * step // self.batch_ramp
+
+    def steps_to_cover(self, full_steps: int) -> int:
+        """Steps that read as many micro-batches as `full_steps` steps of all of -d's (for -x -1: one epoch)."""
+        needed, steps = full_steps * self.grad_accum_steps, 0
+        while needed > 0 and steps < self.batch_ramp:
+            needed -= self.micro_steps_at(steps)
+            steps += 1
+        return steps + math.ceil(max(needed, 0) / self.grad_accum_steps)
+
+    def tokens_at(self, step: int) -> int:
+        return self.micro_steps_at(step) * self.world_size * self.batch_size * self.seq_len
+
+    def row_length_at(self, step: int) -> int:
+        """The rows' length at step `step`: with --seq-len-warmup N, T/4 for N steps, T/2 for N more, then T. A
+        micro-batch holds the same B*T tokens either way (B*4 rows of T/4, ...): each row is still a contiguous
+        piece of the stream with the next tokens as targets, so the data and its order do not change."""
+        if not self.seq_len_warmup or step >= 2 * self.seq_len_warmup:
+            return self.seq_len
+        return self.seq_len // 4 if step < self.seq_len_warmup else self.seq_len // 2
 
 
 @dataclass
@@ -122,7 +150,8 @@ class TrainStep:
         """Queue step `step`. `stop_requested`: this rank got a signal; it travels with the loss all-reduce."""
         start, wall_time = self.clock.mark(), time.time()
         data_before = self.loader.data_seconds
-        device, accum = self.runtime.device, self.layout.grad_accum_steps
+        device, accum = self.runtime.device, self.layout.micro_steps_at(step)
+        row_length = self.layout.row_length_at(step)
         lr = self.schedule(step)
         self.lr.fill_(lr)  # a kernel argument, not a copy the host waits for
         self.model.train_module.train()
@@ -133,6 +162,8 @@ class TrainStep:
             self.model.set_grad_sync(micro_step, accum)
             x, y = self.loader.next_batch()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if row_length != x.size(1):  # --seq-len-warmup: the same tokens as more, shorter rows
+                x, y = x.reshape(-1, row_length), y.reshape(-1, row_length)
             with self.runtime.autocast():
                 loss = self.model.train_module(x, y) / accum  # grads of the mean over the whole -d batch
             loss_sum += loss.detach()
@@ -149,7 +180,7 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         values = torch.stack([loss_sum, grad_norm, skip.float(), nonfinite.float(), stop.float()])
         host = self.clock.to_host(values)  # queued before the next step's work, so it waits for nothing later
-        return StepRecord(step, lr, self.layout.tokens_per_step, self.loader.data_seconds - data_before, host,
+        return StepRecord(step, lr, self.layout.tokens_at(step), self.loader.data_seconds - data_before, host,
                           start, self.clock.mark(), wall_time)
 
 

@@ -96,6 +96,7 @@ class Trainer:
     def _steps(self, queue: MetricsQueue, drain, summary: dict, stop: StopSignal) -> None:
         cfg = self.config
         for step in range(self.start_step, self.total_steps + 1):
+            self.schedule_model(step)
             last_step = step == self.total_steps
             evals_due = cfg.val_every > 0 and (step % cfg.val_every == 0 or last_step)
             sample_due = cfg.sample_every > 0 and step > 0 and (step % cfg.sample_every == 0 or last_step)
@@ -135,6 +136,19 @@ class Trainer:
         if self.checkpoints is not None:
             self.save_checkpoint(self.total_steps)
 
+    def flops_per_token_at(self, step: int) -> float:
+        """`flops_per_token` (counted at -t) for the rows of step `step`: shorter under --seq-len-warmup, whose
+        attention term 6LCT is then smaller."""
+        layout, config = self.train_step.layout, self.model.module.config
+        return self.flops_per_token - 6.0 * config.n_layer * config.n_embd * (layout.seq_len - layout.row_length_at(step))
+
+    def schedule_model(self, step: int) -> None:
+        """The model's own step-dependent settings (the modern recipe's sliding window), for step `step`'s training
+        and the evaluations before it: a function of the step, so a resume continues the schedule exactly."""
+        schedule_window = getattr(self.model.module, "schedule_window", None)
+        if schedule_window is not None:  # over the LR schedule's steps: a resume with another -x keeps both as saved
+            schedule_window(step / max(1, self.train_step.schedule.total_steps), self.config.seq_len)
+
     def is_log_step(self, step: int) -> bool:
         """Steps that get a console line (main.log and metrics.jsonl get every step)."""
         every = self.config.log_every
@@ -158,7 +172,7 @@ class Trainer:
     def report(self, stats: StepStats) -> None:
         """main.log line and the full JSONL record for every step; a console line like llm.c's at log steps."""
         tokens_per_sec = stats.tokens / stats.seconds
-        mfu = model_flops_utilization(tokens_per_sec, self.flops_per_token, self.peak_flops)
+        mfu = model_flops_utilization(tokens_per_sec, self.flops_per_token_at(stats.step), self.peak_flops)
         extra = {"step_ms": stats.seconds * 1000, "data_ms": stats.data_seconds * 1000,
                  "tokens_per_sec": tokens_per_sec, "tokens": stats.tokens}
         if mfu is not None:
