@@ -170,3 +170,14 @@ def test_fp8_scales_map_the_largest_value_to_the_formats_largest():
     assert scale.item() == pytest.approx(3.0 / 448)
     assert x8.float().abs().max().item() == 448.0
     assert to_fp8(torch.zeros(2, 2), FORWARD_FP8)[0].float().abs().max().item() == 0.0  # no NaN from a zero amax
+
+
+def test_fa4_attention_without_a_hopper_gpu_is_one_line(tmp_path, capsys):
+    from conftest import write_random_shards
+    from llmpy.cli import main
+
+    write_random_shards(tmp_path, "r", {"train_000001.bin": 5000}, seed=0)
+    assert main(["train", "-i", str(tmp_path / "r_train_*.bin"), "-e", "d2w64", "-b", "2", "-t", "32", "-x", "1",
+                 "--device", "cpu", "--attention", "fa4"]) == 2
+    assert capsys.readouterr().err.strip() == ("llmpy: error: --attention fa4 needs a Hopper or Blackwell GPU "
+                                               "(FlashAttention-4's kernels are sm_90/sm_100)")

@@ -77,8 +77,8 @@ def records(run, kind):
     return {r["step"]: r for r in map(json.loads, lines) if r["kind"] == kind}
 
 
-@pytest.mark.parametrize("arch", ["", "doc_mask=1,window=8"])  # the window schedule is a function of the step
-def test_the_modern_recipe_trains_a_tiny_model_and_resumes_bitwise(tmp_path, arch):
+def test_the_modern_recipe_trains_a_tiny_model_and_resumes_bitwise(tmp_path):
+    arch = "doc_mask=1,window=8"  # with the document mask and the window schedule (a function of the step) on
     data = write_patterned_shards(tmp_path)
     straight = tmp_path / "straight"
     def args(data, run, steps, extra=()):

@@ -90,8 +90,30 @@ def backend_context(backend: str) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    if backend == "fa4":  # activate_fa4() rerouted the flash kernels (Runtime.activate)
+        backend = "flash"
     kernels = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
     # the chosen kernel first; the others stay as fallbacks for shapes it cannot take (e.g. KV-cache decode)
     order = [kernels[backend]] + [kernel for name, kernel in kernels.items() if name != backend]
     return sdpa_kernel(order, set_priority=True)
+
+
+def activate_fa4(device: torch.device) -> None:
+    """--attention fa4: route SDPA's flash kernels to FlashAttention-4 (PyTorch 2.11's hook; the flash-attn-4
+    package, CuTe DSL kernels for Hopper and Blackwell), process-wide. One-line errors where it cannot be."""
+    from llmpy.errors import LlmpyError
+
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
+        raise LlmpyError("--attention fa4 needs a Hopper or Blackwell GPU (FlashAttention-4's kernels are sm_90/sm_100)")
+    try:
+        from torch.nn.attention import activate_flash_attention_impl
+    except ImportError:
+        raise LlmpyError(f"--attention fa4: torch {torch.__version__} has no FlashAttention-4 hook "
+                         "(torch.nn.attention.activate_flash_attention_impl, torch >= 2.11)") from None
+    try:
+        activate_flash_attention_impl("FA4")
+    except ImportError as exc:
+        raise LlmpyError(f"--attention fa4 needs the flash-attn-4 package (pip install flash-attn-4): {exc}") from None
+    except Exception as exc:  # a version of flash-attn-4 this torch's hook does not match
+        raise LlmpyError(f"--attention fa4: torch could not activate FlashAttention-4 ({type(exc).__name__}: {exc})") from None
