@@ -29,13 +29,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from llmpy.train.build import build_trainer
     from llmpy.train.faults import Preempted
 
+    from llmpy.distributed import leave_distributed
+
     trainer = build_trainer(config)
+    code = 0
     try:
         trainer.fit()
-    except Preempted as stopped:
+    except Preempted as stopped:  # every rank stopped after the same step
         print(f"llmpy: {stopped}; continue with the same command and -y 1", file=sys.stderr)
-        return PREEMPTED_EXIT_CODE
-    return 0
+        code = PREEMPTED_EXIT_CODE
+    leave_distributed(code)  # a rank of a torchrun job ends here
+    return code
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
