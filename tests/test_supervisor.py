@@ -2,6 +2,7 @@
 supervisor reaches the trainer, which checkpoints and exits, with no relaunch; a supervisor killed outright takes its
 trainer with it."""
 
+import contextlib
 import os
 import re
 import signal
@@ -33,25 +34,34 @@ def train_command(tmp_path, run, *flags: str) -> list[str]:
             "-b", "2", "-t", "32", "-v", "0", "-s", "0", "--device", "cpu", "--compile", "0", *flags]
 
 
-@needs_proc
-def test_sigterm_to_the_supervisor_checkpoints_and_stops_without_relaunching(tmp_path):
-    run = tmp_path / "run"
-    command = train_command(tmp_path, run, "-x", "100000", "-n", "0", "--auto-restart", "3")
-    supervisor = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+@contextlib.contextmanager
+def supervised_run(tmp_path, run, stderr):
+    """A long `--auto-restart 3` run, once it trains: yields the supervisor and its one trainer's pid in a list; on
+    leaving, whatever is still alive of them is killed."""
+    supervisor = subprocess.Popen(train_command(tmp_path, run, "-x", "100000", "-n", "0", "--auto-restart", "3"),
+                                  stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     trainers = []
     try:
         main_log = run / "main.log"
         assert wait_for(lambda: main_log.is_file() and main_log.stat().st_size > 0, 60), "training never started"
-        trainers = children_of(supervisor.pid)
+        trainers += children_of(supervisor.pid)
         assert len(trainers) == 1
-        supervisor.send_signal(signal.SIGTERM)
-        _, stderr = supervisor.communicate(timeout=60)
+        yield supervisor, trainers
     finally:
+        trainers += children_of(supervisor.pid) if supervisor.poll() is None else []
         if supervisor.poll() is None:
             supervisor.kill()
         for pid in trainers:
-            if os.path.exists(f"/proc/{pid}"):
+            if not is_gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@needs_proc
+def test_sigterm_to_the_supervisor_checkpoints_and_stops_without_relaunching(tmp_path):
+    run = tmp_path / "run"
+    with supervised_run(tmp_path, run, subprocess.PIPE) as (supervisor, trainers):
+        supervisor.send_signal(signal.SIGTERM)
+        _, stderr = supervisor.communicate(timeout=60)
     assert supervisor.returncode == PREEMPTED_EXIT_CODE, stderr
     assert not os.path.exists(f"/proc/{trainers[0]}"), "the trainer outlived its supervisor"
     assert "SIGTERM: training stopped (exit code 75) and is not relaunched" in stderr
@@ -147,23 +157,9 @@ def test_overwrite_moves_the_old_run_aside_once_and_a_relaunch_continues_the_new
 def test_a_trainer_does_not_outlive_its_supervisor_killed_outright(tmp_path):
     # a `kill -9` of the supervisor left the trainer training on, orphaned, with nobody to stop or relaunch it
     run = tmp_path / "run"
-    supervised = subprocess.Popen(train_command(tmp_path, run, "-x", "100000", "-n", "0", "--auto-restart", "3"),
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    trainers = []
-    try:
-        main_log = run / "main.log"
-        assert wait_for(lambda: main_log.is_file() and main_log.stat().st_size > 0, 60), "training never started"
-        trainers = children_of(supervised.pid)
-        assert len(trainers) == 1
+    with supervised_run(tmp_path, run, subprocess.DEVNULL) as (supervised, trainers):
         supervised.kill()
         supervised.wait(timeout=10)
         assert wait_for(lambda: is_gone(trainers[0]), 30), "the trainer outlived its supervisor"
-    finally:
-        trainers += children_of(supervised.pid) if supervised.poll() is None else []
-        if supervised.poll() is None:
-            supervised.kill()
-        for pid in trainers:
-            if not is_gone(pid):
-                os.kill(pid, signal.SIGKILL)
     markers = [path.name for path in run.glob("DONE_*")]  # it stopped as on a preemption: with a checkpoint
     assert len(markers) == 1, markers
