@@ -13,7 +13,6 @@ reported apart), mean tok/s after the first step.
 import gc
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ import torch
 
 from llmpy.cli import main
 
-D = ".devcarry/corpus"
+D = os.environ.get("CORPUS", ".devcarry/corpus")  # the corpus prepared as in benchmarks/RESULTS.md
 COMMON = ["-i", f"{D}/corpus_train_*.bin", "-j", f"{D}/corpus_val_*.bin", "-e", "d12", "-b", "64", "-t", "1024",
           "-d", "65536", "-r", "0", "-s", "0", "--no-shuffle", "-m", "10", "--log-every", "10"]
 CLASSIC = ["-l", "0.0006", "-u", "30", "-q", "0.1", "-c", "0.1"]
@@ -82,16 +81,18 @@ def summary(run: Path) -> dict:
     train = [r for r in records if r["kind"] == "train"]
     val = {r["step"]: round(r["loss"], 4) for r in records if r["kind"] == "val"}
     seconds = [r["step_ms"] / 1000 for r in train]
-    tokens = train[0].get("tokens", 65536) if train else 0
-    return {"val": val, "first_step_s": round(seconds[0], 2) if seconds else None,
+    tokens = sum(r.get("tokens", 65536) for r in train[1:])  # each step's own (a batch-size ramp varies them)
+    return {"val": val, "steps": [[r["step"], round(r["loss"], 4), round(r["grad_norm"], 4),
+                                   r.get("tokens")] for r in train],
+            "first_step_s": round(seconds[0], 2) if seconds else None,
             "train_s_after_first": round(sum(seconds[1:]), 2),
-            "tok_per_s": round(tokens * (len(seconds) - 1) / max(sum(seconds[1:]), 1e-9)) if len(seconds) > 1 else None}
+            "tok_per_s": round(tokens / max(sum(seconds[1:]), 1e-9)) if len(seconds) > 1 else None}
 
 
 def run_phase(phase: str, out: Path, only: list[str], deadline: float) -> None:
-    """Each run writes to a scratch directory (its checkpoint stays there); its logs are copied to `out`. A run
-    that would start after `deadline` (time.time()) is skipped: the trainer takes SIGTERM as a preemption and
-    stops only its own run, so an outer `timeout` would not stop the list."""
+    """Each run writes to a scratch directory (its checkpoint and logs stay there); its metrics go to
+    `out`/results.jsonl. A run that would start after `deadline` (time.time()) is skipped: the trainer takes SIGTERM
+    as a preemption and stops only its own run, so an outer `timeout` would not stop the list."""
     out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp())
     for name, flags in PHASES[phase]:
@@ -101,10 +102,7 @@ def run_phase(phase: str, out: Path, only: list[str], deadline: float) -> None:
         run = scratch / name.replace("=", "")
         start = time.time()
         code = main(["train", *COMMON, *flags, *extra, "-o", str(run)])
-        (out / name.replace("=", "")).mkdir(exist_ok=True)
-        for file in ("main.log", "metrics.jsonl", "config.json"):
-            if (run / file).exists():
-                shutil.copy(run / file, out / name.replace("=", "") / file)
+        # a device call brings back only a few files: each run's metrics go into results.jsonl, not a folder
         wall = time.time() - start
         result = {"name": name, "rc": code, "wall_s": round(wall, 1), "flags": " ".join(flags + extra)}
         if code == 0:

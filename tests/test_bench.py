@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from llmpy.bench import kernel_category
 from llmpy.cli import main
 
@@ -38,3 +40,27 @@ def test_bench_and_its_check_run_the_modern_recipe(tmp_path, capsys):
                  "--compile", "0", "--json", str(out)]) == 0
     result = json.loads(out.read_text().splitlines()[-1])
     assert result["passed"] and not result["fused_loss"] and result["loss_rel_diff"] < 1e-6
+
+
+def test_the_check_batch_has_documents_and_the_check_sees_the_mask_and_every_matrix(tmp_path):
+    """The check's batch holds several documents per row, and the check runs the window at its first width and
+    random (not zero) output projections, so a document mask, a window and the inner matmuls are all compared."""
+    from llmpy.bench import check_batch, exercise_every_path
+    from llmpy.families import build_model, model_config
+    from llmpy.gpt2 import EOT_TOKEN
+
+    x, y = check_batch(4, 1024, seed=42)
+    assert x.shape == y.shape == (4, 1024)
+    targeted = y[:, :-1] >= 0  # a target is the next input token
+    assert torch.equal(x[:, 1:][targeted], y[:, :-1][targeted])
+    assert ((x == EOT_TOKEN).sum(dim=1) >= 2).all() and (y[0, :256] == -1).all() and (y[1:] >= 0).all()
+    model = build_model(model_config("modern", "d2w64", ""), "modern")
+    assert not model.lm_head.weight.any()  # zero init
+    exercise_every_path(model, seed=42)
+    assert all(p.any() for p in model.parameters() if p.dim() >= 2)
+    out = tmp_path / "check.jsonl"
+    assert main(["bench", "--check", "--recipe", "modern", "--arch", "doc_mask=1,window=8", "--model", "d2w64",
+                 "-b", "2", "-t", "64", "--device", "cpu", "--compile", "0", "--json", str(out)]) == 0
+    result = json.loads(out.read_text().splitlines()[-1])
+    assert result["passed"] and result["window"] == 8 and result["documents_per_row"] > 1
+    assert result["worst_grad_cosine"] > 0.999  # every parameter has a gradient to compare

@@ -3,6 +3,7 @@ attention by an explicit fp64 softmax over a hand-built mask, a packed row again
 window against the truncated sequence, FlexAttention's block mask against the dense one, and FP8 matmuls against
 fp64 products of the same quantised operands."""
 
+import itertools
 import math
 import warnings
 
@@ -84,6 +85,37 @@ def test_flex_attentions_block_mask_selects_what_the_dense_mask_does():
                                (documents[:, :, None] == documents[:, None, :])
                                & torch.ones(T, T, dtype=torch.bool).tril() & ~torch.ones(T, T, dtype=torch.bool).tril(-64))
     torch.testing.assert_close(got.double(), want.transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+def tiles(mask, full: bool) -> torch.Tensor:
+    """A BlockMask's (B, n, n) tile map: 1 where a (query tile, key tile) pair is listed as partial (or full)."""
+    count, indices = (mask.full_kv_num_blocks, mask.full_kv_indices) if full else (mask.kv_num_blocks, mask.kv_indices)
+    out = torch.zeros(count.size(0), count.size(-1), indices.size(-1), dtype=torch.int32)
+    for b, i in itertools.product(range(count.size(0)), range(count.size(-1))):
+        out[b, i, indices[b, 0, i, :count[b, 0, i]].long()] = 1
+    return out
+
+
+@pytest.mark.parametrize("T, window", [(256, None), (384, 1), (512, 100), (1024, 128), (1024, 300), (640, 1000),
+                                       (1000, None), (200, 64)])
+def test_the_block_mask_from_tile_bounds_equals_flex_attentions_own_from_every_pair(T, window):
+    """attention.block_mask classifies tiles from document bounds; create_block_mask evaluates the mask on all
+    T x T pairs (the independent reference): same skipped, partial and full tiles, with documents and without."""
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    torch.manual_seed(T)
+    w = None if window is None else torch.tensor(window)
+    for documents in ((torch.rand(3, T) < 3 / 256).cumsum(dim=1), None):
+        def allowed(b, h, q, k):
+            ok = q >= k
+            if documents is not None:
+                ok = ok & (documents[b, q] == documents[b, k])
+            return ok if w is None else ok & (q - k < w)
+
+        got = attention_mask(T, T, documents, w, torch.device("cpu"), flex=True).block
+        want = flex.create_block_mask(allowed, None if documents is None else 3, None, T, T, device="cpu")
+        for full in (False, True):
+            assert torch.equal(tiles(got, full), tiles(want, full)), (documents is None, full)
+        assert got.shape == want.shape
 
 
 def test_with_the_document_mask_a_packed_row_equals_its_documents_run_one_by_one():

@@ -6,6 +6,7 @@ FlashAttention kernels take; PyTorch's SDPA wants (B, n_head, T, head_dim), so t
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -15,8 +16,8 @@ import torch.nn.functional as F
 @dataclass
 class AttentionMask:
     """Causal attention narrowed further, built once per forward pass (before the blocks, so nothing is built inside
-    a recomputed region) and shared by the layers: a FlexAttention block mask inside torch.compile on CUDA, where
-    blocks with nothing to attend are skipped, so the sparsity is speed; else a dense boolean mask for SDPA."""
+    a recomputed region) and shared by the layers: a dense boolean mask for SDPA, or a FlexAttention block mask
+    (inside torch.compile on CUDA with LLMPY_FLEX_ATTENTION=1), where tiles with nothing to attend are skipped."""
 
     block: object = None  # a FlexAttention BlockMask
     dense: torch.Tensor | None = None  # (B or 1, 1, queries, keys) booleans, True where attention is allowed
@@ -41,17 +42,64 @@ def attention_mask(length: int, queries: int, documents: torch.Tensor | None, wi
 
     rows = documents.size(0) if documents is not None else 1
     if flex:
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def mask_mod(b, h, q_idx, kv_idx):  # FlexAttention's signature (a function of four arguments)
-            return allowed(b, q_idx, kv_idx)
-
-        # one mask for every row unless documents differ by row
-        return AttentionMask(block=create_block_mask(mask_mod, rows if documents is not None else None, None,
-                                                     queries, length, device=device))
+        if offset:
+            raise ValueError("a FlexAttention block mask covers whole sequences (queries == length)")
+        return AttentionMask(block=block_mask(length, documents, window, device,
+                                              lambda b, h, q_idx, kv_idx: allowed(b, q_idx, kv_idx)))
     b = torch.arange(rows, device=device)[:, None, None, None]
     return AttentionMask(dense=allowed(b, torch.arange(queries, device=device)[:, None],
                                        torch.arange(length, device=device)[None, :]).expand(rows, 1, queries, length))
+
+
+def flex_attention_enabled() -> bool:
+    """Whether a compiled CUDA model takes FlexAttention block masks (LLMPY_FLEX_ATTENTION=1) rather than a dense
+    mask through SDPA. Off by default: on one H200 (torch 2.11, 2026-12-02) compiled FlexAttention with per-row
+    document masks read out of bounds (create_block_mask's masks: illegal memory access) or gave wrong outputs (the
+    masks of `block_mask`, which equal create_block_mask's on the CPU: max error 4.1 against dense SDPA in
+    benchmarks/gpu_flex_check.py, exploding gradients in training), while the same code is right on the CPU, eager
+    and compiled. See docs/recipes.md; the dense mask is the same attention, at SDPA's masked-kernel speed."""
+    return os.environ.get("LLMPY_FLEX_ATTENTION", "0") == "1"
+
+
+FLEX_BLOCK = 128  # FlexAttention's default tile: the block mask's granularity
+
+
+def block_mask(length: int, documents: torch.Tensor | None, window: torch.Tensor | None, device: torch.device,
+               mask_mod):
+    """The FlexAttention BlockMask of causal attention within documents and a window, built from block bounds rather
+    than by evaluating `mask_mod` on every (query, key) pair as `create_block_mask` does (a B x T x T grid per
+    forward). Document numbers never decrease along a row, so a query tile and an earlier key tile share a document
+    iff the query tile's first document is at most the key tile's last; they are all one document iff the key tile's
+    first equals the query tile's last. A tile pair is skipped when nothing in it is allowed, computed without the
+    mask (full) when everything is and both tiles are whole, and masked element-wise by `mask_mod` otherwise."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    n = -(-length // FLEX_BLOCK)
+    tile = torch.arange(n, device=device)
+    ends = (tile + 1).mul(FLEX_BLOCK).clamp(max=length) - 1
+    q_tile, kv_tile = tile[:, None], tile[None, :]
+    some = kv_tile <= q_tile  # (n, n): causal, before the document and window bounds
+    whole = ends - tile * FLEX_BLOCK == FLEX_BLOCK - 1  # a short last tile is always masked element-wise
+    every = (kv_tile < q_tile) & whole[:, None] & whole[None, :]
+    if documents is not None:
+        first, last = documents[:, tile * FLEX_BLOCK], documents[:, ends]  # (B, n)
+        some = some & (first[:, :, None] <= last[:, None, :])
+        every = every & (first[:, None, :] == last[:, :, None])
+    if window is not None:  # a query q sees keys q - window + 1 .. q
+        gap = (q_tile - kv_tile) * FLEX_BLOCK
+        some = some & (gap - FLEX_BLOCK + 1 < window)
+        every = every & (gap + FLEX_BLOCK - 1 < window)
+    some, every = (mask.expand(documents.size(0) if documents is not None else 1, n, n) for mask in (some, every))
+    partial = some & ~every
+
+    def ordered(chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per query tile: how many key tiles are chosen, and their indices first (the rest of the row is unread)."""
+        count = chosen.sum(dim=-1, dtype=torch.int32)
+        indices = torch.argsort((~chosen).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return count[:, None], indices[:, None]  # (B, 1 head, n), (B, 1, n, n)
+
+    return BlockMask.from_kv_blocks(*ordered(partial), *ordered(every), BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod,
+                                    seq_lengths=(length, length))
 
 
 def document_index(idx: torch.Tensor, boundary_token: int) -> torch.Tensor:

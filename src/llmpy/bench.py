@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from llmpy.config import TrainConfig
 from llmpy.flags import add_flag_arguments
-from llmpy.gpt2 import PADDED_VOCAB_SIZE, VOCAB_SIZE
+from llmpy.gpt2 import EOT_TOKEN, PADDED_VOCAB_SIZE, VOCAB_SIZE
 
 if TYPE_CHECKING:  # torch, numpy and the trainer are imported where used: `llmpy --help` builds this parser
     import torch
@@ -220,16 +220,19 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
     config = bench_config(args, "")
     reference = build_model(args.model, args.seq_len, 0, config.family, config.arch).to(runtime.device)
     fast = build_model(args.model, args.seq_len, args.recompute, config.family, config.arch).to(runtime.device)
+    exercise_every_path(reference, args.seed)
     fast.load_state_dict(reference.state_dict())
+    window = None
+    for model in (reference, fast):  # a window schedule's first (narrowest) window, where training starts
+        if hasattr(model, "schedule_window"):
+            window = model.schedule_window(0.0, args.seq_len)
     kind = loss_kind(args.fused_loss, runtime, fast.lm_head)
     reference_run = ModelWithLoss(reference, build_loss("plain", reference.config, runtime))
     fast_run = ModelWithLoss(fast, build_loss(kind, fast.config, runtime))
     compile_mode = compile_mode_for(args.compile, args.compile_mode, runtime)
     use_compile = compile_mode is not None
-    generator = torch.Generator().manual_seed(args.seed)
-    x = torch.randint(0, VOCAB_SIZE, (args.batch_size, args.seq_len + 1), generator=generator)
-    x, y = x[:, :-1].to(runtime.device), x[:, 1:].clone().to(runtime.device)
-    y[0, : args.seq_len // 4] = -1  # positions without a target (as padding would make them) take part too
+    x, y = check_batch(args.batch_size, args.seq_len, args.seed)
+    x, y = x.to(runtime.device), y.to(runtime.device)
     ref_loss, ref_grads = _loss_and_grads(reference_run, x, y, contextlib.nullcontext())
     fast_loss, fast_grads = _loss_and_grads(fast_run, x, y, runtime.autocast(), compiled(fast_run, compile_mode))
     diff = torch.sqrt(sum(((fast_grads[n] - g) ** 2).sum() for n, g in ref_grads.items())).item()
@@ -244,6 +247,7 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
         "recompute": args.recompute, "loss_fp32_eager": ref_loss, "loss_fast": fast_loss,
         "loss_rel_diff": abs(fast_loss - ref_loss) / abs(ref_loss), "grad_norm_fp32_eager": norm,
         "grad_rel_diff": diff / norm, "worst_grad_cosine": cosines[worst], "worst_grad_parameter": worst,
+        "documents_per_row": (x == EOT_TOKEN).sum(dim=1).float().mean().item() + 1, "window": window,
     }
     if runtime.is_cuda and kind == "fused":
         result.update(check_loss_kernel(runtime.device, args.seed))
@@ -257,6 +261,32 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
              f"{cosines[worst]:.5f} ({worst}) => {'PASS' if result['passed'] else 'FAIL'}")
     print_fn(json.dumps(result))
     return result
+
+
+def exercise_every_path(model, seed: int) -> None:
+    """--check compares gradients; a matrix initialised to zero (the modern family's output projections and head)
+    would leave the attention and MLP inputs without gradient at step 0, so the check would not see them. Such
+    matrices get small random weights here (the check is about the arithmetic, not the initialisation)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() >= 2 and not parameter.any():
+                parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
+
+
+def check_batch(rows: int, length: int, seed: int) -> tuple:
+    """--check's fixed batch: random tokens with an EOT about every 200 positions (so a document mask has several
+    documents per row to separate) and the first quarter of row 0 without targets (as padding would leave it)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, VOCAB_SIZE, (rows, length + 1), generator=generator)
+    tokens[torch.rand(rows, length + 1, generator=generator) < 1 / 200] = EOT_TOKEN
+    x, y = tokens[:, :-1], tokens[:, 1:].clone()
+    y[0, : length // 4] = -1
+    return x, y
 
 
 # (columns per chunk, warps, programs per SM, lanewise, pipeline stages) timed by --check on CUDA

@@ -88,7 +88,7 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
     (None, "--family", "family", str, "model family of a fresh -e dN: gpt2 | modern (see docs/recipes.md)"),
     (None, "--arch", "arch", str,
      "modern family switches, e.g. 'softcap=0,value_embeds=0' (rotary qk_norm relu2 rmsnorm bias zero_init tie "
-     "softcap value_embeds unet rope_base)"),
+     "softcap value_embeds unet rope_base doc_mask window fp8_head)"),
 ]
 
 # llm.c flags with no counterpart here: accepted so its run scripts work, explained once.

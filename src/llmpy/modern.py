@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from llmpy.attention import AttentionMask, attention_mask, causal_attention, document_index
+from llmpy.attention import AttentionMask, attention_mask, causal_attention, document_index, flex_attention_enabled
 from llmpy.config import ModelConfig
 from llmpy.errors import LlmpyError
 from llmpy.gpt2 import EOT_TOKEN
@@ -317,7 +317,7 @@ class ModernGPT(nn.Module):
             documents = document_index(idx, EOT_TOKEN) if self.config.doc_mask else None
             if documents is not None and kv_cache is not None:  # numbered on from the cached positions
                 documents = kv_cache.extend_documents(documents)
-            flex = idx.is_cuda and torch.compiler.is_compiling() and kv_cache is None
+            flex = flex_attention_enabled() and idx.is_cuda and torch.compiler.is_compiling() and kv_cache is None
             mask = attention_mask(start + T, T, documents, self.attention_window if self.config.window else None,
                                   idx.device, flex)
         skips = []
