@@ -33,7 +33,7 @@ if [ "${1:-runs}" = checks ]; then
 fi
 # each run takes 85-130 s of wall time (process start, compiling the train and eval graphs, 30 steps, 7 evals, the
 # checkpoint): about four fit in one call
-for name in ${RUNS:-m30_doc m30_seqwarm5 m30_doc_win128}; do
+for name in ${RUNS:-m30_doc m30_doc_flex m30_seqwarm5}; do
     [ "$SECONDS" -lt $((deadline - 60)) ] || { echo "$name skipped (deadline)"; continue; }
     timeout -k 10 $((deadline - SECONDS)) python benchmarks/gpu_modern_runs.py attention "$out/attn" "$name" \
         >"$out/attn_$name.txt" 2>&1

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmpy.attention import attention_mask, causal_attention, document_index
+from llmpy.attention import attention_mask, block_mask, causal_attention, document_index
 from llmpy.families import build_model, model_config
 from llmpy.gpt2 import EOT_TOKEN
 from llmpy.infer import KVCache
@@ -70,21 +70,52 @@ def test_document_and_window_masks_match_an_fp64_softmax_over_a_hand_built_mask(
     assert torch.equal(tail[:, 0], allowed[:, -4:])
 
 
-def test_flex_attentions_block_mask_selects_what_the_dense_mask_does():
-    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+def test_flex_attention_over_the_joined_rows_equals_the_dense_mask_row_by_row():
+    """The FlexAttention path lays the rows end to end as one sequence: each row's documents stay apart from the
+    other rows' and the output equals an fp64 softmax over each row's own hand-built mask."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
     torch.manual_seed(0)
-    B, T, nh, hs = 2, 256, 2, 16  # two 128-blocks per row: some fully masked, some partly
-    q, k, v = (torch.randn(B, nh, T, hs) for _ in range(3))
+    B, T, nh, hs = 3, 256, 2, 16  # two 128-tiles per row: some skipped, some partial, some full
+    q, k, v = (torch.randn(B, T, nh, hs) for _ in range(3))
     documents = torch.cat([torch.zeros(B, 100, dtype=torch.long), torch.ones(B, 156, dtype=torch.long)], dim=1)
-    window = torch.tensor(64)
-    block_mask = attention_mask(T, T, documents, window, q.device, flex=True).block
-    with warnings.catch_warnings():  # eager FlexAttention on a CPU warns: the unfused reference path, the point here
-        warnings.simplefilter("ignore")
-        got = flex.flex_attention(q, k, v, block_mask=block_mask)
-    want = reference_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                               (documents[:, :, None] == documents[:, None, :])
-                               & torch.ones(T, T, dtype=torch.bool).tril() & ~torch.ones(T, T, dtype=torch.bool).tril(-64))
-    torch.testing.assert_close(got.double(), want.transpose(1, 2), rtol=1e-5, atol=1e-5)
+    documents[2] = 0  # one row of a single document: the rows around it must still not be seen
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    for docs, window in ((documents, torch.tensor(64)), (documents, None), (None, torch.tensor(200))):
+        mask = attention_mask(T, T, docs, window, q.device, flex=True, batch=B)
+        assert mask.block.shape[-2:] == (B * T, B * T)
+        with warnings.catch_warnings():  # eager FlexAttention on a CPU warns: the unfused reference path, the point
+            warnings.simplefilter("ignore")
+            got = causal_attention(q, k, v, mask=mask)
+        allowed = causal.expand(B, T, T)
+        if docs is not None:
+            allowed = allowed & (docs[:, :, None] == docs[:, None, :])
+        if window is not None:
+            allowed = allowed & ~torch.ones(T, T, dtype=torch.bool).tril(-int(window))
+        torch.testing.assert_close(got.double(), reference_attention(q, k, v, allowed), rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_flex_attention_with_the_mask_built_outside_the_graph_equals_the_dense_mask():
+    """The model's FlexAttention path under torch.compile (forward; the CPU has no Flex backward): the mask is built
+    eagerly at a graph break and enters the compiled attention as inputs; a second batch reuses the graph."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    from llmpy.attention import flex_attention_mask
+
+    torch.manual_seed(0)
+    B, T, nh, hs = 2, 256, 2, 16
+    window = torch.tensor(100)
+    attend = torch.compile(lambda q, k, v, idx: causal_attention(q, k, v, mask=flex_attention_mask(idx, EOT_TOKEN,
+                                                                                                    window)))
+    for trial in range(2):
+        q, k, v = (torch.randn(B, T, nh, hs) for _ in range(3))
+        idx = torch.randint(0, 1000, (B, T))
+        idx[0, 60 + trial], idx[0, 190], idx[1, 129] = EOT_TOKEN, EOT_TOKEN, EOT_TOKEN  # tiles of each kind
+        documents = document_index(idx, EOT_TOKEN)
+        allowed = (torch.ones(T, T, dtype=torch.bool).tril() & ~torch.ones(T, T, dtype=torch.bool).tril(-100)
+                   & (documents[:, :, None] == documents[:, None, :]))
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = attend(q, k, v, idx)
+        torch.testing.assert_close(got.double(), reference_attention(q, k, v, allowed), rtol=1e-5, atol=1e-5)
 
 
 def tiles(mask, full: bool) -> torch.Tensor:
@@ -111,7 +142,7 @@ def test_the_block_mask_from_tile_bounds_equals_flex_attentions_own_from_every_p
                 ok = ok & (documents[b, q] == documents[b, k])
             return ok if w is None else ok & (q - k < w)
 
-        got = attention_mask(T, T, documents, w, torch.device("cpu"), flex=True).block
+        got = block_mask(T, documents, w, torch.device("cpu"), allowed)
         want = flex.create_block_mask(allowed, None if documents is None else 3, None, T, T, device="cpu")
         for full in (False, True):
             assert torch.equal(tiles(got, full), tiles(want, full)), (documents is None, full)

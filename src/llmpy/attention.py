@@ -24,11 +24,13 @@ class AttentionMask:
 
 
 def attention_mask(length: int, queries: int, documents: torch.Tensor | None, window: torch.Tensor | None,
-                   device: torch.device, flex: bool) -> AttentionMask:
+                   device: torch.device, flex: bool, batch: int = 1) -> AttentionMask:
     """The mask for the last `queries` of `length` positions (all of them without a KV cache) attending to all
     `length`: a position sees earlier positions of its own document (`documents`, (B, length): the document number
     of each position; None = no document mask) that are among its last `window` (a 0-dim integer tensor, itself
-    included; None = no limit). `flex`: a BlockMask (needs queries == length)."""
+    included; None = no limit). `flex`: a BlockMask over the `batch` rows laid end to end as one sequence (needs
+    queries == length), each row's documents numbered apart from the others', so no row sees another: the layout
+    of the speedrun's FlexAttention (one long row), which keeps the batch out of the mask."""
     offset = length - queries
 
     def allowed(b, q_idx, kv_idx):
@@ -44,8 +46,16 @@ def attention_mask(length: int, queries: int, documents: torch.Tensor | None, wi
     if flex:
         if offset:
             raise ValueError("a FlexAttention block mask covers whole sequences (queries == length)")
-        return AttentionMask(block=block_mask(length, documents, window, device,
-                                              lambda b, h, q_idx, kv_idx: allowed(b, q_idx, kv_idx)))
+        rows = documents.size(0) if documents is not None else batch
+        in_row = documents if documents is not None else torch.zeros(rows, length, dtype=torch.long, device=device)
+        # row r's documents become r (length + 1) + their number: never decreasing along the joined sequence
+        joined = (in_row + torch.arange(rows, device=device)[:, None] * (length + 1)).reshape(1, rows * length)
+
+        def joined_mask(b, h, q_idx, kv_idx):
+            ok = (q_idx >= kv_idx) & (joined[0, q_idx] == joined[0, kv_idx])
+            return ok if window is None else ok & (q_idx - kv_idx < window)
+
+        return AttentionMask(block=block_mask(rows * length, joined, window, device, joined_mask))
     b = torch.arange(rows, device=device)[:, None, None, None]
     return AttentionMask(dense=allowed(b, torch.arange(queries, device=device)[:, None],
                                        torch.arange(length, device=device)[None, :]).expand(rows, 1, queries, length))
@@ -54,11 +64,23 @@ def attention_mask(length: int, queries: int, documents: torch.Tensor | None, wi
 def flex_attention_enabled() -> bool:
     """Whether a compiled CUDA model takes FlexAttention block masks (LLMPY_FLEX_ATTENTION=1) rather than a dense
     mask through SDPA. Off by default: on one H200 (torch 2.11, 2026-12-02) compiled FlexAttention with per-row
-    document masks read out of bounds (create_block_mask's masks: illegal memory access) or gave wrong outputs (the
-    masks of `block_mask`, which equal create_block_mask's on the CPU: max error 4.1 against dense SDPA in
-    benchmarks/gpu_flex_check.py, exploding gradients in training), while the same code is right on the CPU, eager
-    and compiled. See docs/recipes.md; the dense mask is the same attention, at SDPA's masked-kernel speed."""
+    document masks built inside the compiled graph read out of bounds (create_block_mask's masks: illegal memory
+    access) or gave wrong outputs (masks from tile bounds, equal to create_block_mask's on the CPU: max error 4.1
+    against dense SDPA in benchmarks/gpu_flex_check.py, exploding gradients in training). The path has since been
+    rebuilt (`flex_attention_mask`: the rows joined into one sequence, the mask built outside the graph), right on
+    the CPU eager and compiled, not yet run on a GPU. The dense mask is the same attention at SDPA's speed."""
     return os.environ.get("LLMPY_FLEX_ATTENTION", "0") == "1"
+
+
+@torch.compiler.disable
+def flex_attention_mask(idx: torch.Tensor, boundary_token: int | None, window: torch.Tensor | None) -> AttentionMask:
+    """The FlexAttention mask of a batch `idx` (B, T), with documents starting at `boundary_token` (None: no document
+    mask) and `window`, built outside torch.compile's graph: a graph break, so the mask's tensors enter the compiled
+    attention as inputs rather than as intermediates captured by its mask function (on the CPU, Inductor refuses the
+    joined rows' document numbers as a captured intermediate; on an H200 the in-graph masks failed, see
+    `flex_attention_enabled`). A new closure per call does not recompile (checked with TORCH_LOGS=recompiles)."""
+    documents = document_index(idx, boundary_token) if boundary_token is not None else None
+    return attention_mask(idx.size(1), idx.size(1), documents, window, idx.device, flex=True, batch=idx.size(0))
 
 
 FLEX_BLOCK = 128  # FlexAttention's default tile: the block mask's granularity
@@ -93,10 +115,12 @@ def block_mask(length: int, documents: torch.Tensor | None, window: torch.Tensor
     partial = some & ~every
 
     def ordered(chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per query tile: how many key tiles are chosen, and their indices first (the rest of the row is unread)."""
-        count = chosen.sum(dim=-1, dtype=torch.int32)
-        indices = torch.argsort((~chosen).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-        return count[:, None], indices[:, None]  # (B, 1 head, n), (B, 1, n, n)
+        """Per query tile: how many key tiles are chosen, and their indices first, in order (the rest of the row,
+        unread, holds the others). A scatter to computed slots, not a sort: no reliance on a sort's stability."""
+        count = chosen.sum(dim=-1)
+        slot = torch.where(chosen, chosen.cumsum(dim=-1) - 1, count[..., None] + (~chosen).cumsum(dim=-1) - 1)
+        indices = torch.empty_like(slot).scatter_(-1, slot, tile.expand_as(slot))
+        return count.to(torch.int32)[:, None], indices.to(torch.int32)[:, None]  # (B, 1 head, n), (B, 1, n, n)
 
     return BlockMask.from_kv_blocks(*ordered(partial), *ordered(every), BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod,
                                     seq_lengths=(length, length))
@@ -121,11 +145,14 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache
         k, v = kv_cache.update(k, v)  # (B, nh, T_past + T, hs)
         if T != 1 and T != k.size(2):
             raise ValueError("a KV cache takes a whole prompt first, then one token at a time")
-    if mask is not None and mask.block is not None:
+    if mask is not None and mask.block is not None:  # the rows joined into one sequence (see attention_mask)
         from torch.nn.attention.flex_attention import flex_attention
 
-        y = flex_attention(q, k, v, block_mask=mask.block)
-    elif mask is not None:
+        B, nh, hs = q.size(0), q.size(1), q.size(3)
+        y = flex_attention(*(t.transpose(1, 2).reshape(1, B * T, nh, hs).transpose(1, 2) for t in (q, k, v)),
+                           block_mask=mask.block)  # (1, nh, B T, hs)
+        return y.transpose(1, 2).reshape(B, T, nh, hs)
+    if mask is not None:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense)
     else:  # one new token attends to every cached position; otherwise the usual causal mask
         y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)  # (B, nh, T, hs)

@@ -44,7 +44,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from llmpy.attention import AttentionMask, attention_mask, causal_attention, document_index, flex_attention_enabled
+from llmpy.attention import (AttentionMask, attention_mask, causal_attention, document_index, flex_attention_enabled,
+                             flex_attention_mask)
 from llmpy.config import ModelConfig
 from llmpy.errors import LlmpyError
 from llmpy.gpt2 import EOT_TOKEN
@@ -313,13 +314,15 @@ class ModernGPT(nn.Module):
             x = x.to(dtype)
             value_embeds = [None if ve is None else ve.to(dtype) for ve in value_embeds]
         mask = None
-        if self.config.doc_mask or self.config.window:
+        window = self.attention_window if self.config.window else None
+        flex = flex_attention_enabled() and idx.is_cuda and torch.compiler.is_compiling() and kv_cache is None
+        if (self.config.doc_mask or self.config.window) and flex:
+            mask = flex_attention_mask(idx, EOT_TOKEN if self.config.doc_mask else None, window)
+        elif self.config.doc_mask or self.config.window:
             documents = document_index(idx, EOT_TOKEN) if self.config.doc_mask else None
             if documents is not None and kv_cache is not None:  # numbered on from the cached positions
                 documents = kv_cache.extend_documents(documents)
-            flex = flex_attention_enabled() and idx.is_cuda and torch.compiler.is_compiling() and kv_cache is None
-            mask = attention_mask(start + T, T, documents, self.attention_window if self.config.window else None,
-                                  idx.device, flex)
+            mask = attention_mask(start + T, T, documents, window, idx.device, flex=False)
         skips = []
         for layer, block in enumerate(self.transformer.h):
             if self.skip_weights is not None and layer >= L - L // 2:  # decoder half: the mirrored encoder output
