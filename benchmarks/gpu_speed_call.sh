@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 17's measurements in one device call (~9 min on an H200): the classic d12 baseline, rerun at the end for the
-# drift within the call, FlashAttention-4 through SDPA with its fast-path check, the modern d12, an H200 profile of
-# the classic step and, in what time is left, --compile-mode tuned. Every run is its own `llmpy bench` process
+# drift within the call; FlashAttention-4 through SDPA, profiled (which kernels ran) and checked; the chunked loss's
+# memory; an H200 profile of the classic step; in what time is left, the modern d12 and --compile-mode tuned. Every run is its own `llmpy bench` process
 # (--attention fa4 reroutes SDPA process-wide); outputs and JSON go to $OUT/speed.
 #   PYTHONPATH=src LLMPY_OFFLINE=1 bash benchmarks/gpu_speed_call.sh
 # FA4 comes from .fa4/ (git-ignored; carried: `bash .fa4/install.sh`, see benchmarks/RESULTS.md); without it the
@@ -23,11 +23,13 @@ run() {
     echo "$name rc=$? t=${SECONDS}s | $(grep -E 'tok/s|PASS|FAIL|rror' "$out/$name.txt" | tail -2 | tr '\n' ' ')"
 }
 T="--steps 10 --warmup 3"
+P="--profile /tmp/profile --profile-steps 1"  # the breakdown by kernel goes to stdout; the trace stays behind
 run d12_b64 100 -e d12 -b 64 -r 0 $T
-run d12_fa4 120 -e d12 -b 64 -r 0 --attention fa4 $T
-run d12_fa4_check 80 --check -e d12 -b 8 -r 0 --attention fa4
-run modern_d12 100 --recipe modern -e d12 -b 64 -r 0 $T
-run d12_profile 120 -e d12 -b 64 -r 0 --steps 3 --warmup 3 --profile /tmp/profile --profile-steps 1
+run d12_fa4_profile 150 -e d12 -b 64 -r 0 --attention fa4 $T $P  # which attention kernels ran, and their time
+run d12_fa4_check 200 --check -e d12 -b 8 -r 0 --attention fa4  # FA4's CuTe kernels compile at first use
+run d12_chunk8k 100 -e d12 -b 64 -r 0 --loss-chunk-rows 8192 $T  # peak memory vs d12_b64
+run d12_profile 120 -e d12 -b 64 -r 0 --steps 3 --warmup 3 $P
 run d12_b64_again 100 -e d12 -b 64 -r 0 $T
+run modern_d12 100 --recipe modern -e d12 -b 64 -r 0 $T
 run d12_tuned 150 -e d12 -b 64 -r 0 --compile-mode tuned $T
 echo "done t=${SECONDS}s"

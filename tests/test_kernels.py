@@ -12,12 +12,14 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from llmpy.cli import main
 from llmpy.config import ModelConfig, TrainConfig
+from llmpy.data.shards import write_shard
 from llmpy.errors import LlmpyError
 from llmpy.kernels.cross_entropy import head_loss, kernel_launch_config, reference_loss_and_grad
 from llmpy.loss import ModelWithLoss, build_loss
@@ -111,10 +113,12 @@ def test_out_of_range_targets_and_all_ignored_batches():
     # no target at all: the loss is nan like F.cross_entropy's, but no nan reaches the gradients
     x = torch.randn(4, 8, requires_grad=True)
     weight = torch.randn(24, 8, requires_grad=True)
-    loss = head_loss(x, weight, torch.full((4,), -1), 20)
-    assert loss.isnan() and F.cross_entropy(x @ weight.t(), torch.full((4,), -1), ignore_index=-1).isnan()
-    loss.backward()
-    assert x.grad.abs().max() == 0 and weight.grad.abs().max() == 0
+    for chunk_rows in (0, 3):
+        x.grad = weight.grad = None
+        loss = head_loss(x, weight, torch.full((4,), -1), 20, chunk_rows=chunk_rows)
+        assert loss.isnan() and F.cross_entropy(x @ weight.t(), torch.full((4,), -1), ignore_index=-1).isnan()
+        loss.backward()
+        assert x.grad.abs().max() == 0 and weight.grad.abs().max() == 0
 
 
 @pytest.mark.parametrize("text", ["16,1,0,0,1", "100,8,4,0,1", "4096,8,4,2,1", "4096,8,4", "a,b,c,d,e"])
@@ -126,7 +130,10 @@ def test_bad_loss_kernel_launch_is_a_one_line_error(text, monkeypatch):
     assert kernel_launch_config() == (2048, 4, 8, 1, 2)
 
 
-def test_head_loss_value_and_gradients_match_linear_plus_cross_entropy():
+@pytest.mark.parametrize("chunk_rows", [0, 8, 13, 40, 64])  # all rows; blocks that divide 40, that do not; >= 40
+def test_head_loss_value_and_gradients_match_linear_plus_cross_entropy(chunk_rows):
+    """Against F.cross_entropy of x @ W^T through fp64 autograd, also a block of rows at a time (--loss-chunk-rows),
+    where the head's gradients are made in the forward pass, block by block."""
     torch.manual_seed(2)
     x = torch.randn(40, 16, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(24, 16, dtype=torch.float64) * 0.3
@@ -134,7 +141,7 @@ def test_head_loss_value_and_gradients_match_linear_plus_cross_entropy():
     weight.requires_grad_(True)
     targets = torch.randint(0, 20, (40,))
     targets[:3] = -1
-    loss = head_loss(x, weight, targets, 20)
+    loss = head_loss(x, weight, targets, 20, chunk_rows=chunk_rows)
     (3.0 * loss).backward()  # a non-unit incoming gradient reaches both matmuls
     x2, w2 = x.detach().clone().requires_grad_(True), weight.detach().clone().requires_grad_(True)
     want = F.cross_entropy((x2 @ w2.t())[:, :20], targets, ignore_index=-1)
@@ -186,17 +193,29 @@ def test_gpt_with_fused_loss_trains_like_the_plain_loss():
     torch.testing.assert_close(loss, want, rtol=0, atol=0)
 
 
-def test_bench_check_passes_for_bf16_compiled_fused_path_on_cpu(tmp_path, capsys):
+@pytest.mark.parametrize("chunk_rows", ["0", "5"])  # 16 rows: all at once; 4 blocks, the last short
+def test_bench_check_passes_for_bf16_compiled_fused_path_on_cpu(tmp_path, capsys, chunk_rows):
     out = tmp_path / "check.jsonl"
     # one block is enough to cover every module (attention, MLP with -r 1 recompute, fused head + loss) and keeps the
     # CPU torch.compile, which dominates this test, short
     code = main(["bench", "--check", "--model", "d1w64", "-b", "2", "-t", "8", "--device", "cpu", "--dtype", "bf16",
-                 "--compile", "1", "--fused-loss", "1", "-r", "1", "--json", str(out)])
+                 "--compile", "1", "--fused-loss", "1", "-r", "1", "--loss-chunk-rows", chunk_rows,
+                 "--json", str(out)])
     result = json.loads(out.read_text().splitlines()[-1])
     assert code == 0 and result["passed"], result
     assert result["fused_loss"] and result["compile"] and result["precision"] == "bf16"
     assert 0 < result["loss_rel_diff"] < 1e-2 and 0 < result["grad_rel_diff"] < 5e-2  # bf16 differs, a little
     assert "PASS" in capsys.readouterr().out
+
+
+def test_loss_chunks_without_the_fused_loss_are_a_one_line_error(tmp_path, capsys):
+    shard = tmp_path / "t_train_000001.bin"
+    write_shard(shard, np.arange(4096) % 50257)
+    assert main(["train", "-i", str(shard), "-e", "d1w64", "-b", "2", "-t", "8", "-x", "1", "--device", "cpu",
+                 "--fused-loss", "0", "--loss-chunk-rows", "4", "-o", str(tmp_path / "run")]) == 2
+    assert "--loss-chunk-rows splits the fused loss" in capsys.readouterr().err
+    with pytest.raises(LlmpyError, match="--loss-chunk-rows"):
+        TrainConfig(train_data="x", loss_chunk_rows=-1).validate()
 
 
 def test_bad_compile_mode_and_fused_loss_values_are_refused():

@@ -54,8 +54,8 @@ def write_random_data(directory: Path, tokens: int, seed: int = 0) -> str:
 
 # the train flags that shape a step, with bench's own defaults (llm.c's d12 setting, no auto-batch)
 BENCH_FIELDS = ("model", "batch_size", "seq_len", "total_batch_size", "recompute", "zero_stage", "compile",
-                "compile_mode", "attention", "fused_loss", "auto_batch", "device", "dtype", "seed", "optimizer",
-                "recipe", "family", "arch")
+                "compile_mode", "attention", "fused_loss", "loss_chunk_rows", "auto_batch", "device", "dtype", "seed",
+                "optimizer", "recipe", "family", "arch")
 # "" for --optimizer and --family: the recipe's
 BENCH_DEFAULTS = {"batch_size": 32, "total_batch_size": 524288, "auto_batch": 0, "optimizer": "", "family": ""}
 
@@ -124,7 +124,7 @@ def run_bench(args: argparse.Namespace, print_fn=print) -> dict:
             "total_batch_size": layout.tokens_per_step, "grad_accum_steps": layout.grad_accum_steps,
             "world_size": trainer.job.world_size, "zero_stage": args.zero_stage, "recompute": args.recompute,
             "attention": args.attention, "compile_mode": args.compile_mode,
-            "fused_loss": loss_is_fused(trainer),
+            "fused_loss": loss_is_fused(trainer), "loss_chunk_rows": args.loss_chunk_rows,
             "compile": compile_mode_for(args.compile, args.compile_mode, trainer.runtime) is not None,
             "precision": trainer.runtime.precision, "device": trainer.runtime.device_name(),
             "steps": args.steps, "step_ms_median": 1000 * step_s, "step_ms_min": 1000 * min(times),
@@ -228,7 +228,7 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
             window = model.schedule_window(0.0, args.seq_len)
     kind = loss_kind(args.fused_loss, runtime, fast.lm_head)
     reference_run = ModelWithLoss(reference, build_loss("plain", reference.config, runtime))
-    fast_run = ModelWithLoss(fast, build_loss(kind, fast.config, runtime))
+    fast_run = ModelWithLoss(fast, build_loss(kind, fast.config, runtime, args.loss_chunk_rows))
     compile_mode = compile_mode_for(args.compile, args.compile_mode, runtime)
     use_compile = compile_mode is not None
     x, y = check_batch(args.batch_size, args.seq_len, args.seed)

@@ -155,6 +155,7 @@ class TrainConfig:
     compile: int = -1  # -1 = on for CUDA, off elsewhere
     compile_mode: str = "default"  # torch.compile mode, or "tuned" (default + Inductor's coordinate-descent tuning)
     fused_loss: int = -1  # head + cross-entropy in one kernel pass (-1 = on CUDA when Triton is there, 0 off, 1 on)
+    loss_chunk_rows: int = 0  # the fused loss's logits this many rows at a time (0 = all rows of a micro-batch)
     attention: str = "auto"  # SDPA kernel preference: auto | flash | cudnn | efficient | math
 
     def validate(self, world_size: int = 1) -> "TrainConfig":
@@ -202,7 +203,7 @@ class TrainConfig:
                             ("-sl/--skip-loss-zscore", self.skip_loss_zscore),
                             ("-sg/--skip-grad-zscore", self.skip_grad_zscore),
                             ("--max-bad-steps", self.max_bad_steps), ("--log-every", self.log_every),
-                            ("--sample-top-k", self.sample_top_k)):
+                            ("--sample-top-k", self.sample_top_k), ("--loss-chunk-rows", self.loss_chunk_rows)):
             at_least(flag, 0, value)
         for flag, value in (("-y/--resume", self.resume), ("--overwrite", self.overwrite), ("-h/--hellaswag", self.hellaswag),
                             ("-a/--overfit-batch", self.overfit_batch), ("--shuffle", self.shuffle),

@@ -62,6 +62,9 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
      "default | tuned (+ coordinate-descent tuning of the fused kernels) | max-autotune-no-cudagraphs"),
     (None, "--fused-loss", "fused_loss", int,
      "output head + cross-entropy with the gradient written in the forward pass (-1 = on CUDA, 0 off, 1 on)"),
+    (None, "--loss-chunk-rows", "loss_chunk_rows", int,
+     "the fused loss's logits N rows at a time, so a micro-batch's whole (B*T, vocab) logits never exist at once "
+     "(less memory; 0 = all rows)"),
     (None, "--tensorboard", "tensorboard", str,
      "also log every metric to TensorBoard event files in this directory (default: off)"),
     (None, "--wandb", "wandb", str,

@@ -6,7 +6,8 @@ real vocabulary, in fp32 even under bf16 autocast (as llm.c's fused classifier d
 - `plain`: the head's matmul writes the padded logits; a -inf mask over the padded columns makes the softmax the
   one over the real vocabulary without a sliced copy; `F.cross_entropy` does the rest.
 - `fused`: llmpy.kernels.cross_entropy writes the loss and its gradient in one pass over the logits (training
-  only; under no_grad it is the plain path).
+  only; under no_grad it is the plain path), optionally a block of rows at a time (--loss-chunk-rows), so the
+  whole batch's logits never exist at once.
 
 `ModelWithLoss` (model + loss) is what training and the val loss run, and what DDP and torch.compile wrap.
 """
@@ -40,9 +41,10 @@ class CrossEntropyLoss(nn.Module):
 class FusedCrossEntropyLoss(CrossEntropyLoss):
     """The same loss with its gradient written in the forward pass by one Triton kernel (PyTorch ops on CPU)."""
 
-    def __init__(self, vocab_size: int, padded_vocab_size: int):
+    def __init__(self, vocab_size: int, padded_vocab_size: int, chunk_rows: int = 0):
         super().__init__(vocab_size, padded_vocab_size)
         self.launch = kernel_launch_config()  # read once: a bad LLMPY_LOSS_KERNEL fails at build time
+        self.chunk_rows = chunk_rows  # --loss-chunk-rows: logits of this many rows at a time (0: all at once)
 
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module) -> torch.Tensor:
         if not torch.is_grad_enabled():  # evaluation: no gradient to write
@@ -52,14 +54,17 @@ class FusedCrossEntropyLoss(CrossEntropyLoss):
                             f"got {type(head).__name__}")
         device = hidden.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-        return head_loss(hidden.to(dtype), head.weight.to(dtype), targets, self.vocab_size, self.launch)
+        return head_loss(hidden.to(dtype), head.weight.to(dtype), targets, self.vocab_size, self.launch,
+                         self.chunk_rows)
 
 
 LOSSES = {"plain": CrossEntropyLoss, "fused": FusedCrossEntropyLoss}
 
 
-def build_loss(kind: str, vocab_size: int, padded_vocab_size: int) -> CrossEntropyLoss:
-    """The loss component named `kind` (see LOSSES)."""
+def build_loss(kind: str, vocab_size: int, padded_vocab_size: int, chunk_rows: int = 0) -> CrossEntropyLoss:
+    """The loss component named `kind` (see LOSSES); `chunk_rows` for the fused one (see --loss-chunk-rows)."""
+    if kind == "fused":
+        return FusedCrossEntropyLoss(vocab_size, padded_vocab_size, chunk_rows)
     return LOSSES[kind](vocab_size, padded_vocab_size)
 
 
