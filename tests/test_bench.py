@@ -63,4 +63,18 @@ def test_the_check_batch_has_documents_and_the_check_sees_the_mask_and_every_mat
                  "-b", "2", "-t", "64", "--device", "cpu", "--compile", "0", "--json", str(out)]) == 0
     result = json.loads(out.read_text().splitlines()[-1])
     assert result["passed"] and result["window"] == 8 and result["documents_per_row"] > 1
-    assert result["worst_grad_cosine"] > 0.999  # every parameter has a gradient to compare
+    assert result["parameters_without_gradient"] == []  # every parameter's gradient was compared
+
+
+def test_the_check_fails_when_parameters_get_no_gradient(tmp_path, monkeypatch, capsys):
+    """Without the random weights the modern family's zero-initialised projections leave the blocks without
+    gradient: the check must say so and fail rather than compare the head alone."""
+    import llmpy.bench
+
+    monkeypatch.setattr(llmpy.bench, "exercise_every_path", lambda model, seed: None)
+    out = tmp_path / "check.jsonl"
+    assert main(["bench", "--check", "--recipe", "modern", "--model", "d2w64", "-b", "2", "-t", "32", "--device", "cpu",
+                 "--compile", "0", "--json", str(out)]) == 1
+    result = json.loads(out.read_text().splitlines()[-1])
+    assert not result["passed"] and "transformer.h.0.attn.c_q.weight" in result["parameters_without_gradient"]
+    assert "no gradient: " in capsys.readouterr().out

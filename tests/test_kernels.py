@@ -214,6 +214,9 @@ def test_loss_chunks_without_the_fused_loss_are_a_one_line_error(tmp_path, capsy
     assert main(["train", "-i", str(shard), "-e", "d1w64", "-b", "2", "-t", "8", "-x", "1", "--device", "cpu",
                  "--fused-loss", "0", "--loss-chunk-rows", "4", "-o", str(tmp_path / "run")]) == 2
     assert "--loss-chunk-rows splits the fused loss" in capsys.readouterr().err
+    assert main(["bench", "--check", "--model", "d1w64", "-b", "2", "-t", "8", "--device", "cpu", "--compile", "0",
+                 "--fused-loss", "0", "--loss-chunk-rows", "4"]) == 2  # the check does not drop it silently either
+    assert "--loss-chunk-rows splits the fused loss" in capsys.readouterr().err
     with pytest.raises(LlmpyError, match="--loss-chunk-rows"):
         TrainConfig(train_data="x", loss_chunk_rows=-1).validate()
 

@@ -90,7 +90,12 @@ def loss_kind(flag: int, runtime: Runtime, head: nn.Module | None = None) -> str
 
 
 def build_loss(kind: str, model_config: ModelConfig, runtime: Runtime, chunk_rows: int = 0) -> CrossEntropyLoss:
-    """The head + cross-entropy component `kind` (see llmpy.loss.LOSSES), on the run's device."""
+    """The head + cross-entropy component `kind` (see llmpy.loss.LOSSES), on the run's device; `chunk_rows`
+    (--loss-chunk-rows) only for the fused one."""
+    if chunk_rows and kind != "fused":
+        raise LlmpyError("--loss-chunk-rows splits the fused loss, and this run's loss is the plain one (--fused-loss "
+                         "0, no CUDA, or the modern family's soft-capped head); leave --loss-chunk-rows at 0, or give "
+                         "--fused-loss 1 with a gpt2-family model")
     return build_loss_component(kind, model_config.vocab_size, model_config.padded_vocab_size,
                                 chunk_rows).to(runtime.device)
 
@@ -237,9 +242,6 @@ def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) ->
     seed_everything(config.seed)
     module = build_model(config.model, config.seq_len, config.recompute, config.family, config.arch).to(runtime.device)
     kind = loss_kind(config.fused_loss, runtime, module.lm_head)
-    if config.loss_chunk_rows and kind != "fused":
-        raise LlmpyError("--loss-chunk-rows splits the fused loss, and this run's loss is the plain one (--fused-loss "
-                         "0, no CUDA, or a soft-capped head); leave --loss-chunk-rows at 0 or give --fused-loss 1")
     loss = build_loss(kind, module.config, runtime, config.loss_chunk_rows)
     compile_mode = compile_mode_for(config.compile, config.compile_mode, runtime)
     model = parallelize(module, loss, runtime, job, config.zero_stage, compile_mode)
