@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issue 16's attention techniques on one H200, one device call each. Needs .devcarry/corpus (see
-# benchmarks/RESULTS.md) and .devcarry/gpt2.tiktoken carried.
+# benchmarks/RESULTS.md; or CORPUS=.devcarry/corpus_head, its first 2M/0.7M tokens, enough for 30 steps) and
+# .devcarry/gpt2.tiktoken carried.
 #   PYTHONPATH=src LLMPY_OFFLINE=1 LLMPY_GPT2_BPE=$PWD/.devcarry/gpt2.tiktoken bash benchmarks/gpu_attention_call.sh [STAGE]
 # STAGE `checks` (call 1 of 2026-12-02): the classic d12 bench (against the 566-570K tok/s on record), the first
 #   attention runs in one process, then `bench --check` of the classic path, of the modern model with the document
@@ -40,5 +41,5 @@ for name in ${RUNS:-m30_doc m30_doc_flex m30_seqwarm5}; do
     echo "$name rc=$? t=${SECONDS}s | $(grep -E 'RESULT|rror' "$out/attn_$name.txt" | tail -1 | cut -c1-400)"
 done
 [ "$SECONDS" -lt $((deadline - 40)) ] && timeout -k 5 $((deadline - SECONDS)) \
-    python benchmarks/gpu_flex_check.py .devcarry/corpus/corpus_train_000001.bin
+    python benchmarks/gpu_flex_check.py "${CORPUS:-.devcarry/corpus}"/corpus_train_000001.bin
 echo "done t=${SECONDS}s"
