@@ -62,21 +62,25 @@ def one(shard: str, builder: str, mode: str) -> None:
     ref = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in ref_in), attn_mask=dense).transpose(1, 2)
     grad = torch.randn_like(ref)
     context = torch.no_grad() if mode == "infer" else torch.enable_grad()
-    with context:
-        for _ in range(3):
-            out = compiled(q, k, v, idx)
-            if mode == "train":
-                grads = torch.autograd.grad(out, (q, k, v), grad.to(out.dtype))
+
+    def calls(n: int) -> float:
+        """n calls (with the backward in `train` mode); their seconds, the device drained before and after."""
+        nonlocal out, grads
         if DEVICE == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        for _ in range(10):
+        for _ in range(n):
             out = compiled(q, k, v, idx)
             if mode == "train":
                 grads = torch.autograd.grad(out, (q, k, v), grad.to(out.dtype))
         if DEVICE == "cuda":
             torch.cuda.synchronize()
-    ms = (time.perf_counter() - start) * 100
+        return time.perf_counter() - start
+
+    out = grads = None
+    with context:
+        calls(3)  # compilation and warm-up
+        ms = calls(10) * 100
     err = (out.float() - ref).abs().max().item()
     line = f"{builder} {mode}: {ms:.2f} ms/call, max |out - dense fp32| {err:.2e}"
     if mode == "train":
