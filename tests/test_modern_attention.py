@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmpy.attention import attention_mask, block_mask, causal_attention, document_index
+from llmpy.attention import attention_mask, block_mask, causal_attention, document_index, joined_block_mask
 from llmpy.families import build_model, model_config
 from llmpy.gpt2 import EOT_TOKEN
 from llmpy.infer import KVCache
@@ -55,7 +55,7 @@ def test_document_and_window_masks_match_an_fp64_softmax_over_a_hand_built_mask(
                 allowed[b, i, j] = j <= i and documents[b, i] == documents[b, j] and i - j < 3
     assert allowed[0, 6].nonzero().flatten().tolist() == [5, 6]
     def masked(documents, window):
-        return causal_attention(q, k, v, mask=attention_mask(T, T, documents, window, q.device, flex=False))
+        return causal_attention(q, k, v, mask=attention_mask(T, T, documents, window, q.device))
 
     torch.testing.assert_close(masked(documents, torch.tensor(3)), reference_attention(q, k, v, allowed),
                                rtol=1e-12, atol=1e-12)
@@ -66,7 +66,7 @@ def test_document_and_window_masks_match_an_fp64_softmax_over_a_hand_built_mask(
     band = causal & ~torch.ones(T, T, dtype=torch.bool).tril(-3)
     torch.testing.assert_close(masked(None, torch.tensor(3)), reference_attention(q, k, v, band))
     # the last 4 queries of the sequence (a KV cache's view) are those rows of the whole mask
-    tail = attention_mask(T, 4, documents, torch.tensor(3), q.device, flex=False).dense
+    tail = attention_mask(T, 4, documents, torch.tensor(3), q.device).dense
     assert torch.equal(tail[:, 0], allowed[:, -4:])
 
 
@@ -81,7 +81,7 @@ def test_flex_attention_over_the_joined_rows_equals_the_dense_mask_row_by_row():
     documents[2] = 0  # one row of a single document: the rows around it must still not be seen
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     for docs, window in ((documents, torch.tensor(64)), (documents, None), (None, torch.tensor(200))):
-        mask = attention_mask(T, T, docs, window, q.device, flex=True, batch=B)
+        mask = joined_block_mask(B, T, docs, window, q.device)
         assert mask.block.shape[-2:] == (B * T, B * T)
         with warnings.catch_warnings():  # eager FlexAttention on a CPU warns: the unfused reference path, the point
             warnings.simplefilter("ignore")

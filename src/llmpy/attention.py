@@ -24,41 +24,36 @@ class AttentionMask:
 
 
 def attention_mask(length: int, queries: int, documents: torch.Tensor | None, window: torch.Tensor | None,
-                   device: torch.device, flex: bool, batch: int = 1) -> AttentionMask:
-    """The mask for the last `queries` of `length` positions (all of them without a KV cache) attending to all
+                   device: torch.device) -> AttentionMask:
+    """The dense mask for the last `queries` of `length` positions (all of them without a KV cache) attending to all
     `length`: a position sees earlier positions of its own document (`documents`, (B, length): the document number
     of each position; None = no document mask) that are among its last `window` (a 0-dim integer tensor, itself
-    included; None = no limit). `flex`: a BlockMask over the `batch` rows laid end to end as one sequence (needs
-    queries == length), each row's documents numbered apart from the others', so no row sees another: the layout
-    of the speedrun's FlexAttention (one long row), which keeps the batch out of the mask."""
-    offset = length - queries
-
-    def allowed(b, q_idx, kv_idx):
-        q_idx = q_idx + offset  # the query's position in the sequence
-        ok = q_idx >= kv_idx
-        if documents is not None:
-            ok = ok & (documents[b, q_idx] == documents[b, kv_idx])
-        if window is not None:
-            ok = ok & (q_idx - kv_idx < window)
-        return ok
-
+    included; None = no limit)."""
     rows = documents.size(0) if documents is not None else 1
-    if flex:
-        if offset:
-            raise ValueError("a FlexAttention block mask covers whole sequences (queries == length)")
-        rows = documents.size(0) if documents is not None else batch
-        in_row = documents if documents is not None else torch.zeros(rows, length, dtype=torch.long, device=device)
-        # row r's documents become r (length + 1) + their number: never decreasing along the joined sequence
-        joined = (in_row + torch.arange(rows, device=device)[:, None] * (length + 1)).reshape(1, rows * length)
+    q_idx = torch.arange(length - queries, length, device=device)[:, None]  # the queries' positions
+    kv_idx = torch.arange(length, device=device)[None, :]
+    allowed = q_idx >= kv_idx
+    if documents is not None:
+        allowed = allowed & (documents[:, q_idx] == documents[:, None, :])  # (B, queries, length)
+    if window is not None:
+        allowed = allowed & (q_idx - kv_idx < window)
+    return AttentionMask(dense=allowed.expand(rows, queries, length)[:, None])
 
-        def joined_mask(b, h, q_idx, kv_idx):
-            ok = (q_idx >= kv_idx) & (joined[0, q_idx] == joined[0, kv_idx])
-            return ok if window is None else ok & (q_idx - kv_idx < window)
 
-        return AttentionMask(block=block_mask(rows * length, joined, window, device, joined_mask))
-    b = torch.arange(rows, device=device)[:, None, None, None]
-    return AttentionMask(dense=allowed(b, torch.arange(queries, device=device)[:, None],
-                                       torch.arange(length, device=device)[None, :]).expand(rows, 1, queries, length))
+def joined_block_mask(rows: int, length: int, documents: torch.Tensor | None, window: torch.Tensor | None,
+                      device: torch.device) -> AttentionMask:
+    """The FlexAttention mask of `rows` rows of `length` positions laid end to end as one sequence (the layout of
+    the speedrun's FlexAttention, one long row, which keeps the batch out of the mask), each row's documents
+    (`documents` (rows, length), None = one per row) numbered apart from the others', so no row sees another."""
+    in_row = documents if documents is not None else torch.zeros(rows, length, dtype=torch.long, device=device)
+    # row r's documents become r (length + 1) + their number: never decreasing along the joined sequence
+    joined = (in_row + torch.arange(rows, device=device)[:, None] * (length + 1)).reshape(1, rows * length)
+
+    def joined_mask(b, h, q_idx, kv_idx):
+        ok = (q_idx >= kv_idx) & (joined[0, q_idx] == joined[0, kv_idx])
+        return ok if window is None else ok & (q_idx - kv_idx < window)
+
+    return AttentionMask(block=block_mask(rows * length, joined, window, device, joined_mask))
 
 
 def flex_attention_enabled() -> bool:
@@ -80,7 +75,7 @@ def flex_attention_mask(idx: torch.Tensor, boundary_token: int | None, window: t
     joined rows' document numbers as a captured intermediate; on an H200 the in-graph masks failed, see
     `flex_attention_enabled`). A new closure per call does not recompile (checked with TORCH_LOGS=recompiles)."""
     documents = document_index(idx, boundary_token) if boundary_token is not None else None
-    return attention_mask(idx.size(1), idx.size(1), documents, window, idx.device, flex=True, batch=idx.size(0))
+    return joined_block_mask(idx.size(0), idx.size(1), documents, window, idx.device)
 
 
 FLEX_BLOCK = 128  # FlexAttention's default tile: the block mask's granularity
@@ -145,7 +140,7 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache
         k, v = kv_cache.update(k, v)  # (B, nh, T_past + T, hs)
         if T != 1 and T != k.size(2):
             raise ValueError("a KV cache takes a whole prompt first, then one token at a time")
-    if mask is not None and mask.block is not None:  # the rows joined into one sequence (see attention_mask)
+    if mask is not None and mask.block is not None:  # the rows joined into one sequence (joined_block_mask)
         from torch.nn.attention.flex_attention import flex_attention
 
         B, nh, hs = q.size(0), q.size(1), q.size(3)

@@ -322,7 +322,7 @@ class ModernGPT(nn.Module):
             documents = document_index(idx, EOT_TOKEN) if self.config.doc_mask else None
             if documents is not None and kv_cache is not None:  # numbered on from the cached positions
                 documents = kv_cache.extend_documents(documents)
-            mask = attention_mask(start + T, T, documents, window, idx.device, flex=False)
+            mask = attention_mask(start + T, T, documents, window, idx.device)
         skips = []
         for layer, block in enumerate(self.transformer.h):
             if self.skip_weights is not None and layer >= L - L // 2:  # decoder half: the mirrored encoder output
