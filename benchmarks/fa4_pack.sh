@@ -32,4 +32,5 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 tar -C "$SITE" -xJf "$here"/nvidia_cutlass_dsl_libs_cu13-4.5.2.tar.xz   # merged into nvidia_cutlass_dsl/
 echo "FA4 installed in $SITE"
 INSTALL
+chmod +x "$dir/install.sh"
 du -sh "$dir"

@@ -34,9 +34,10 @@ COMPILED30 = ["-x", "30", "-v", "5"]
 PHASES = {
     "attention": [  # the second session's techniques, compiled, 30 steps each, and the batch-size question
         ("m30", MODERN + COMPILED30),
-        ("m30_doc", MODERN + ["--arch", "doc_mask=1"] + COMPILED30),
-        ("m30_doc_flex", MODERN + ["--arch", "doc_mask=1"] + COMPILED30),  # with LLMPY_FLEX_ATTENTION=1
+        ("m30_doc", MODERN + ["--arch", "doc_mask=1"] + COMPILED30),  # FlexAttention (the default since 2026-12-02)
+        ("m30_doc_dense", MODERN + ["--arch", "doc_mask=1"] + COMPILED30),  # with LLMPY_FLEX_ATTENTION=0
         ("m30_win128", MODERN + ["--arch", "window=128"] + COMPILED30),
+        ("m30_win128_dense", MODERN + ["--arch", "window=128"] + COMPILED30),
         ("m30_doc_win128", MODERN + ["--arch", "doc_mask=1,window=128"] + COMPILED30),
         ("m30_fp8", MODERN + ["--arch", "fp8_head=1"] + COMPILED30),
         ("m30_doc_fp8", MODERN + ["--arch", "doc_mask=1,fp8_head=1"] + COMPILED30),
@@ -101,7 +102,7 @@ def run_phase(phase: str, out: Path, only: list[str], deadline: float) -> None:
             continue
         extra = EAGER30 if phase != "final" and "-x" not in flags else []
         run = scratch / name.replace("=", "")
-        os.environ["LLMPY_FLEX_ATTENTION"] = "1" if name.endswith("_flex") else "0"  # read at each forward
+        os.environ["LLMPY_FLEX_ATTENTION"] = "0" if name.endswith("_dense") else "1"  # read at each forward
         start = time.time()
         code = main(["train", *COMMON, *flags, *extra, "-o", str(run)])
         # a device call brings back only a few files: each run's metrics go into results.jsonl, not a folder

@@ -10,7 +10,7 @@ set -u
 out="${OUT:-/tmp/out}/speed"
 deadline=${DEADLINE_S:-560}
 mkdir -p "$out"
-if [ -x .fa4/install.sh ] && bash .fa4/install.sh >"$out/fa4_install.txt" 2>&1; then
+if [ -f .fa4/install.sh ] && bash .fa4/install.sh >"$out/fa4_install.txt" 2>&1; then
     export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/python_packages:${PYTHONPATH:-}
 fi
 echo "fa4 install t=${SECONDS}s: $(tail -1 "$out/fa4_install.txt" 2>/dev/null)"

@@ -57,14 +57,40 @@ def test_single_gpu_efficiency_and_explicit_efficiency():
     assert four.seconds_per_step == pytest.approx(524_288 / (4 * 250_000 * 0.8))
 
 
+def flops_by_hand(L, C, T=1024):
+    params = 50304 * C + 1024 * C + L * (12 * C * C + 13 * C) + 2 * C
+    return 6 * params + 6 * L * C * T
+
+
 def test_default_throughput_is_the_measured_d12_h100_number():
+    assert flops_by_hand(12, 768) == D12_FLOPS_PER_TOKEN
     default = plan.make_plan(plan.PlanInputs(model="d12", gpu="H100"))
     assert default.tok_per_sec_per_gpu == pytest.approx(545_470)
     assert default.mfu == pytest.approx(545_470 * D12_FLOPS_PER_TOKEN / 989e12)
     assert default.price_per_gpu_hour == plan.DEFAULT_PRICE_PER_GPU_HOUR["H100"]
-    # another GPU keeps the MFU: tok/s scales with the peak (A100: 312 TFLOP/s)
+    assert any("measured: d12 on one H100" in note for note in default.assumptions)
+
+
+def test_measured_rows_are_used_as_measured_and_named():
+    for gpu, model, tok_per_sec in (("H200", "d12", 569_200), ("H200 SXM 141GB", "gpt2-medium", 216_098),
+                                    ("H200", "d36", 100_301), ("H100 SXM", "gpt2-xl", 48_819)):
+        result = plan.make_plan(plan.PlanInputs(model=model, gpu=gpu))
+        assert result.tok_per_sec_per_gpu == pytest.approx(tok_per_sec)
+        assert any(f"{tok_per_sec:,} tok/s" in note and "measured:" in note for note in result.assumptions)
+
+
+def test_unmeasured_setups_take_the_mfu_of_the_nearest_measured_run():
+    d36, d48 = flops_by_hand(36, 1280), flops_by_hand(48, 1600)
+    # d48 on the H200 was not measured: the H200's nearest model in size is d36
+    h200_d48 = plan.make_plan(plan.PlanInputs(model="d48", gpu="H200"))
+    assert h200_d48.tok_per_sec_per_gpu == pytest.approx(100_301 * d36 / d48)
+    assert any("nearest measured run: d36 on one H200" in note for note in h200_d48.assumptions)
+    # a GPU without rows of its own: the H200's nearest row, at this GPU's peak (A100: 312 TFLOP/s)
     a100 = plan.make_plan(plan.PlanInputs(model="gpt2", gpu="A100"))
-    assert a100.tok_per_sec_per_gpu == pytest.approx(545_470 * 312 / 989)
+    assert a100.tok_per_sec_per_gpu == pytest.approx(569_200 * 312 / 989)
+    # a measured model at another sequence length keeps its MFU: the 6LCT term changes the FLOPs per token
+    short = plan.make_plan(plan.PlanInputs(model="d12", gpu="H200", seq_len=512))
+    assert short.tok_per_sec_per_gpu == pytest.approx(569_200 * D12_FLOPS_PER_TOKEN / flops_by_hand(12, 768, 512))
 
 
 def test_mfu_gives_throughput_through_6n_plus_6lct():

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 class AttentionMask:
     """Causal attention narrowed further, built once per forward pass (before the blocks, so nothing is built inside
     a recomputed region) and shared by the layers: a dense boolean mask for SDPA, or a FlexAttention block mask
-    (inside torch.compile on CUDA with LLMPY_FLEX_ATTENTION=1), where tiles with nothing to attend are skipped."""
+    (inside torch.compile on CUDA unless LLMPY_FLEX_ATTENTION=0), where tiles with nothing to attend are skipped."""
 
     block: object = None  # a FlexAttention BlockMask
     dense: torch.Tensor | None = None  # (B or 1, 1, queries, keys) booleans, True where attention is allowed
@@ -57,18 +57,15 @@ def joined_block_mask(rows: int, length: int, documents: torch.Tensor | None, wi
 
 
 def flex_attention_enabled() -> bool:
-    """Whether a compiled CUDA model takes FlexAttention block masks (LLMPY_FLEX_ATTENTION=1) rather than a dense
-    mask through SDPA. Off by default: on one H200 (torch 2.11, 2026-12-02) compiled FlexAttention with per-row
-    document masks built inside the compiled graph read out of bounds (create_block_mask's masks: illegal memory
-    access) or gave wrong outputs (masks from tile bounds, equal to create_block_mask's on the CPU: max error 4.1
-    against dense SDPA in benchmarks/gpu_flex_check.py, exploding gradients in training). The path has since been
-    rebuilt (`flex_attention_mask`: the rows joined into one sequence, the mask built outside the graph), right on
-    the CPU eager and compiled, not yet run on a GPU. The dense mask is the same attention at SDPA's speed."""
-    return os.environ.get("LLMPY_FLEX_ATTENTION", "0") == "1"
+    """Whether a compiled CUDA model takes FlexAttention block masks (the default; LLMPY_FLEX_ATTENTION=0 for a dense
+    mask through SDPA instead). On one H200 (torch 2.11, 2026-12-02) masks built inside the compiled graph failed
+    (create_block_mask's: illegal memory access; from tile bounds: wrong outputs); the rows joined into one sequence
+    with the mask built at a graph break (`flex_attention_mask`) gave the dense mask's losses (val 5.5326 vs 5.5324
+    after 30 steps) at 469K tok/s against its 439K (benchmarks/RESULTS.md)."""
+    return os.environ.get("LLMPY_FLEX_ATTENTION", "1") != "0"
 
 
-@torch.compiler.disable
-def flex_attention_mask(idx: torch.Tensor, boundary_token: int | None, window: torch.Tensor | None) -> AttentionMask:
+def _flex_attention_mask(idx: torch.Tensor, boundary_token: int | None, window: torch.Tensor | None) -> AttentionMask:
     """The FlexAttention mask of a batch `idx` (B, T), with documents starting at `boundary_token` (None: no document
     mask) and `window`, built outside torch.compile's graph: a graph break, so the mask's tensors enter the compiled
     attention as inputs rather than as intermediates captured by its mask function (on the CPU, Inductor refuses the
@@ -76,6 +73,19 @@ def flex_attention_mask(idx: torch.Tensor, boundary_token: int | None, window: t
     `flex_attention_enabled`). A new closure per call does not recompile (checked with TORCH_LOGS=recompiles)."""
     documents = document_index(idx, boundary_token) if boundary_token is not None else None
     return joined_block_mask(idx.size(0), idx.size(1), documents, window, idx.device)
+
+
+def __getattr__(name: str):
+    """`flex_attention_mask` is `_flex_attention_mask` under torch.compiler.disable, made at first use: the decorator
+    imports torch._dynamo (1.7 s of CPU on a 2-core machine), which no eager run, no classic model and no CLI
+    command other than a compiled one needs. A model that may take the mask (ModernGPT with a document mask or a
+    window) asks for it when built, so a compiled forward finds a plain module attribute."""
+    if name == "flex_attention_mask":
+        built = torch.compiler.disable(_flex_attention_mask)
+        built.__doc__ = _flex_attention_mask.__doc__
+        globals()[name] = built
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 FLEX_BLOCK = 128  # FlexAttention's default tile: the block mask's granularity

@@ -44,12 +44,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from llmpy.attention import (AttentionMask, attention_mask, causal_attention, document_index, flex_attention_enabled,
-                             flex_attention_mask)
+from llmpy import attention
+from llmpy.attention import AttentionMask, attention_mask, causal_attention, document_index, flex_attention_enabled
 from llmpy.config import ModelConfig
 from llmpy.errors import LlmpyError
 from llmpy.gpt2 import EOT_TOKEN
-from llmpy.kernels.fp8 import fp8_linear, fp8_matmul_available, fp8_shapes_fit
+from llmpy.kernels import fp8 as fp8_kernels
+from llmpy.kernels.fp8 import fp8_linear, fp8_shapes_fit
 
 
 @dataclass(frozen=True)
@@ -221,9 +222,11 @@ class SoftcapHead(nn.Linear):
     def __init__(self, in_features: int, out_features: int, cap: float, fp8: bool = False):
         super().__init__(in_features, out_features, bias=False)
         self.cap, self.fp8 = cap, fp8
+        if fp8:
+            fp8_kernels.fp8_matmul_available  # made now (see llmpy.kernels.fp8.__getattr__), not while being compiled
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if (self.fp8 and hidden.is_cuda and fp8_matmul_available(hidden.device.index or 0)
+        if (self.fp8 and hidden.is_cuda and fp8_kernels.fp8_matmul_available(hidden.device.index or 0)
                 and fp8_shapes_fit(hidden, self.weight)):
             logits = fp8_linear(hidden, self.weight)
         else:
@@ -269,6 +272,8 @@ class ModernGPT(nn.Module):
         self.register_buffer("attention_window", torch.tensor(config.block_size), persistent=False)
         if config.tie:
             self.lm_head.weight = self.transformer.wte.weight
+        if config.doc_mask or config.window:
+            attention.flex_attention_mask  # made now (see llmpy.attention.__getattr__), not while being compiled
         self.reset_parameters()
 
     @torch.no_grad()
@@ -317,7 +322,7 @@ class ModernGPT(nn.Module):
         window = self.attention_window if self.config.window else None
         flex = flex_attention_enabled() and idx.is_cuda and torch.compiler.is_compiling() and kv_cache is None
         if (self.config.doc_mask or self.config.window) and flex:
-            mask = flex_attention_mask(idx, EOT_TOKEN if self.config.doc_mask else None, window)
+            mask = attention.flex_attention_mask(idx, EOT_TOKEN if self.config.doc_mask else None, window)
         elif self.config.doc_mask or self.config.window:
             documents = document_index(idx, EOT_TOKEN) if self.config.doc_mask else None
             if documents is not None and kv_cache is not None:  # numbered on from the cached positions

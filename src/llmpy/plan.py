@@ -15,9 +15,33 @@ from llmpy.gpt2 import BLOCK_SIZE
 from llmpy.metrics.mfu import parameter_count, peak_flops, training_flops_per_token
 from llmpy.metrics.units import format_duration
 
-# Measured (benchmarks/RESULTS.md, 2026-11-25, call F): llmpy bench, d12, B=128, T=1024, -d 524288, -r 0, compiled,
-# bf16, fused loss, one H100 SXM.
-MEASURED = {"model": "d12", "gpu": "H100", "seq_len": 1024, "tokens_per_sec": 545_470.0, "date": "2026-11-25"}
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One measured classic step: `llmpy bench -t 1024 -d 524288` (compiled bf16, fused loss) on one GPU."""
+
+    gpu: str
+    model: str
+    tokens_per_sec: float
+    flags: str  # the micro-batch and recompute that were measured
+    date: str
+    seq_len: int = 1024
+
+
+# benchmarks/RESULTS.md: "Larger models (call D ...)" (H100 SXM, 2026-11-25) and "Issue 17 on the H200" (2026-12-02).
+# Throughput for a measured GPU and model is taken as measured; other models on a measured GPU take the MFU of its
+# measured model nearest in size; other GPUs take the MFU of the nearest H200 row, at their own peak.
+MEASURED_RUNS = (
+    Measured("H200", "d12", 569_200.0, "-b 64 -r 0", "2026-12-02"),
+    Measured("H200", "d24", 216_098.0, "-b 64 -r 0", "2026-12-02"),
+    Measured("H200", "d36", 100_301.0, "-b 32 -r 0", "2026-12-02"),
+    Measured("H100", "d12", 545_470.0, "-b 128 -r 0", "2026-11-25"),
+    Measured("H100", "d24", 204_900.0, "-b 64 -r 0", "2026-11-25"),
+    Measured("H100", "d36", 92_572.0, "-b 32 -r 1", "2026-11-25"),
+    Measured("H100", "d48", 48_819.0, "-b 16 -r 0", "2026-11-25"),
+)
+REFERENCE_GPU = "H200"  # whose rows derive GPUs without measurements of their own
 # Measured (benchmarks/RESULTS.md, "The modern recipe", 2026-12-02, one H200): d12, B=64, T=1024, -d 65536, compiled
 # bf16, the classic recipe (fused loss) and the modern one in two calls. The modern recipe's throughput is taken as
 # this ratio of the classic one; its token need as a tenth of the classic run's (it reached the classic 300-step val
@@ -125,14 +149,39 @@ def _check(inputs: PlanInputs) -> None:
         raise LlmpyError(f"--price-per-gpu-hour must be >= 0, got {inputs.price_per_gpu_hour}")
 
 
-def measured_mfu() -> float:
-    """MFU of the measured d12 H100 run, by the same 6N + 6LCT formula used to derive other setups."""
-    config = ModelConfig.from_descriptor(MEASURED["model"])
-    return MEASURED["tokens_per_sec"] * training_flops_per_token(config, MEASURED["seq_len"]) / peak_flops("H100")
+def _gpu_key(gpu: str, keys) -> str | None:
+    """The longest of `keys` that is a whole word of `gpu` ('H100' in 'H100 SXM'), or None."""
+    name = gpu.upper()
+    for key in sorted(keys, key=len, reverse=True):
+        if re.search(rf"(?<![A-Z0-9]){re.escape(key)}(?![A-Z0-9])", name):
+            return key
+    return None
 
 
-def _per_gpu_throughput(inputs: PlanInputs, flops: float, peak: float | None, notes: list[str]) -> float:
-    """Tokens/s per GPU: measured (given), from a given MFU, or from the measured d12 H100 run's MFU."""
+def run_mfu(run: Measured) -> float:
+    """MFU of a measured run by the 6N + 6LCT formula that derives every other setup."""
+    config = ModelConfig.from_descriptor(run.model)
+    return run.tokens_per_sec * training_flops_per_token(config, run.seq_len) / peak_flops(run.gpu)
+
+
+def reference_run(gpu: str, config: ModelConfig, seq_len: int) -> tuple[Measured, bool]:
+    """The measured run a plan for `config` on `gpu` rests on, and whether it is that very setup: the same GPU and
+    model at the measured sequence length; else the same GPU's (or, for an unmeasured GPU, the H200's) measured
+    model nearest in parameter count."""
+    measured_gpu = _gpu_key(gpu, {run.gpu for run in MEASURED_RUNS})
+    rows = [run for run in MEASURED_RUNS if run.gpu == (measured_gpu or REFERENCE_GPU)]
+    for run in rows:
+        if measured_gpu and ModelConfig.from_descriptor(run.model) == config and run.seq_len == seq_len:
+            return run, True
+    size = parameter_count(config)
+    nearest = min(rows, key=lambda run: abs(math.log(parameter_count(ModelConfig.from_descriptor(run.model)) / size)))
+    return nearest, False
+
+
+def _per_gpu_throughput(inputs: PlanInputs, config: ModelConfig, flops: float, peak: float | None,
+                        notes: list[str]) -> float:
+    """Tokens/s per GPU: given, from a given MFU, measured for this GPU and model, or derived from the MFU of the
+    nearest measured run."""
     if inputs.tok_per_sec is not None:
         notes.append(f"{inputs.tok_per_sec:,.0f} tok/s per GPU as given (--tok-per-sec)")
         return inputs.tok_per_sec
@@ -141,17 +190,23 @@ def _per_gpu_throughput(inputs: PlanInputs, flops: float, peak: float | None, no
     if inputs.mfu is not None:
         notes.append(f"MFU {inputs.mfu:.1%} as given (--mfu) of {peak / 1e12:,.0f} TFLOP/s dense bf16 peak")
         return inputs.mfu * peak / flops
-    mfu = measured_mfu()
+    run, exact = reference_run(inputs.gpu, config, inputs.seq_len)
+    source = (f"{run.model} on one {run.gpu}, `llmpy bench {run.flags}`, {run.tokens_per_sec:,.0f} tok/s, compiled "
+              f"bf16, {run.date}, benchmarks/RESULTS.md")
+    if exact:
+        per_gpu = run.tokens_per_sec
+        notes.append(f"classic throughput measured: {source}")
+    else:
+        per_gpu = run_mfu(run) * peak / flops
+        notes.append(f"classic throughput derived at the MFU ({run_mfu(run):.1%}) of the nearest measured run: "
+                     f"{source} (pass --tok-per-sec or --mfu when you know better)")
     if inputs.recipe == "modern":
         ratio = MODERN_MEASURED["modern_tok_per_sec"] / MODERN_MEASURED["classic_tok_per_sec"]
         notes.append(f"modern recipe: {ratio:.3f} of the classic throughput, as measured for d12 on one "
                      f"{MODERN_MEASURED['gpu']} ({MODERN_MEASURED['modern_tok_per_sec']:,.0f} vs "
                      f"{MODERN_MEASURED['classic_tok_per_sec']:,.0f} tok/s, {MODERN_MEASURED['date']})")
-        mfu *= ratio
-    notes.append(f"MFU {mfu:.1%}: {'the modern ratio times ' if inputs.recipe == 'modern' else ''}the measured d12 run on one H100 ({MEASURED['tokens_per_sec']:,.0f} tok/s, compiled "
-                 f"bf16, {MEASURED['date']}, benchmarks/RESULTS.md); other models and GPUs are derived assuming "
-                 f"the same MFU (pass --tok-per-sec or --mfu when you know better)")
-    return mfu * peak / flops
+        per_gpu *= ratio
+    return per_gpu
 
 
 def make_plan(inputs: PlanInputs) -> Plan:
@@ -172,7 +227,7 @@ def make_plan(inputs: PlanInputs) -> Plan:
         notes.append(f"modern recipe: {inputs.tokens / 1e9:g}B tokens, a tenth of the classic default (measured on a "
                      f"15.6M-token corpus at d12 size; unmeasured at this scale, where the published speedrun needs "
                      f"~1/25): pass --tokens for your own budget")
-    per_gpu = _per_gpu_throughput(inputs, flops, peak, notes)
+    per_gpu = _per_gpu_throughput(inputs, config, flops, peak, notes)
     efficiency = inputs.scaling_efficiency
     if efficiency is None:
         efficiency = 1.0 if inputs.gpus == 1 else DEFAULT_MULTI_GPU_EFFICIENCY
@@ -199,11 +254,8 @@ def make_plan(inputs: PlanInputs) -> Plan:
 
 def _default_price(gpu: str) -> float | None:
     """The assumed price of the longest table key that is a whole word of `gpu` (A100 in 'A100 80GB')."""
-    name = gpu.upper()
-    for key in sorted(DEFAULT_PRICE_PER_GPU_HOUR, key=len, reverse=True):
-        if re.search(rf"(?<![A-Z0-9]){re.escape(key)}(?![A-Z0-9])", name):
-            return DEFAULT_PRICE_PER_GPU_HOUR[key]
-    return None
+    key = _gpu_key(gpu, DEFAULT_PRICE_PER_GPU_HOUR)
+    return None if key is None else DEFAULT_PRICE_PER_GPU_HOUR[key]
 
 
 def format_plan(plan: Plan) -> str:
@@ -282,7 +334,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="$ per GPU-hour (default: an assumed on-demand price per GPU type, printed)")
     throughput = parser.add_mutually_exclusive_group()
     throughput.add_argument("--tok-per-sec", type=float, default=None, metavar="X",
-                            help="measured tokens/s per GPU (default: derived from the measured d12 H100 MFU)")
+                            help="measured tokens/s per GPU (default: the measured run of this GPU and model, else derived from the nearest measured run's MFU)")
     throughput.add_argument("--mfu", type=float, default=None, metavar="X", help="assumed MFU, a fraction (0.4)")
     parser.add_argument("-t", "--seq-len", type=int, default=BLOCK_SIZE,
                         help=f"sequence length (default: {BLOCK_SIZE})")

@@ -15,10 +15,20 @@ FORWARD_FP8 = torch.float8_e4m3fn
 GRADIENT_FP8 = torch.float8_e5m2
 
 
-@torch.compiler.assume_constant_result
-def fp8_matmul_available(device_index: int) -> bool:
+def _fp8_matmul_available(device_index: int) -> bool:
     """Whether CUDA device `device_index` has FP8 tensor cores (sm_89 and newer)."""
     return torch.cuda.is_available() and torch.cuda.get_device_capability(device_index) >= (8, 9)
+
+
+def __getattr__(name: str):
+    """`fp8_matmul_available` is `_fp8_matmul_available` under torch.compiler.assume_constant_result (a constant to a
+    compiled graph), made at first use: the decorator imports torch._dynamo, which only a compiled run needs. An FP8
+    head asks for it when built (see llmpy.modern.SoftcapHead)."""
+    if name == "fp8_matmul_available":
+        built = torch.compiler.assume_constant_result(_fp8_matmul_available)
+        globals()[name] = built
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def to_fp8(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

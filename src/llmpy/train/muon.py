@@ -25,16 +25,16 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch import Tensor
-from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.optim.adamw import adamw as functional_adamw
 
+from llmpy.distributed import is_dtensor
 from llmpy.errors import LlmpyError
 from llmpy.train.polar import ORTHOGONALIZERS, orthogonalize
 
 
 def _local(t: Tensor) -> Tensor:
     """This rank's shard of an FSDP2 DTensor (a view: in-place ops change the DTensor), or the tensor itself."""
-    return t.to_local() if isinstance(t, DTensor) else t
+    return t.to_local() if is_dtensor(t) else t
 
 
 def _shard_rows(rows: int, world: int, rank: int) -> tuple[int, int]:
@@ -143,14 +143,18 @@ class _Gathered(_SingleProcess):
     """A DTensor laid out other than Shard(0) over a 1-D mesh: every rank gathers every matrix whole and does all
     of them (right for any placement, but the work is repeated on every rank)."""
 
-    def __init__(self, like: DTensor):
+    def __init__(self, like: Tensor):  # a DTensor
         self.mesh, self.placements, self.stride = like.device_mesh, like.placements, like.stride()
 
     def gather(self, pieces: Tensor, shape: torch.Size) -> Tensor:
+        from torch.distributed.tensor import DTensor
+
         return torch.stack([DTensor.from_local(piece, self.mesh, self.placements, shape=shape,
                                                stride=self.stride).full_tensor() for piece in pieces.unbind(0)])
 
     def scatter(self, results: list[Tensor], count: int, shapes: list[torch.Size]) -> list[Tensor]:
+        from torch.distributed.tensor import distribute_tensor
+
         # src_data_rank=None: each rank keeps its own slice of its own (identical) copy; nothing is sent
         local = [distribute_tensor(u, self.mesh, self.placements, src_data_rank=None).to_local()
                  for u in results[0].unbind(0)]
@@ -160,7 +164,9 @@ class _Gathered(_SingleProcess):
 def _exchange_for(param: Tensor, split_replicated: bool) -> _SingleProcess:
     """How a bucket like `param` is shared out. `split_replicated`: whether plain tensors on several ranks (DDP:
     the same averaged gradient everywhere) split the work; if not, each rank does every matrix, alone."""
-    if isinstance(param, DTensor):
+    if is_dtensor(param):
+        from torch.distributed.tensor import Shard
+
         if param.device_mesh.ndim == 1 and tuple(param.placements) == (Shard(0),):
             return _Sharded(param.device_mesh)
         return _Gathered(param)
@@ -173,7 +179,7 @@ def _buckets(params: list[Tensor]) -> list[list[Tensor]]:
     """The parameters grouped by shape, dtype and layout (each group one batched orthogonalization), in order."""
     buckets: dict[tuple, list[Tensor]] = {}
     for p in params:
-        layout = (id(p.device_mesh), tuple(p.placements)) if isinstance(p, DTensor) else None
+        layout = (id(p.device_mesh), tuple(p.placements)) if is_dtensor(p) else None
         buckets.setdefault((tuple(p.shape), p.dtype, layout), []).append(p)
     return list(buckets.values())
 

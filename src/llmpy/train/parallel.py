@@ -28,9 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.tensor import DTensor
 
-from llmpy.distributed import Distributed
+from llmpy.distributed import Distributed, is_dtensor
 from llmpy.errors import LlmpyError
 from llmpy.families import is_tied
 from llmpy.loss import CrossEntropyLoss, ModelWithLoss
@@ -79,10 +78,10 @@ class ParallelModel:
         puts a 2M-element gradient's norm ~4e-5 (relative) off, and differently for every shard size (so 2 FSDP
         ranks disagreed with 1 rank by 8e-6). CUDA's fp32 reduction is a tree, accurate to ~1e-7: it stays fp32."""
         grads = [p.grad for p in self.module.parameters() if p.grad is not None]
-        local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]  # FSDP: this rank's shard
+        local = [g.to_local() if is_dtensor(g) else g for g in grads]  # FSDP: this rank's shard
         dtype = torch.float64 if local[0].device.type == "cpu" else torch.float32
         squares = torch.stack(torch._foreach_norm(local, 2, dtype=dtype)).square().sum()
-        if any(isinstance(g, DTensor) for g in grads):
+        if any(is_dtensor(g) for g in grads):
             dist.all_reduce(squares)  # the shards' sums of squares (every parameter is sharded over all ranks)
         norm = squares.sqrt()
         if math.isfinite(max_norm):
