@@ -54,7 +54,7 @@ def write_random_data(directory: Path, tokens: int, seed: int = 0) -> str:
 
 # the train flags that shape a step, with bench's own defaults (llm.c's d12 setting, no auto-batch)
 BENCH_FIELDS = ("model", "batch_size", "seq_len", "total_batch_size", "recompute", "zero_stage", "compile",
-                "compile_mode", "attention", "fused_loss", "loss_chunk_rows", "auto_batch", "device", "dtype", "seed",
+                "compile_mode", "attention", "fused_loss", "loss_chunk_rows", "gelu_fusion", "auto_batch", "device", "dtype", "seed",
                 "optimizer", "recipe", "family", "arch")
 # "" for --optimizer and --family: the recipe's
 BENCH_DEFAULTS = {"batch_size": 32, "total_batch_size": 524288, "auto_batch": 0, "optimizer": "", "family": ""}
@@ -125,6 +125,7 @@ def run_bench(args: argparse.Namespace, print_fn=print) -> dict:
             "world_size": trainer.job.world_size, "zero_stage": args.zero_stage, "recompute": args.recompute,
             "attention": args.attention, "compile_mode": args.compile_mode,
             "fused_loss": loss_is_fused(trainer), "loss_chunk_rows": args.loss_chunk_rows,
+            "gelu_fusion": getattr(trainer.model.module, "gelu_fusion", 0),
             "compile": compile_mode_for(args.compile, args.compile_mode, trainer.runtime) is not None,
             "precision": trainer.runtime.precision, "device": trainer.runtime.device_name(),
             "steps": args.steps, "step_ms_median": 1000 * step_s, "step_ms_min": 1000 * min(times),
@@ -212,7 +213,7 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
     from llmpy.attention import document_index
     from llmpy.loss import ModelWithLoss
     from llmpy.runtime import seed_everything, select_runtime
-    from llmpy.train.build import build_loss, build_model, compile_mode_for, loss_kind
+    from llmpy.train.build import build_loss, build_model, compile_mode_for, gelu_fusion_for, loss_kind
     from llmpy.train.parallel import compiled
 
     runtime = select_runtime(args.device, args.dtype, attention=args.attention)
@@ -227,6 +228,7 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
     for model in (reference, fast):  # a window schedule's first (narrowest) window, where training starts
         if getattr(model.config, "window", 0):
             window = model.schedule_window(0.0, args.seq_len)
+    gelu_fusion = gelu_fusion_for(args.gelu_fusion, runtime, fast, args.recompute)
     kind = loss_kind(args.fused_loss, runtime, fast.lm_head)
     reference_run = ModelWithLoss(reference, build_loss("plain", reference.config, runtime))
     fast_run = ModelWithLoss(fast, build_loss(kind, fast.config, runtime, args.loss_chunk_rows))
@@ -250,7 +252,7 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
         "check": "fast path vs eager fp32", "model": args.model, "batch_size": args.batch_size,
         "seq_len": args.seq_len, "device": runtime.device_name(), "precision": runtime.precision,
         "compile": use_compile, "compile_mode": args.compile_mode, "fused_loss": kind == "fused",
-        "recompute": args.recompute, "loss_fp32_eager": ref_loss, "loss_fast": fast_loss,
+        "gelu_fusion": gelu_fusion, "recompute": args.recompute, "loss_fp32_eager": ref_loss, "loss_fast": fast_loss,
         "loss_rel_diff": abs(fast_loss - ref_loss) / abs(ref_loss), "grad_norm_fp32_eager": norm,
         "grad_rel_diff": diff / norm, "worst_grad_cosine": cosines[worst], "worst_grad_parameter": worst,
         "parameters_without_gradient": without, "loss_chunk_rows": args.loss_chunk_rows, "window": window,
@@ -262,7 +264,8 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
                             and not without and result.get("kernel_passed", True))
     print_fn(f"check {args.model} B={args.batch_size} T={args.seq_len} on {result['device']} "
              f"({runtime.precision}{', compiled ' + args.compile_mode if use_compile else ''}"
-             f"{', fused loss' if kind == 'fused' else ''}, -r {args.recompute}) vs eager fp32: loss "
+             f"{', fused loss' if kind == 'fused' else ''}{f', GELU fusion {gelu_fusion}' if gelu_fusion else ''}, "
+             f"-r {args.recompute}) vs eager fp32: loss "
              f"{fast_loss:.6f} vs {ref_loss:.6f} (rel diff {result['loss_rel_diff']:.2e}, limit {CHECK_LOSS_RTOL:g}); "
              f"gradients rel diff {result['grad_rel_diff']:.2e} (limit {CHECK_GRAD_RTOL:g}), worst cosine "
              f"{cosines[worst]:.5f} ({worst}){'; no gradient: ' + ', '.join(without) if without else ''} => "

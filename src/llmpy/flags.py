@@ -65,6 +65,9 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
     (None, "--loss-chunk-rows", "loss_chunk_rows", int,
      "the fused loss's logits N rows at a time, so a micro-batch's whole (B*T, vocab) logits never exist at once "
      "(less memory; 0 = all rows)"),
+    ("-ge", "--gelu-fusion", "gelu_fusion", int,
+     "GELU inside the MLP matmuls' cuBLASLt epilogues, as llm.c's -ge: 0 off, 1 forward, 2 forward and backward "
+     "(-1 = 2 where it runs: bf16 on a CUDA GPU of compute capability 9.0+, the GPT-2 family, -r 0, 1 or 3)"),
     (None, "--tensorboard", "tensorboard", str,
      "also log every metric to TensorBoard event files in this directory (default: off)"),
     (None, "--wandb", "wandb", str,
@@ -97,7 +100,6 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
 # llm.c flags with no counterpart here: accepted so its run scripts work, explained once.
 COMPAT_FLAGS = {
     "-w": "fp32 master weights are always kept",
-    "-ge": "GELU fusion is left to torch.compile",
 }
 # llm.c's MPI/NCCL launch flags: llmpy is launched by torchrun instead.
 LAUNCH_FLAGS = ("-pn", "-pr", "-pg", "-pm", "-ps", "-pp")

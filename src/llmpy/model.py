@@ -20,6 +20,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 from llmpy.attention import causal_attention
 from llmpy.config import RECOMPUTE_LEVELS, ModelConfig
+from llmpy.kernels.cublaslt import fused_mlp
 
 _aten = torch.ops.aten
 # the cheap ops each selective level recomputes; every other result (matmuls, attention) is kept as usual.
@@ -63,15 +64,21 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: C -> 4C -> GELU(tanh) -> C."""
+    """Position-wise feed-forward: C -> 4C -> GELU(tanh) -> C. With `gelu_fusion` (llm.c's -ge: 1 forward, 2 forward
+    and backward; set by GPT.set_gelu_fusion) the same math runs under autocast with GELU inside the matmuls'
+    cuBLASLt epilogues (llmpy.kernels.cublaslt); `keep_gelu` False recomputes GELU(h) in the backward pass (-r 1)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.c_proj.residual_projection = True
+        self.gelu_fusion, self.keep_gelu = 0, True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gelu_fusion and torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            return fused_mlp(x, self.c_fc, self.c_proj, self.gelu_fusion, self.keep_gelu, dtype)
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # (B, T, 4C) inside
 
 
@@ -90,7 +97,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, kv_cache=None) -> torch.Tensor:
         if kv_cache is not None:  # inference: nothing to recompute
             return self._forward(x, kv_cache)
-        return _recomputed(self._forward, x, self.recompute)
+        # -r 1 with GELU fusion: the fused MLP recomputes GELU itself, and nothing else is recomputed
+        level = 0 if self.recompute == 1 and self.mlp.gelu_fusion else self.recompute
+        return _recomputed(self._forward, x, level)
 
     def _forward(self, x: torch.Tensor, kv_cache=None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), kv_cache)
@@ -115,7 +124,18 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying (GPT-2 paper)
+        self.gelu_fusion = 0  # see set_gelu_fusion
         self.reset_parameters()
+
+    def set_gelu_fusion(self, level: int) -> int:
+        """GELU inside the MLP matmuls' epilogues (llm.c's -ge: 0 off, 1 forward, 2 forward and backward) in every
+        block whose recompute level allows it (-r 2's selective recompute keeps GELU its own op). Returns the level
+        the blocks got."""
+        for block in self.transformer.h:
+            block.mlp.gelu_fusion = level if block.recompute != 2 else 0
+            block.mlp.keep_gelu = block.recompute != 1
+        self.gelu_fusion = level if all(block.mlp.gelu_fusion for block in self.transformer.h) else 0
+        return self.gelu_fusion
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

@@ -100,6 +100,37 @@ def build_loss(kind: str, model_config: ModelConfig, runtime: Runtime, chunk_row
                                 chunk_rows).to(runtime.device)
 
 
+def gelu_fusion_for(flag: int, runtime: Runtime, module: nn.Module, recompute: int) -> int:
+    """-ge: the level of GELU fusion (llmpy.kernels.cublaslt) this run gets, after checking it can run. -1 (auto) is 2
+    where the cuBLASLt epilogues run and pay (bf16 on CUDA, compute capability 9.0+, as llm.c's default), else 0;
+    an explicit 1 or 2 that cannot run is an error. On a CPU in bf16 an explicit level runs the same math in
+    PyTorch ops (a test of the autograd, not a speed-up)."""
+    if flag == 0:
+        return 0
+    reason = None
+    if not hasattr(module, "set_gelu_fusion"):
+        reason = f"the {family_of(module)} family's MLP is not GPT-2's"
+    elif recompute == 2:
+        reason = "-r 2 recomputes GELU as its own op (give -r 0, 1 or 3)"
+    elif runtime.precision != "bf16":
+        reason = f"the epilogues run in bf16 and this run is {runtime.precision} (--dtype)"
+    elif runtime.is_cuda:
+        from llmpy.kernels.cublaslt import gelu_fusion_supported
+
+        index = runtime.device.index or 0
+        if not gelu_fusion_supported(index):
+            reason = f"cuBLASLt's GELU epilogues do not run on {runtime.device_name()}"
+        elif flag == -1 and torch.cuda.get_device_capability(index) < (9, 0):
+            return 0
+    elif flag == -1:
+        return 0
+    if reason is not None:
+        if flag == -1:
+            return 0
+        raise LlmpyError(f"-ge/--gelu-fusion {flag}: {reason}; leave -ge at -1 or give -ge 0")
+    return module.set_gelu_fusion(2 if flag == -1 else flag)
+
+
 def compile_mode_for(flag: int, mode: str, runtime: Runtime) -> str | None:
     """--compile (-1 = on CUDA only, 0 off, 1 on) and --compile-mode: the mode to compile in, None for eager."""
     return mode if flag == 1 or (flag == -1 and runtime.is_cuda) else None
@@ -194,13 +225,14 @@ def build_evaluator(config: TrainConfig, model: ParallelModel, runtime: Runtime,
 
 
 def run_header(config: TrainConfig, runtime: Runtime, model: ParallelModel, layout: BatchLayout, loss: str,
-               compile_mode: str | None, total_steps: int, train: TokenLoader) -> tuple[dict, str]:
+               compile_mode: str | None, total_steps: int, train: TokenLoader, gelu_fusion: int = 0) -> tuple[dict, str]:
     """config.json's run description, and the console header."""
     module = model.module
     num_params = sum(p.numel() for p in module.parameters())
     header = {
         "device": runtime.device_name(), "precision": runtime.precision, "compile": compile_mode is not None,
-        "compile_mode": compile_mode, "fused_loss": loss == "fused", "num_parameters": num_params,
+        "compile_mode": compile_mode, "fused_loss": loss == "fused", "gelu_fusion": gelu_fusion,
+        "num_parameters": num_params,
         "model_config": module.config.to_dict(), "batch_size": layout.batch_size,
         "grad_accum_steps": layout.grad_accum_steps, "total_steps": total_steps, "world_size": layout.world_size,
         "parallelism": model.description, "torch": str(torch.__version__), "argv": sys.argv,
@@ -211,7 +243,8 @@ def run_header(config: TrainConfig, runtime: Runtime, model: ParallelModel, layo
         f"recipe {config.recipe} | model {config.model} ({family_of(module)}"
         + (f", {config.optimizer}" if config.optimizer != "adamw" else "") + f"): {module.config.n_layer} layers, {module.config.n_head} heads, "
         f"{module.config.n_embd} channels | num_parameters: {num_params:,}\n"
-        f"device {header['device']} ({runtime.precision}{compile_note}{', fused loss' if loss == 'fused' else ''}) "
+        f"device {header['device']} ({runtime.precision}{compile_note}{', fused loss' if loss == 'fused' else ''}"
+        f"{f', GELU fusion {gelu_fusion}' if gelu_fusion else ''}) "
         f"| B={layout.batch_size} T={layout.seq_len} | total batch {layout.tokens_per_step:,} tokens "
         f"=> grad accumulation {layout.grad_accum_steps} | {total_steps:,} steps x {layout.tokens_per_step:,} "
         f"tokens | train data: {train.tokens_per_epoch:,} tokens per epoch"
@@ -241,6 +274,7 @@ def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) ->
     runtime = build_runtime(config, job)
     seed_everything(config.seed)
     module = build_model(config.model, config.seq_len, config.recompute, config.family, config.arch).to(runtime.device)
+    gelu_fusion = gelu_fusion_for(config.gelu_fusion, runtime, module, config.recompute)
     kind = loss_kind(config.fused_loss, runtime, module.lm_head)
     loss = build_loss(kind, module.config, runtime, config.loss_chunk_rows)
     compile_mode = compile_mode_for(config.compile, config.compile_mode, runtime)
@@ -254,7 +288,8 @@ def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) ->
         if moved is not None:
             print_fn(f"--overwrite 1: the run that was in {config.output_dir} is now in {moved}")
     logger = build_logger(config, job)
-    header, text = run_header(config, runtime, model, layout, kind, compile_mode, total_steps, train_loader)
+    header, text = run_header(config, runtime, model, layout, kind, compile_mode, total_steps, train_loader,
+                              gelu_fusion)
     print_fn(text)
     peak = peak_flops(runtime.device_name(), runtime.precision) if runtime.is_cuda else None
     checkpoints = None

@@ -1,0 +1,99 @@
+"""The cuBLASLt GELU epilogues (llmpy.kernels.cublaslt) on the GPU, op by op, at GPT-2 124M's MLP shapes.
+
+Each op is compared with an fp32 reference computed from the same bf16 inputs (and, for the forward, with the erf
+GELU, to show which GELU the epilogue computes), then timed against the unfused bf16 ops it replaces (compiled, as
+a training step runs them).
+    PYTHONPATH=src python benchmarks/gpu_gelu_fusion_check.py [--rows 65536]
+"""
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+
+from llmpy.kernels import cublaslt
+from llmpy.kernels.cublaslt import _lt_usable, gelu_fusion_supported, linear_gelu, matmul_dgelu, weight_grad_bias
+
+
+def timed(fn, repeats: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=65536)
+    parser.add_argument("--channels", type=int, default=768)
+    args = parser.parse_args()
+    M, C, N = args.rows, args.channels, 4 * args.channels
+    result = {"rows": M, "channels": C, "supported": gelu_fusion_supported(0), "device": torch.cuda.get_device_name()}
+    g = torch.Generator(device="cuda").manual_seed(0)
+    bf = torch.bfloat16
+    x = torch.randn(M, C, device="cuda", generator=g).to(bf)
+    w_fc = (0.02 * torch.randn(N, C, device="cuda", generator=g)).to(bf)
+    b_fc = (0.02 * torch.randn(N, device="cuda", generator=g)).to(bf)
+    w_proj = (0.02 * torch.randn(C, N, device="cuda", generator=g)).to(bf)
+    dy = torch.randn(M, C, device="cuda", generator=g).to(bf)
+    result["lt_usable"] = _lt_usable(x, w_fc, b_fc)
+
+    out, pre = linear_gelu(x, w_fc, b_fc)
+    pre_ref = torch.addmm(b_fc.float(), x.float(), w_fc.float().t())
+    result["fwd_pre_max_err"] = (pre.float() - pre_ref).abs().max().item()
+    result["fwd_gelu_tanh_max_err"] = (out.float() - F.gelu(pre_ref, approximate="tanh")).abs().max().item()
+    result["fwd_gelu_erf_max_err"] = (out.float() - F.gelu(pre_ref)).abs().max().item()
+    result["fwd_scale"] = pre_ref.abs().max().item()
+
+    dh_ref = torch.ops.aten.gelu_backward(dy.float() @ w_proj.float(), pre.float(), approximate="tanh")
+    result["bwd_dh_scale"] = dh_ref.abs().max().item()
+    result["bwd_dbias_scale"] = dh_ref.sum(0).abs().max().item()
+    for variant in ("sum", "epilogue"):  # DGELU + a column sum; DGELU_BGRAD
+        cublaslt.BIAS_GRAD = variant
+        dh, dbias = matmul_dgelu(dy, w_proj, pre)
+        result[f"bwd_{variant}_dh_max_err"] = (dh.float() - dh_ref).abs().max().item()
+        result[f"bwd_{variant}_dbias_max_err"] = (dbias.float() - dh_ref.sum(0)).abs().max().item()
+        result[f"ms_fused_backward_{variant}"] = timed(lambda: matmul_dgelu(dy, w_proj, pre))
+    cublaslt.BIAS_GRAD = "sum"
+    dw, db = weight_grad_bias(dh, x)  # BGRADB
+    dw_ref = dh.float().t() @ x.float()
+    result["wgrad_dw_max_err"], result["wgrad_dw_scale"] = (dw.float() - dw_ref).abs().max().item(), dw_ref.abs().max().item()
+    result["wgrad_db_max_err"] = (db.float() - dh.float().sum(0)).abs().max().item()
+    result["ms_weight_grad_bgradb"] = timed(lambda: weight_grad_bias(dh, x))
+    result["ms_weight_grad_plus_sum"] = timed(lambda: (dh.t() @ x, dh.sum(0, dtype=torch.float32)))
+    result["ms_weight_grad_plain"] = timed(lambda: dh.t() @ x)
+
+    @torch.compile
+    def unfused_forward(x, w, b):
+        pre = torch.addmm(b, x, w.t())
+        return F.gelu(pre, approximate="tanh"), pre
+
+    @torch.compile
+    def unfused_backward(dy, w, pre):
+        dh = torch.ops.aten.gelu_backward(dy @ w, pre, approximate="tanh")
+        return dh, dh.sum(0, dtype=torch.float32).to(dh.dtype)
+
+    result["ms_fused_forward"] = timed(lambda: linear_gelu(x, w_fc, b_fc))
+    result["ms_unfused_forward"] = timed(lambda: unfused_forward(x, w_fc, b_fc))
+    result["ms_plain_matmul_forward"] = timed(lambda: x @ w_fc.t())
+    result["ms_unfused_backward"] = timed(lambda: unfused_backward(dy, w_proj, pre))
+    result["ms_plain_matmul_backward"] = timed(lambda: dy @ w_proj)
+    tol = 2e-2
+    result["passed"] = bool(result["fwd_gelu_tanh_max_err"] <= tol * max(1.0, result["fwd_scale"])
+                            and result["fwd_pre_max_err"] <= tol * max(1.0, result["fwd_scale"])
+                            and all(result[f"bwd_{v}_dh_max_err"] <= tol * max(1.0, result["bwd_dh_scale"])
+                                    and result[f"bwd_{v}_dbias_max_err"] <= tol * max(1.0, result["bwd_dbias_scale"])
+                                    for v in ("sum", "epilogue"))
+                            and result["wgrad_dw_max_err"] <= tol * max(1.0, result["wgrad_dw_scale"])
+                            and result["wgrad_db_max_err"] <= tol * max(1.0, result["bwd_dbias_scale"]))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""GELU inside the MLP's matmuls, as llm.c does it: cuBLASLt's epilogues, called through ctypes.
+
+GPT-2's MLP is y = GELU(x @ W_fc^T + b_fc) @ W_proj^T + b_proj. Compiled PyTorch runs GELU as its own pass over the
+(B*T, 4C) activations, forward and backward (about 7% of a d12 step on an H200). cuBLASLt can do that work while the
+matmul's results are still on chip:
+- forward, epilogue GELU_AUX_BIAS: the first matmul writes GELU(h) and, as its auxiliary output, h = x W_fc^T + b_fc
+  (the GELU input the backward pass needs);
+- backward, epilogue DGELU_BGRAD: the matmul dy @ W_proj is multiplied by GELU'(h) as it is written, giving dh, and
+  the bias gradient sum(dh) over rows comes with it.
+
+Two custom ops, `llmpy::linear_gelu` and `llmpy::matmul_dgelu`, hold those calls, so torch.compile treats them as
+opaque kernels; on a CPU (and as the reference) they are the same math in PyTorch ops. `MLPFunction` is the MLP's
+autograd function over them; `gelu_fusion_supported` says where the cuBLASLt path runs (bf16 on CUDA, compute
+capability 8.0+, with libcublasLt found in the process).
+
+Layout: PyTorch's row-major (M, N) matrix is cuBLASLt's column-major (N, M) one, so x (M, K) @ W^T with W (N, K) is
+D (N, M) = op_T(W as K x N) @ (x as K x M), and the bias (length N) runs along D's rows, as cuBLASLt's epilogues want.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+
+# cuBLASLt's constants (cublasLt.h / cublas_api.h / library_types.h of CUDA 12-13)
+_CUDA_R_16BF, _CUDA_R_32F = 14, 0
+_COMPUTE_32F = 68
+_OP_N, _OP_T = 0, 1
+_DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
+_DESC_AUX_POINTER, _DESC_AUX_LD = 11, 12
+_EPILOGUE_GELU_AUX_BIAS = 32 | 128 | 4
+_EPILOGUE_DGELU, _EPILOGUE_DGELU_BGRAD = 64 | 128, 64 | 128 | 16
+_EPILOGUE_BGRADB = 512
+_PREF_MAX_WORKSPACE_BYTES = 1
+_WORKSPACE_BYTES = 32 * 1024 * 1024  # llm.c's choice for Hopper
+# where the first layer's bias gradient sum(dh) is formed: "sum" its own reduction (default), "epilogue" the DGELU
+# matmul's BGRAD epilogue, "weight" the weight-gradient matmul's BGRADB epilogue (LLMPY_GELU_BIAS_GRAD; see RESULTS)
+BIAS_GRAD = os.environ.get("LLMPY_GELU_BIAS_GRAD", "sum")
+
+
+class _HeuristicResult(ctypes.Structure):
+    _fields_ = [("algo", ctypes.c_uint64 * 8), ("workspace_size", ctypes.c_size_t), ("state", ctypes.c_int),
+                ("waves_count", ctypes.c_float), ("reserved", ctypes.c_int * 4)]
+
+
+class CublasLtError(RuntimeError):
+    pass
+
+
+def _library_path() -> str | None:
+    """libcublasLt as this process already has it loaded (torch's CUDA build links it), else the loader's search."""
+    torch.ones(64, 64, device="cuda") @ torch.ones(64, 64, device="cuda")  # cuBLAS(Lt) is loaded by its first use
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if "libcublasLt.so" in os.path.basename(path):
+                    return path
+    except OSError:
+        pass
+    import ctypes.util
+
+    return ctypes.util.find_library("cublasLt")
+
+
+class _CublasLt:
+    """One cuBLASLt handle, a workspace, and a matmul plan per (epilogue, shape), for one CUDA device."""
+
+    def __init__(self, device: torch.device):
+        path = _library_path()
+        if path is None:
+            raise CublasLtError("libcublasLt was not found")
+        self.lib = ctypes.CDLL(path)
+        self.device = device
+        self.handle = ctypes.c_void_p()
+        self._check(self.lib.cublasLtCreate(ctypes.byref(self.handle)), "cublasLtCreate")
+        self.workspace = torch.empty(_WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+        self.preference = ctypes.c_void_p()
+        self._check(self.lib.cublasLtMatmulPreferenceCreate(ctypes.byref(self.preference)), "PreferenceCreate")
+        size = ctypes.c_uint64(_WORKSPACE_BYTES)
+        self._check(self.lib.cublasLtMatmulPreferenceSetAttribute(
+            self.preference, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(size), ctypes.sizeof(size)), "PreferenceSet")
+        self.plans: dict[tuple, tuple] = {}
+        self.alpha, self.beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
+        if status != 0:
+            raise CublasLtError(f"cuBLASLt {what} failed with status {status}")
+
+    def _layout(self, rows: int, cols: int, ld: int) -> ctypes.c_void_p:
+        layout = ctypes.c_void_p()
+        self._check(self.lib.cublasLtMatrixLayoutCreate(ctypes.byref(layout), _CUDA_R_16BF, ctypes.c_uint64(rows),
+                                                        ctypes.c_uint64(cols), ctypes.c_int64(ld)), "LayoutCreate")
+        return layout
+
+    def _set(self, desc: ctypes.c_void_p, attribute: int, value) -> None:
+        self._check(self.lib.cublasLtMatmulDescSetAttribute(desc, attribute, ctypes.byref(value),
+                                                            ctypes.sizeof(value)), f"DescSetAttribute({attribute})")
+
+    def _plan(self, epilogue: int, trans_a: int, trans_b: int, a_shape: tuple, b_shape: tuple, d_shape: tuple) -> tuple:
+        """Descriptor, layouts and the heuristic's best algorithm for D = op(A) @ op(B) (column-major shapes)."""
+        key = (epilogue, trans_a, trans_b, a_shape, b_shape, d_shape)
+        plan = self.plans.get(key)
+        if plan is None:
+            desc = ctypes.c_void_p()
+            self._check(self.lib.cublasLtMatmulDescCreate(ctypes.byref(desc), _COMPUTE_32F, _CUDA_R_32F),
+                        "DescCreate")
+            self._set(desc, _DESC_TRANSA, ctypes.c_int32(trans_a))
+            self._set(desc, _DESC_TRANSB, ctypes.c_int32(trans_b))
+            self._set(desc, _DESC_EPILOGUE, ctypes.c_int32(epilogue))
+            self._set(desc, _DESC_AUX_LD, ctypes.c_int64(d_shape[0]))
+            a, b, d = self._layout(*a_shape, a_shape[0]), self._layout(*b_shape, b_shape[0]), self._layout(*d_shape, d_shape[0])
+            # the heuristic reads the pointers' alignment: 256-byte aligned, as PyTorch's allocator gives them
+            self._set(desc, _DESC_BIAS_POINTER, ctypes.c_void_p(self.workspace.data_ptr()))
+            self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(self.workspace.data_ptr()))
+            result, found = _HeuristicResult(), ctypes.c_int(0)
+            self._check(self.lib.cublasLtMatmulAlgoGetHeuristic(self.handle, desc, a, b, d, d, self.preference, 1,
+                                                                ctypes.byref(result), ctypes.byref(found)),
+                        f"AlgoGetHeuristic(epilogue {epilogue}, D {d_shape})")
+            if found.value == 0:
+                raise CublasLtError(f"cuBLASLt has no algorithm for epilogue {epilogue} with D {d_shape}")
+            plan = self.plans[key] = (desc, a, b, d, result)
+        return plan
+
+    def matmul(self, epilogue: int, trans_a: int, trans_b: int, a: torch.Tensor, a_shape: tuple, b: torch.Tensor,
+               b_shape: tuple, d: torch.Tensor, d_shape: tuple, bias: torch.Tensor | None,
+               aux: torch.Tensor | None) -> None:
+        """D = op(A) @ op(B) with `epilogue`; shapes are the column-major (rows, cols) of A, B and D as stored."""
+        desc, a_layout, b_layout, d_layout, result = self._plan(epilogue, trans_a, trans_b, a_shape, b_shape, d_shape)
+        self._set(desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr() if bias is not None else 0))
+        self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr() if aux is not None else 0))
+        stream = ctypes.c_void_p(torch.cuda.current_stream(self.device).cuda_stream)
+        self._check(self.lib.cublasLtMatmul(
+            self.handle, desc, ctypes.byref(self.alpha), ctypes.c_void_p(a.data_ptr()), a_layout,
+            ctypes.c_void_p(b.data_ptr()), b_layout, ctypes.byref(self.beta), ctypes.c_void_p(d.data_ptr()), d_layout,
+            ctypes.c_void_p(d.data_ptr()), d_layout, ctypes.byref(result.algo),
+            ctypes.c_void_p(self.workspace.data_ptr()), ctypes.c_size_t(_WORKSPACE_BYTES), stream), "Matmul")
+
+
+@functools.cache
+def _cublaslt(device_index: int) -> _CublasLt:
+    return _CublasLt(torch.device("cuda", device_index))
+
+
+@functools.cache
+def gelu_fusion_supported(device_index: int = 0) -> bool:
+    """Whether the cuBLASLt epilogues run on CUDA device `device_index` (bf16, compute capability 8.0+)."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability(device_index) < (8, 0):
+        return False
+    try:
+        _cublaslt(device_index)
+    except (CublasLtError, OSError, AttributeError):
+        return False
+    return True
+
+
+def _column_sums(x: torch.Tensor) -> torch.Tensor:
+    """x (M, N) -> its column sums (N), accumulated in fp32 at least, returned in x's dtype."""
+    return x.sum(0, dtype=torch.promote_types(x.dtype, torch.float32)).to(x.dtype)
+
+
+def _lt_usable(*tensors: torch.Tensor) -> bool:
+    return all(t.is_cuda and t.dtype == torch.bfloat16 and t.is_contiguous() for t in tensors)
+
+
+@torch.library.custom_op("llmpy::linear_gelu", mutates_args=())
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K), weight (N, K), bias (N) -> (GELU_tanh(h), h) with h = x @ weight^T + bias, both (M, N)."""
+    M, K = x.shape
+    N = weight.shape[0]
+    if _lt_usable(x, weight, bias) and N % 8 == 0 and K % 8 == 0:
+        out, pre = x.new_empty(M, N), x.new_empty(M, N)
+        _cublaslt(x.device.index or 0).matmul(_EPILOGUE_GELU_AUX_BIAS, _OP_T, _OP_N, weight, (K, N), x, (K, M), out,
+                                              (N, M), bias, pre)
+        return out, pre
+    pre = torch.addmm(bias, x, weight.t())
+    return F.gelu(pre, approximate="tanh"), pre
+
+
+@linear_gelu.register_fake
+def _(x, weight, bias):
+    shape = (x.shape[0], weight.shape[0])
+    return x.new_empty(shape), x.new_empty(shape)
+
+
+@torch.library.custom_op("llmpy::matmul_dgelu", mutates_args=())
+def matmul_dgelu(grad: torch.Tensor, weight: torch.Tensor, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """grad (M, C) (the gradient of grad @ ... 's output y = g @ weight^T), weight (C, N), pre (M, N) the GELU input
+    -> (dh, dbias): dh = (grad @ weight) * GELU_tanh'(pre) (M, N) and its column sums (N), both in grad's dtype."""
+    M, C = grad.shape
+    N = weight.shape[1]
+    if _lt_usable(grad, weight, pre) and N % 8 == 0 and C % 8 == 0:
+        dh = grad.new_empty(M, N)
+        in_epilogue = BIAS_GRAD == "epilogue"
+        dbias = grad.new_empty(N) if in_epilogue else None
+        _cublaslt(grad.device.index or 0).matmul(_EPILOGUE_DGELU_BGRAD if in_epilogue else _EPILOGUE_DGELU, _OP_N,
+                                                 _OP_N, weight, (N, C), grad, (C, M), dh, (N, M), dbias, pre)
+        return dh, dbias if in_epilogue else _column_sums(dh)
+    dh = torch.ops.aten.gelu_backward(grad @ weight, pre, approximate="tanh")
+    return dh, _column_sums(dh)
+
+
+@matmul_dgelu.register_fake
+def _(grad, weight, pre):
+    return grad.new_empty(grad.shape[0], weight.shape[1]), grad.new_empty(weight.shape[1])
+
+
+@torch.library.custom_op("llmpy::weight_grad_bias", mutates_args=())
+def weight_grad_bias(grad: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """grad (M, N) of y = x @ W^T + b, x (M, K) -> (dW = grad^T @ x (N, K), db = grad's column sums (N)) in one
+    cuBLASLt matmul (epilogue BGRADB: the bias gradient is the reduction over the matmul's k = M)."""
+    M, N = grad.shape
+    K = x.shape[1]
+    if _lt_usable(grad, x) and N % 8 == 0 and K % 8 == 0:
+        dw, db = grad.new_empty(N, K), grad.new_empty(N)
+        _cublaslt(grad.device.index or 0).matmul(_EPILOGUE_BGRADB, _OP_N, _OP_T, x, (K, M), grad, (N, M), dw,
+                                                 (K, N), db, None)
+        return dw, db
+    return grad.t() @ x, _column_sums(grad)
+
+
+@weight_grad_bias.register_fake
+def _(grad, x):
+    return grad.new_empty(grad.shape[1], x.shape[1]), grad.new_empty(grad.shape[1])
+
+
+class MLPFunction(torch.autograd.Function):
+    """y = GELU_tanh(x @ w_fc^T + b_fc) @ w_proj^T + b_proj over (M, C) rows, with GELU in the matmul epilogues.
+
+    `level` is llm.c's -ge: 1 fuses the forward only (the backward runs GELU' as its own op), 2 both passes.
+    `keep_gelu`: keep GELU(h) for the backward pass (-r 0) or recompute it from h there (-r 1's memory)."""
+
+    @staticmethod
+    def forward(ctx, x, w_fc, b_fc, w_proj, b_proj, level: int, keep_gelu: bool):
+        g, h = linear_gelu(x, w_fc, b_fc)
+        y = torch.addmm(b_proj, g, w_proj.t())
+        ctx.level, ctx.keep_gelu = level, keep_gelu
+        ctx.save_for_backward(x, w_fc, w_proj, h, g if keep_gelu else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        dy = dy.contiguous()
+        x, w_fc, w_proj, h, g = ctx.saved_tensors
+        if g is None:
+            g = F.gelu(h, approximate="tanh")
+        dw_proj = dy.t() @ g
+        db_proj = _column_sums(dy)
+        if ctx.level >= 2:
+            dh, db_fc = matmul_dgelu(dy, w_proj, h)
+        else:
+            dh = torch.ops.aten.gelu_backward(dy @ w_proj, h, approximate="tanh")
+            db_fc = _column_sums(dh)
+        if BIAS_GRAD == "weight":
+            dw_fc, db_fc = weight_grad_bias(dh, x)
+        else:
+            dw_fc = dh.t() @ x
+        return dh @ w_fc, dw_fc, db_fc, dw_proj, db_proj, None, None
+
+
+def fused_mlp(x: torch.Tensor, fc: torch.nn.Linear, proj: torch.nn.Linear, level: int, keep_gelu: bool,
+              dtype: torch.dtype) -> torch.Tensor:
+    """The MLP over x (..., C) in `dtype` (the autocast dtype: the weights' copies are made here, as autocast would)."""
+    shape = x.shape
+    rows = x.reshape(-1, shape[-1]).to(dtype)
+    y = MLPFunction.apply(rows, fc.weight.to(dtype), fc.bias.to(dtype), proj.weight.to(dtype), proj.bias.to(dtype),
+                          level, keep_gelu)
+    return y.view(*shape[:-1], y.shape[-1])
