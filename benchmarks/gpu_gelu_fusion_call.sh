@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Issue 17's GELU-fusion lever in one device call (~9 min on an H200): the epilogue ops checked and timed alone
-# (benchmarks/gpu_gelu_fusion_check.py), `bench --check` with -ge 2, then d12 -b 64 at -ge 0 / 2 / 1, the bias
-# gradient in the weight-gradient matmul's epilogue (LLMPY_GELU_BIAS_GRAD=weight), -r 1 with and without, the
-# baseline rerun at the end for the drift within the call, then d24 at the default. Every run is its own process;
+# (benchmarks/gpu_gelu_fusion_check.py), `bench --check` with -ge 2, then d12 -b 64 at -ge 0 / 2 / 1, -r 1 with
+# and without, the baseline rerun at the end for the drift within the call, then d24 at the default. Every run is its own process;
 # outputs and JSON go to $OUT/gelu.   PYTHONPATH=src LLMPY_OFFLINE=1 bash benchmarks/gpu_gelu_fusion_call.sh
 set -u
 out="${OUT:-/tmp/out}/gelu"
@@ -25,7 +24,6 @@ T="--steps 10 --warmup 3"
 run check_ge2 120 -- --check -e d12 -b 8 -r 0 -ge 2
 run d12_ge0 100 -- -e d12 -b 64 -r 0 -ge 0 $T
 run d12_ge2 100 -- -e d12 -b 64 -r 0 -ge 2 $T
-run d12_ge2_wbias 100 LLMPY_GELU_BIAS_GRAD=weight -- -e d12 -b 64 -r 0 -ge 2 $T
 run d12_ge1 100 -- -e d12 -b 64 -r 0 -ge 1 $T
 run d12_r1_ge0 100 -- -e d12 -b 64 -r 1 -ge 0 $T
 run d12_r1_ge2 100 -- -e d12 -b 64 -r 1 -ge 2 $T

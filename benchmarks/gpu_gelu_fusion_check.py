@@ -12,8 +12,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from llmpy.kernels import cublaslt
-from llmpy.kernels.cublaslt import _lt_usable, gelu_fusion_supported, linear_gelu, matmul_dgelu, weight_grad_bias
+from llmpy.kernels.cublaslt import _lt_usable, gelu_fusion_supported, linear_gelu, matmul_dgelu
 
 
 def timed(fn, repeats: int = 20) -> float:
@@ -54,20 +53,9 @@ def main() -> None:
     dh_ref = torch.ops.aten.gelu_backward(dy.float() @ w_proj.float(), pre.float(), approximate="tanh")
     result["bwd_dh_scale"] = dh_ref.abs().max().item()
     result["bwd_dbias_scale"] = dh_ref.sum(0).abs().max().item()
-    for variant in ("sum", "epilogue"):  # DGELU + a column sum; DGELU_BGRAD
-        cublaslt.BIAS_GRAD = variant
-        dh, dbias = matmul_dgelu(dy, w_proj, pre)
-        result[f"bwd_{variant}_dh_max_err"] = (dh.float() - dh_ref).abs().max().item()
-        result[f"bwd_{variant}_dbias_max_err"] = (dbias.float() - dh_ref.sum(0)).abs().max().item()
-        result[f"ms_fused_backward_{variant}"] = timed(lambda: matmul_dgelu(dy, w_proj, pre))
-    cublaslt.BIAS_GRAD = "sum"
-    dw, db = weight_grad_bias(dh, x)  # BGRADB
-    dw_ref = dh.float().t() @ x.float()
-    result["wgrad_dw_max_err"], result["wgrad_dw_scale"] = (dw.float() - dw_ref).abs().max().item(), dw_ref.abs().max().item()
-    result["wgrad_db_max_err"] = (db.float() - dh.float().sum(0)).abs().max().item()
-    result["ms_weight_grad_bgradb"] = timed(lambda: weight_grad_bias(dh, x))
-    result["ms_weight_grad_plus_sum"] = timed(lambda: (dh.t() @ x, dh.sum(0, dtype=torch.float32)))
-    result["ms_weight_grad_plain"] = timed(lambda: dh.t() @ x)
+    dh, dbias = matmul_dgelu(dy, w_proj, pre)
+    result["bwd_dh_max_err"] = (dh.float() - dh_ref).abs().max().item()
+    result["bwd_dbias_max_err"] = (dbias.float() - dh_ref.sum(0)).abs().max().item()
 
     @torch.compile
     def unfused_forward(x, w, b):
@@ -80,6 +68,7 @@ def main() -> None:
         return dh, dh.sum(0, dtype=torch.float32).to(dh.dtype)
 
     result["ms_fused_forward"] = timed(lambda: linear_gelu(x, w_fc, b_fc))
+    result["ms_fused_backward"] = timed(lambda: matmul_dgelu(dy, w_proj, pre))
     result["ms_unfused_forward"] = timed(lambda: unfused_forward(x, w_fc, b_fc))
     result["ms_plain_matmul_forward"] = timed(lambda: x @ w_fc.t())
     result["ms_unfused_backward"] = timed(lambda: unfused_backward(dy, w_proj, pre))
@@ -87,11 +76,8 @@ def main() -> None:
     tol = 2e-2
     result["passed"] = bool(result["fwd_gelu_tanh_max_err"] <= tol * max(1.0, result["fwd_scale"])
                             and result["fwd_pre_max_err"] <= tol * max(1.0, result["fwd_scale"])
-                            and all(result[f"bwd_{v}_dh_max_err"] <= tol * max(1.0, result["bwd_dh_scale"])
-                                    and result[f"bwd_{v}_dbias_max_err"] <= tol * max(1.0, result["bwd_dbias_scale"])
-                                    for v in ("sum", "epilogue"))
-                            and result["wgrad_dw_max_err"] <= tol * max(1.0, result["wgrad_dw_scale"])
-                            and result["wgrad_db_max_err"] <= tol * max(1.0, result["bwd_dbias_scale"]))
+                            and result["bwd_dh_max_err"] <= tol * max(1.0, result["bwd_dh_scale"])
+                            and result["bwd_dbias_max_err"] <= tol * max(1.0, result["bwd_dbias_scale"]))
     print(json.dumps(result, indent=1))
 
 

@@ -72,25 +72,26 @@ def test_default_throughput_is_the_measured_d12_h100_number():
 
 
 def test_measured_rows_are_used_as_measured_and_named():
-    for gpu, model, tok_per_sec in (("H200", "d12", 569_200), ("H200 SXM 141GB", "gpt2-medium", 216_098),
-                                    ("H200", "d36", 100_301), ("H100 SXM", "gpt2-xl", 48_819)):
+    for gpu, model, tok_per_sec in (("H200", "d12", 590_228), ("H200 SXM 141GB", "gpt2-medium", 225_356),
+                                    ("H200", "d36", 103_161), ("H200", "gpt2-xl", 53_211),
+                                    ("H100 SXM", "gpt2-xl", 48_819)):
         result = plan.make_plan(plan.PlanInputs(model=model, gpu=gpu))
         assert result.tok_per_sec_per_gpu == pytest.approx(tok_per_sec)
         assert any(f"{tok_per_sec:,} tok/s" in note and "measured:" in note for note in result.assumptions)
 
 
 def test_unmeasured_setups_take_the_mfu_of_the_nearest_measured_run():
-    d36, d48 = flops_by_hand(36, 1280), flops_by_hand(48, 1600)
-    # d48 on the H200 was not measured: the H200's nearest model in size is d36
-    h200_d48 = plan.make_plan(plan.PlanInputs(model="d48", gpu="H200"))
-    assert h200_d48.tok_per_sec_per_gpu == pytest.approx(100_301 * d36 / d48)
-    assert any("nearest measured run: d36 on one H200" in note for note in h200_d48.assumptions)
+    d12, d6 = flops_by_hand(12, 768), flops_by_hand(6, 384)
+    # d6 on the H200 was not measured: the H200's nearest model in size is d12
+    h200_d6 = plan.make_plan(plan.PlanInputs(model="d6", gpu="H200"))
+    assert h200_d6.tok_per_sec_per_gpu == pytest.approx(590_228 * d12 / d6)
+    assert any("nearest measured run: d12 on one H200" in note for note in h200_d6.assumptions)
     # a GPU without rows of its own: the H200's nearest row, at this GPU's peak (A100: 312 TFLOP/s)
     a100 = plan.make_plan(plan.PlanInputs(model="gpt2", gpu="A100"))
-    assert a100.tok_per_sec_per_gpu == pytest.approx(569_200 * 312 / 989)
+    assert a100.tok_per_sec_per_gpu == pytest.approx(590_228 * 312 / 989)
     # a measured model at another sequence length keeps its MFU: the 6LCT term changes the FLOPs per token
     short = plan.make_plan(plan.PlanInputs(model="d12", gpu="H200", seq_len=512))
-    assert short.tok_per_sec_per_gpu == pytest.approx(569_200 * D12_FLOPS_PER_TOKEN / flops_by_hand(12, 768, 512))
+    assert short.tok_per_sec_per_gpu == pytest.approx(590_228 * D12_FLOPS_PER_TOKEN / flops_by_hand(12, 768, 512))
 
 
 def test_mfu_gives_throughput_through_6n_plus_6lct():
@@ -129,6 +130,12 @@ def test_the_modern_recipe_plans_a_tenth_of_the_tokens_at_its_measured_throughpu
     assert modern.inputs.tokens == pytest.approx(1e9)
     assert modern.tok_per_sec_per_gpu == pytest.approx(classic.tok_per_sec_per_gpu * 504_139 / 546_942)
     assert modern.seconds == pytest.approx(classic.seconds / 10 * 546_942 / 504_139)
+    # an H200 row was measured with GELU fusion, which the modern MLP (ReLU^2) does not get: its ratio is divided by
+    # the fusion's measured gain (590,228 against 574,354 and 575,651 tok/s)
+    h200 = plan.make_plan(plan.PlanInputs(model="d12", gpu="H200", recipe="modern", tokens_given=False))
+    gain = 590_228 / ((574_354 + 575_651) / 2)
+    assert h200.tok_per_sec_per_gpu == pytest.approx(590_228 * 504_139 / 546_942 / gain)
+    assert any("GELU fusion" in note for note in h200.assumptions)
     given = plan.make_plan(plan.PlanInputs(model="d12", tokens=5e9, recipe="modern", tokens_given=True))
     assert given.inputs.tokens == 5e9  # a budget the user gave is kept
     with pytest.raises(LlmpyError, match="--recipe must be classic or modern"):

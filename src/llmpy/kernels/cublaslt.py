@@ -5,8 +5,10 @@ GPT-2's MLP is y = GELU(x @ W_fc^T + b_fc) @ W_proj^T + b_proj. Compiled PyTorch
 matmul's results are still on chip:
 - forward, epilogue GELU_AUX_BIAS: the first matmul writes GELU(h) and, as its auxiliary output, h = x W_fc^T + b_fc
   (the GELU input the backward pass needs);
-- backward, epilogue DGELU_BGRAD: the matmul dy @ W_proj is multiplied by GELU'(h) as it is written, giving dh, and
-  the bias gradient sum(dh) over rows comes with it.
+- backward, epilogue DGELU: the matmul dy @ W_proj is multiplied by GELU'(h) as it is written, giving dh; the bias
+  gradient sum(dh) over rows is its own reduction (cuBLASLt's DGELU_BGRAD, which forms it in the epilogue, made the
+  backward matmul 2.4x slower on an H200, and BGRADB in the weight-gradient matmul cost more than the sum it saves:
+  benchmarks/RESULTS.md).
 
 Two custom ops, `llmpy::linear_gelu` and `llmpy::matmul_dgelu`, hold those calls, so torch.compile treats them as
 opaque kernels; on a CPU (and as the reference) they are the same math in PyTorch ops. `MLPFunction` is the MLP's
@@ -33,13 +35,9 @@ _OP_N, _OP_T = 0, 1
 _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
 _DESC_AUX_POINTER, _DESC_AUX_LD = 11, 12
 _EPILOGUE_GELU_AUX_BIAS = 32 | 128 | 4
-_EPILOGUE_DGELU, _EPILOGUE_DGELU_BGRAD = 64 | 128, 64 | 128 | 16
-_EPILOGUE_BGRADB = 512
+_EPILOGUE_DGELU = 64 | 128
 _PREF_MAX_WORKSPACE_BYTES = 1
 _WORKSPACE_BYTES = 32 * 1024 * 1024  # llm.c's choice for Hopper
-# where the first layer's bias gradient sum(dh) is formed: "sum" its own reduction (default), "epilogue" the DGELU
-# matmul's BGRAD epilogue, "weight" the weight-gradient matmul's BGRADB epilogue (LLMPY_GELU_BIAS_GRAD; see RESULTS)
-BIAS_GRAD = os.environ.get("LLMPY_GELU_BIAS_GRAD", "sum")
 
 
 class _HeuristicResult(ctypes.Structure):
@@ -190,17 +188,16 @@ def _(x, weight, bias):
 
 @torch.library.custom_op("llmpy::matmul_dgelu", mutates_args=())
 def matmul_dgelu(grad: torch.Tensor, weight: torch.Tensor, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """grad (M, C) (the gradient of grad @ ... 's output y = g @ weight^T), weight (C, N), pre (M, N) the GELU input
-    -> (dh, dbias): dh = (grad @ weight) * GELU_tanh'(pre) (M, N) and its column sums (N), both in grad's dtype."""
+    """The backward pass from y = GELU_tanh(pre) @ weight^T (+ bias) to pre: grad = dL/dy (M, C), weight (C, N),
+    pre (M, N) -> (dh, dbias): dh = (grad @ weight) * GELU_tanh'(pre) (M, N) and its column sums (N, the first
+    layer's bias gradient), both in grad's dtype."""
     M, C = grad.shape
     N = weight.shape[1]
     if _lt_usable(grad, weight, pre) and N % 8 == 0 and C % 8 == 0:
         dh = grad.new_empty(M, N)
-        in_epilogue = BIAS_GRAD == "epilogue"
-        dbias = grad.new_empty(N) if in_epilogue else None
-        _cublaslt(grad.device.index or 0).matmul(_EPILOGUE_DGELU_BGRAD if in_epilogue else _EPILOGUE_DGELU, _OP_N,
-                                                 _OP_N, weight, (N, C), grad, (C, M), dh, (N, M), dbias, pre)
-        return dh, dbias if in_epilogue else _column_sums(dh)
+        _cublaslt(grad.device.index or 0).matmul(_EPILOGUE_DGELU, _OP_N, _OP_N, weight, (N, C), grad, (C, M), dh,
+                                                 (N, M), None, pre)
+        return dh, _column_sums(dh)
     dh = torch.ops.aten.gelu_backward(grad @ weight, pre, approximate="tanh")
     return dh, _column_sums(dh)
 
@@ -208,25 +205,6 @@ def matmul_dgelu(grad: torch.Tensor, weight: torch.Tensor, pre: torch.Tensor) ->
 @matmul_dgelu.register_fake
 def _(grad, weight, pre):
     return grad.new_empty(grad.shape[0], weight.shape[1]), grad.new_empty(weight.shape[1])
-
-
-@torch.library.custom_op("llmpy::weight_grad_bias", mutates_args=())
-def weight_grad_bias(grad: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """grad (M, N) of y = x @ W^T + b, x (M, K) -> (dW = grad^T @ x (N, K), db = grad's column sums (N)) in one
-    cuBLASLt matmul (epilogue BGRADB: the bias gradient is the reduction over the matmul's k = M)."""
-    M, N = grad.shape
-    K = x.shape[1]
-    if _lt_usable(grad, x) and N % 8 == 0 and K % 8 == 0:
-        dw, db = grad.new_empty(N, K), grad.new_empty(N)
-        _cublaslt(grad.device.index or 0).matmul(_EPILOGUE_BGRADB, _OP_N, _OP_T, x, (K, M), grad, (N, M), dw,
-                                                 (K, N), db, None)
-        return dw, db
-    return grad.t() @ x, _column_sums(grad)
-
-
-@weight_grad_bias.register_fake
-def _(grad, x):
-    return grad.new_empty(grad.shape[1], x.shape[1]), grad.new_empty(grad.shape[1])
 
 
 class MLPFunction(torch.autograd.Function):
@@ -256,11 +234,7 @@ class MLPFunction(torch.autograd.Function):
         else:
             dh = torch.ops.aten.gelu_backward(dy @ w_proj, h, approximate="tanh")
             db_fc = _column_sums(dh)
-        if BIAS_GRAD == "weight":
-            dw_fc, db_fc = weight_grad_bias(dh, x)
-        else:
-            dw_fc = dh.t() @ x
-        return dh @ w_fc, dw_fc, db_fc, dw_proj, db_proj, None, None
+        return dh @ w_fc, dh.t() @ x, db_fc, dw_proj, db_proj, None, None
 
 
 def fused_mlp(x: torch.Tensor, fc: torch.nn.Linear, proj: torch.nn.Linear, level: int, keep_gelu: bool,
