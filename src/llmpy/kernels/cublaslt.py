@@ -163,7 +163,11 @@ def _column_sums(x: torch.Tensor) -> torch.Tensor:
 
 
 def _lt_usable(*tensors: torch.Tensor) -> bool:
-    return all(t.is_cuda and t.dtype == torch.bfloat16 and t.is_contiguous() for t in tensors)
+    """Whether cuBLASLt takes these operands as planned: contiguous bf16 on CUDA, 256-byte aligned as the plans'
+    heuristics assumed (a view into a larger buffer, e.g. FSDP's gathered parameters, may not be: the PyTorch ops
+    run then)."""
+    return all(t.is_cuda and t.dtype == torch.bfloat16 and t.is_contiguous() and t.data_ptr() % 256 == 0
+               for t in tensors)
 
 
 @torch.library.custom_op("llmpy::linear_gelu", mutates_args=())
