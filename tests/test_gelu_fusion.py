@@ -5,9 +5,13 @@ at both fusion levels, keeping or recomputing GELU) against fp64
 autograd through F.linear/F.gelu, and how a run chooses and refuses the fusion. The cuBLASLt kernels themselves are
 checked on the GPU (benchmarks/gpu_gelu_fusion_check.py, `llmpy bench --check -ge 2`; benchmarks/RESULTS.md)."""
 
+import types
+from collections import Counter
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from llmpy.config import ModelConfig, TrainConfig
 from llmpy.errors import LlmpyError
@@ -81,6 +85,47 @@ def test_fused_model_gives_the_unfused_models_loss_and_gradients(recompute, comp
         assert (grad - ref_grads[name]).norm() <= 2e-2 * ref_grads[name].norm() + 1e-6, name
 
 
+class _OpCounts(TorchDispatchMode):
+    """Counts the ops dispatched while active (the custom ops by name, not what runs inside them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_each_level_runs_its_epilogue_ops_once_per_layer(level):
+    config = ModelConfig.from_descriptor("d2w64")
+    model = GPT(config)
+    model.set_gelu_fusion(level)
+    x = torch.randint(0, 50257, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = ModelWithLoss(model, build_loss("plain", config.vocab_size, config.padded_vocab_size))(x, x)
+    counts = _OpCounts()
+    with counts:
+        loss.backward()
+    assert counts.counts["matmul_dgelu"] == (config.n_layer if level == 2 else 0)
+    with counts, torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert counts.counts["linear_gelu"] == (config.n_layer if level else 0)
+    assert counts.counts["gelu"] == (0 if level else config.n_layer)
+
+
+def test_keep_gelu_false_saves_only_the_gelu_input():
+    (x, w_fc, b_fc, w_proj, b_proj), _ = _mlp_inputs()
+    saved = {}
+    for keep in (True, False):
+        tensors = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: tensors.append(t) or t, lambda t: t):
+            MLPFunction.apply(x, w_fc, b_fc, w_proj, b_proj, 2, keep)
+        saved[keep] = sum(t.numel() for t in tensors)
+    assert saved[True] - saved[False] == x.shape[0] * w_fc.shape[0]  # GELU(h): one (M, 4C) tensor
+
+
 def test_recompute_two_keeps_gelu_unfused_and_fp32_runs_unfused():
     config = ModelConfig.from_descriptor("d2w64")
     model = GPT(config, recompute=2)
@@ -88,8 +133,34 @@ def test_recompute_two_keeps_gelu_unfused_and_fp32_runs_unfused():
     assert all(block.mlp.gelu_fusion == 0 for block in model.transformer.h)
     fused = GPT(config)
     fused.set_gelu_fusion(2)
-    x = torch.randint(0, 50257, (1, 8))
-    fused(x)  # without autocast the MLP takes the plain path (the epilogues are bf16 only)
+    counts = _OpCounts()
+    with counts:
+        fused(torch.randint(0, 50257, (1, 8)))  # without autocast: the plain MLP (the epilogues are bf16 only)
+    assert counts.counts["linear_gelu"] == 0 and counts.counts["gelu"] == config.n_layer
+
+
+def test_gelu_fusion_on_cuda_is_auto_on_hopper_and_explains_a_refusal(monkeypatch):
+    cuda = types.SimpleNamespace(is_cuda=True, precision="bf16", device=torch.device("cuda", 0),
+                                 device_name=lambda: "NVIDIA A100-SXM4-80GB")
+    monkeypatch.setattr(cublaslt, "gelu_fusion_supported", lambda index: True)
+    for capability, auto in (((9, 0), 2), ((8, 0), 0)):  # llm.c's default: on from Hopper
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index, c=capability: c)
+        assert gelu_fusion_for(-1, cuda, GPT(ModelConfig.from_descriptor("d2w64")), 0) == auto
+    assert gelu_fusion_for(1, cuda, GPT(ModelConfig.from_descriptor("d2w64")), 0) == 1  # asked for: given
+    monkeypatch.setattr(cublaslt, "gelu_fusion_supported", lambda index: False)
+    monkeypatch.setattr(cublaslt, "unsupported_reason", lambda index: "libcublasLt was not found")
+    assert gelu_fusion_for(-1, cuda, GPT(ModelConfig.from_descriptor("d2w64")), 0) == 0
+    with pytest.raises(LlmpyError, match=r"^-ge/--gelu-fusion 2: cuBLASLt's GELU epilogues do not run on NVIDIA "
+                                         r"A100-SXM4-80GB: libcublasLt was not found; leave -ge at -1 or give -ge 0$"):
+        gelu_fusion_for(2, cuda, GPT(ModelConfig.from_descriptor("d2w64")), 0)
+
+
+def test_shape_mismatches_are_refused_before_any_kernel_runs():
+    x, w, b = torch.zeros(4, 8), torch.zeros(32, 16), torch.zeros(32)
+    with pytest.raises(ValueError, match=r"linear_gelu: weight \(32, 16\) for x \(4, 8\)"):
+        cublaslt.linear_gelu(x, w, b)
+    with pytest.raises(ValueError, match=r"matmul_dgelu: pre \(4, 16\) for grad \(4, 8\)"):
+        cublaslt.matmul_dgelu(torch.zeros(4, 8), torch.zeros(8, 32), torch.zeros(4, 16))
 
 
 def test_gelu_fusion_for_chooses_and_refuses_with_one_line_errors():

@@ -98,7 +98,8 @@ class Block(nn.Module):
         if kv_cache is not None:  # inference: nothing to recompute
             return self._forward(x, kv_cache)
         # -r 1 with GELU fusion: the fused MLP recomputes GELU itself, and nothing else is recomputed
-        level = 0 if self.recompute == 1 and self.mlp.gelu_fusion else self.recompute
+        fused = self.mlp.gelu_fusion and torch.is_autocast_enabled(x.device.type)
+        level = 0 if self.recompute == 1 and fused else self.recompute
         return _recomputed(self._forward, x, level)
 
     def _forward(self, x: torch.Tensor, kv_cache=None) -> torch.Tensor:

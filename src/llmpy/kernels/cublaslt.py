@@ -13,7 +13,9 @@ matmul's results are still on chip:
 Two custom ops, `llmpy::linear_gelu` and `llmpy::matmul_dgelu`, hold those calls, so torch.compile treats them as
 opaque kernels; on a CPU (and as the reference) they are the same math in PyTorch ops. `MLPFunction` is the MLP's
 autograd function over them; `gelu_fusion_supported` says where the cuBLASLt path runs (bf16 on CUDA, compute
-capability 8.0+, with libcublasLt found in the process).
+capability 8.0+, libcublasLt found in the process, and both ops agreeing with PyTorch's on a small probe). Operands
+cuBLASLt cannot take as planned (not contiguous, misaligned) take the PyTorch ops, with a warning; a failure of
+cuBLASLt itself is an LlmpyError that says to give -ge 0.
 
 Layout: PyTorch's row-major (M, N) matrix is cuBLASLt's column-major (N, M) one, so x (M, K) @ W^T with W (N, K) is
 D (N, M) = op_T(W as K x N) @ (x as K x M), and the bias (length N) runs along D's rows, as cuBLASLt's epilogues want.
@@ -24,9 +26,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
+
+from llmpy.errors import LlmpyError
 
 # cuBLASLt's constants (cublasLt.h / cublas_api.h / library_types.h of CUDA 12-13)
 _CUDA_R_16BF, _CUDA_R_32F = 14, 0
@@ -38,6 +43,7 @@ _EPILOGUE_GELU_AUX_BIAS = 32 | 128 | 4
 _EPILOGUE_DGELU = 64 | 128
 _PREF_MAX_WORKSPACE_BYTES = 1
 _WORKSPACE_BYTES = 32 * 1024 * 1024  # llm.c's choice for Hopper
+_MAX_PLANS = 256  # shapes planned per device before the plans are dropped (evaluation and sampling vary the rows)
 
 
 class _HeuristicResult(ctypes.Structure):
@@ -45,8 +51,11 @@ class _HeuristicResult(ctypes.Structure):
                 ("waves_count", ctypes.c_float), ("reserved", ctypes.c_int * 4)]
 
 
-class CublasLtError(RuntimeError):
-    pass
+class CublasLtError(LlmpyError):
+    """cuBLASLt refused a call; the message says how to train without it (-ge 0)."""
+
+    def __init__(self, what: str):
+        super().__init__(f"GELU fusion: {what} (give -ge 0 to train without the cuBLASLt epilogues)")
 
 
 def _library_path() -> str | None:
@@ -81,7 +90,8 @@ class _CublasLt:
         self._check(self.lib.cublasLtMatmulPreferenceCreate(ctypes.byref(self.preference)), "PreferenceCreate")
         size = ctypes.c_uint64(_WORKSPACE_BYTES)
         self._check(self.lib.cublasLtMatmulPreferenceSetAttribute(
-            self.preference, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(size), ctypes.sizeof(size)), "PreferenceSet")
+            self.preference, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(size), ctypes.c_size_t(ctypes.sizeof(size))),
+            "PreferenceSet")
         self.plans: dict[tuple, tuple] = {}
         self.alpha, self.beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
 
@@ -98,13 +108,23 @@ class _CublasLt:
 
     def _set(self, desc: ctypes.c_void_p, attribute: int, value) -> None:
         self._check(self.lib.cublasLtMatmulDescSetAttribute(desc, attribute, ctypes.byref(value),
-                                                            ctypes.sizeof(value)), f"DescSetAttribute({attribute})")
+                                                            ctypes.c_size_t(ctypes.sizeof(value))),
+                    f"DescSetAttribute({attribute})")
+
+    def _drop_plans(self) -> None:
+        for desc, *layouts, _ in self.plans.values():
+            self.lib.cublasLtMatmulDescDestroy(desc)
+            for layout in dict.fromkeys(layouts):  # D's layout serves as C's too: destroyed once
+                self.lib.cublasLtMatrixLayoutDestroy(layout)
+        self.plans.clear()
 
     def _plan(self, epilogue: int, trans_a: int, trans_b: int, a_shape: tuple, b_shape: tuple, d_shape: tuple) -> tuple:
         """Descriptor, layouts and the heuristic's best algorithm for D = op(A) @ op(B) (column-major shapes)."""
         key = (epilogue, trans_a, trans_b, a_shape, b_shape, d_shape)
         plan = self.plans.get(key)
         if plan is None:
+            if len(self.plans) >= _MAX_PLANS:
+                self._drop_plans()
             desc = ctypes.c_void_p()
             self._check(self.lib.cublasLtMatmulDescCreate(ctypes.byref(desc), _COMPUTE_32F, _CUDA_R_32F),
                         "DescCreate")
@@ -145,16 +165,50 @@ def _cublaslt(device_index: int) -> _CublasLt:
     return _CublasLt(torch.device("cuda", device_index))
 
 
+_UNSUPPORTED: dict[int, str] = {}  # device index -> why the epilogues do not run there
+
+
 @functools.cache
 def gelu_fusion_supported(device_index: int = 0) -> bool:
-    """Whether the cuBLASLt epilogues run on CUDA device `device_index` (bf16, compute capability 8.0+)."""
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability(device_index) < (8, 0):
+    """Whether the cuBLASLt epilogues run on CUDA device `device_index` (bf16, compute capability 8.0+): the library
+    loads and both ops, run once on small operands, agree with the PyTorch ops. Why not: `unsupported_reason`."""
+    if not torch.cuda.is_available():
+        _UNSUPPORTED[device_index] = "no CUDA device"
+        return False
+    if torch.cuda.get_device_capability(device_index) < (8, 0):
+        _UNSUPPORTED[device_index] = "compute capability below 8.0"
         return False
     try:
-        _cublaslt(device_index)
-    except (CublasLtError, OSError, AttributeError):
+        _probe(torch.device("cuda", device_index))
+    except (LlmpyError, OSError, AttributeError, RuntimeError) as exc:
+        _UNSUPPORTED[device_index] = str(exc)
         return False
     return True
+
+
+def unsupported_reason(device_index: int = 0) -> str:
+    return _UNSUPPORTED.get(device_index, "")
+
+
+def _probe(device: torch.device, rows: int = 64, channels: int = 64) -> None:
+    """Both epilogue ops through cuBLASLt on small bf16 operands, against the same math in PyTorch ops."""
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, device=device, generator=generator).to(torch.bfloat16)
+
+    x, w_fc, b_fc, w_proj, dy = (randn(rows, channels), randn(4 * channels, channels), randn(4 * channels),
+                                 randn(channels, 4 * channels), randn(rows, channels))
+    out, pre = linear_gelu(x, w_fc, b_fc)
+    dh, _ = matmul_dgelu(dy, w_proj, pre)
+    pre_ref = torch.addmm(b_fc.float(), x.float(), w_fc.float().t())
+    dh_ref = torch.ops.aten.gelu_backward(dy.float() @ w_proj.float(), pre.float(), approximate="tanh")
+    for name, value, reference in (("GELU_AUX_BIAS", out, F.gelu(pre_ref, approximate="tanh")),
+                                   ("GELU_AUX_BIAS's auxiliary output", pre, pre_ref), ("DGELU", dh, dh_ref)):
+        error = (value.float() - reference).abs().max().item()
+        if not error <= 2e-2 * max(1.0, reference.abs().max().item()):
+            raise CublasLtError(f"cuBLASLt's {name} epilogue gave wrong values on {torch.cuda.get_device_name(device)} "
+                                f"(max error {error:.3g})")
 
 
 def _column_sums(x: torch.Tensor) -> torch.Tensor:
@@ -162,12 +216,28 @@ def _column_sums(x: torch.Tensor) -> torch.Tensor:
     return x.sum(0, dtype=torch.promote_types(x.dtype, torch.float32)).to(x.dtype)
 
 
+_warned_fallback = False
+
+
 def _lt_usable(*tensors: torch.Tensor) -> bool:
-    """Whether cuBLASLt takes these operands as planned: contiguous bf16 on CUDA, 256-byte aligned as the plans'
-    heuristics assumed (a view into a larger buffer, e.g. FSDP's gathered parameters, may not be: the PyTorch ops
-    run then)."""
-    return all(t.is_cuda and t.dtype == torch.bfloat16 and t.is_contiguous() and t.data_ptr() % 256 == 0
-               for t in tensors)
+    """Whether cuBLASLt takes these operands as planned: contiguous bf16 on one CUDA device, 256-byte aligned as the
+    plans' heuristics assumed (a view into a larger buffer, e.g. FSDP's gathered parameters, may not be: the PyTorch
+    ops run then, with a warning the first time on a GPU)."""
+    global _warned_fallback
+    device = tensors[0].device
+    usable = all(t.is_cuda and t.device == device and t.dtype == torch.bfloat16 and t.is_contiguous()
+                 and t.data_ptr() % 256 == 0 for t in tensors)
+    if not usable and device.type == "cuda" and not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn("GELU fusion: operands cuBLASLt cannot take as planned (not contiguous, 256-byte aligned bf16 "
+                      "on one GPU); the MLP runs as PyTorch ops there", stacklevel=2)
+    return usable
+
+
+def _check_shapes(op: str, checks: tuple) -> None:
+    for ok, what in checks:
+        if not ok:
+            raise ValueError(f"{op}: {what}")
 
 
 @torch.library.custom_op("llmpy::linear_gelu", mutates_args=())
@@ -175,6 +245,8 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tu
     """x (M, K), weight (N, K), bias (N) -> (GELU_tanh(h), h) with h = x @ weight^T + bias, both (M, N)."""
     M, K = x.shape
     N = weight.shape[0]
+    _check_shapes("linear_gelu", ((weight.shape == (N, K), f"weight {tuple(weight.shape)} for x {tuple(x.shape)}"),
+                                  (bias.shape == (N,), f"bias {tuple(bias.shape)} for weight {tuple(weight.shape)}")))
     if _lt_usable(x, weight, bias) and N % 8 == 0 and K % 8 == 0:
         out, pre = x.new_empty(M, N), x.new_empty(M, N)
         _cublaslt(x.device.index or 0).matmul(_EPILOGUE_GELU_AUX_BIAS, _OP_T, _OP_N, weight, (K, N), x, (K, M), out,
@@ -197,6 +269,8 @@ def matmul_dgelu(grad: torch.Tensor, weight: torch.Tensor, pre: torch.Tensor) ->
     layer's bias gradient), both in grad's dtype."""
     M, C = grad.shape
     N = weight.shape[1]
+    _check_shapes("matmul_dgelu", ((weight.shape == (C, N), f"weight {tuple(weight.shape)} for grad {tuple(grad.shape)}"),
+                                   (pre.shape == (M, N), f"pre {tuple(pre.shape)} for grad {tuple(grad.shape)}")))
     if _lt_usable(grad, weight, pre) and N % 8 == 0 and C % 8 == 0:
         dh = grad.new_empty(M, N)
         _cublaslt(grad.device.index or 0).matmul(_EPILOGUE_DGELU, _OP_N, _OP_N, weight, (N, C), grad, (C, M), dh,

@@ -115,11 +115,11 @@ def gelu_fusion_for(flag: int, runtime: Runtime, module: nn.Module, recompute: i
     elif runtime.precision != "bf16":
         reason = f"the epilogues run in bf16 and this run is {runtime.precision} (--dtype)"
     elif runtime.is_cuda:
-        from llmpy.kernels.cublaslt import gelu_fusion_supported
+        from llmpy.kernels.cublaslt import gelu_fusion_supported, unsupported_reason
 
         index = runtime.device.index or 0
         if not gelu_fusion_supported(index):
-            reason = f"cuBLASLt's GELU epilogues do not run on {runtime.device_name()}"
+            reason = f"cuBLASLt's GELU epilogues do not run on {runtime.device_name()}: {unsupported_reason(index)}"
         elif flag == -1 and torch.cuda.get_device_capability(index) < (9, 0):
             return 0
     elif flag == -1:
