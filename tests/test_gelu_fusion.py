@@ -184,3 +184,21 @@ def test_gelu_fusion_flag_values():
     assert TrainConfig(train_data="x.bin", gelu_fusion=2).validate().gelu_fusion == 2
     with pytest.raises(LlmpyError, match=r"-ge/--gelu-fusion .* got 3"):
         TrainConfig(train_data="x.bin", gelu_fusion=3).validate()
+
+
+def test_a_failed_probe_leaves_the_fusion_off_and_says_why(monkeypatch):
+    cublaslt._probe(torch.device("cpu"))  # the probe's own checks pass on the PyTorch ops it compares against
+
+    def failing(device):
+        raise cublaslt.CublasLtError("cuBLASLt's DGELU epilogue gave wrong values on X (max error 3)")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    monkeypatch.setattr(cublaslt, "_probe", failing)
+    cublaslt.gelu_fusion_supported.cache_clear()
+    try:
+        assert not cublaslt.gelu_fusion_supported(5)
+        assert cublaslt.unsupported_reason(5) == ("GELU fusion: cuBLASLt's DGELU epilogue gave wrong values on X (max "
+                                                  "error 3) (give -ge 0 to train without the cuBLASLt epilogues)")
+    finally:
+        cublaslt.gelu_fusion_supported.cache_clear()

@@ -180,8 +180,8 @@ def gelu_fusion_supported(device_index: int = 0) -> bool:
         return False
     try:
         _probe(torch.device("cuda", device_index))
-    except (LlmpyError, OSError, AttributeError, RuntimeError) as exc:
-        _UNSUPPORTED[device_index] = str(exc)
+    except Exception as exc:  # whatever fails here (library, driver, a wrong result) leaves the fusion off
+        _UNSUPPORTED[device_index] = str(exc) or type(exc).__name__
         return False
     return True
 
