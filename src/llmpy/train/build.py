@@ -107,28 +107,32 @@ def gelu_fusion_for(flag: int, runtime: Runtime, module: nn.Module, recompute: i
     PyTorch ops (a test of the autograd, not a speed-up)."""
     if flag == 0:
         return 0
-    reason = None
+    reason = _gelu_fusion_refusal(runtime, module, recompute)
+    if flag == -1:
+        on_hopper = runtime.is_cuda and torch.cuda.get_device_capability(runtime.device.index or 0) >= (9, 0)
+        if reason or not on_hopper:
+            return 0
+        flag = 2
+    elif reason:
+        raise LlmpyError(f"-ge/--gelu-fusion {flag}: {reason}; leave -ge at -1 or give -ge 0")
+    return module.set_gelu_fusion(flag)
+
+
+def _gelu_fusion_refusal(runtime: Runtime, module: nn.Module, recompute: int) -> str | None:
+    """Why GELU fusion cannot run in this run (None: it can)."""
     if not hasattr(module, "set_gelu_fusion"):
-        reason = f"the {family_of(module)} family's MLP is not GPT-2's"
-    elif recompute == 2:
-        reason = "-r 2 recomputes GELU as its own op (give -r 0, 1 or 3)"
-    elif runtime.precision != "bf16":
-        reason = f"the epilogues run in bf16 and this run is {runtime.precision} (--dtype)"
-    elif runtime.is_cuda:
+        return f"the {family_of(module)} family's MLP is not GPT-2's"
+    if recompute == 2:
+        return "-r 2 recomputes GELU as its own op (give -r 0, 1 or 3)"
+    if runtime.precision != "bf16":
+        return f"the epilogues run in bf16 and this run is {runtime.precision} (--dtype)"
+    if runtime.is_cuda:
         from llmpy.kernels.cublaslt import gelu_fusion_supported, unsupported_reason
 
         index = runtime.device.index or 0
         if not gelu_fusion_supported(index):
-            reason = f"cuBLASLt's GELU epilogues do not run on {runtime.device_name()}: {unsupported_reason(index)}"
-        elif flag == -1 and torch.cuda.get_device_capability(index) < (9, 0):
-            return 0
-    elif flag == -1:
-        return 0
-    if reason is not None:
-        if flag == -1:
-            return 0
-        raise LlmpyError(f"-ge/--gelu-fusion {flag}: {reason}; leave -ge at -1 or give -ge 0")
-    return module.set_gelu_fusion(2 if flag == -1 else flag)
+            return f"cuBLASLt's GELU epilogues do not run on {runtime.device_name()}: {unsupported_reason(index)}"
+    return None
 
 
 def compile_mode_for(flag: int, mode: str, runtime: Runtime) -> str | None:
