@@ -202,3 +202,19 @@ def test_a_failed_probe_leaves_the_fusion_off_and_says_why(monkeypatch):
                                                   "error 3) (give -ge 0 to train without the cuBLASLt epilogues)")
     finally:
         cublaslt.gelu_fusion_supported.cache_clear()
+
+
+@pytest.mark.parametrize("fusion, regions", [(0, 2), (2, 0)])
+def test_recompute_one_with_fusion_needs_no_checkpoint_region(monkeypatch, fusion, regions):
+    """-r 1 recomputes GELU only: the fused MLP does that itself, so its blocks run without torch's checkpoint."""
+    import llmpy.model
+
+    calls = []
+    real = llmpy.model.checkpoint
+    monkeypatch.setattr(llmpy.model, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    config = ModelConfig.from_descriptor("d2w64")
+    model = GPT(config, recompute=1)
+    model.set_gelu_fusion(fusion)
+    x = torch.randint(0, 50257, (1, 8))
+    _loss_and_grads(model, x)
+    assert len(calls) == regions == (config.n_layer if not fusion else 0)
