@@ -218,3 +218,13 @@ def test_recompute_one_with_fusion_needs_no_checkpoint_region(monkeypatch, fusio
     x = torch.randint(0, 50257, (1, 8))
     _loss_and_grads(model, x)
     assert len(calls) == regions == (config.n_layer if not fusion else 0)
+
+
+def test_the_probes_comparison_judges_each_output_against_its_scale():
+    inputs = [t.detach().to(torch.bfloat16) for t in _mlp_inputs(rows=16, channels=8)[0][:4]]
+    errors = cublaslt.epilogue_errors(*inputs, torch.randn(16, 8).to(torch.bfloat16))
+    assert set(errors) == {"gelu", "gelu_erf", "pre", "dh", "dbias"}
+    assert cublaslt.disagreeing_outputs(errors) == []  # the PyTorch ops against fp32: within bf16 rounding
+    # 2e-2 of the scale, at least 1: 0.05 of a scale of 3 passes, 0.07 fails; gelu_erf is never judged
+    assert cublaslt.disagreeing_outputs({"gelu": (0.05, 3.0), "dh": (0.07, 3.0), "pre": (0.019, 0.5),
+                                         "gelu_erf": (9.0, 1.0)}) == ["dh"]
