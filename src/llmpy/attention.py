@@ -137,6 +137,25 @@ def document_index(idx: torch.Tensor, boundary_token: int) -> torch.Tensor:
     return (idx == boundary_token).cumsum(dim=1)
 
 
+_fa4_direct = False  # set by activate_fa4: qkv_attention calls FlashAttention-4 itself where it can
+
+
+def _fa4_applies(qkv: torch.Tensor, kv_cache) -> bool:
+    return _fa4_direct and kv_cache is None and qkv.is_cuda and qkv.dtype in (torch.bfloat16, torch.float16)
+
+
+def qkv_attention(qkv: torch.Tensor, kv_cache=None) -> torch.Tensor:
+    """Causal attention over one packed (B, T, 3, nh, hs) q/k/v tensor -> (B, T, nh, hs). Under --attention fa4, on
+    CUDA in bf16/fp16 and without a KV cache, FlashAttention-4 runs on the packed views and writes the q/k/v
+    gradient as one tensor (llmpy.kernels.fa4); otherwise `causal_attention` on its three slices."""
+    if _fa4_applies(qkv, kv_cache):
+        from llmpy.kernels.fa4 import fa4_causal
+
+        return fa4_causal(qkv)[0]
+    q, k, v = qkv.unbind(2)
+    return causal_attention(q, k, v, kv_cache)
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache=None,
                      mask: AttentionMask | None = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v with a causal mask; q, k, v (B, T, nh, hs) -> (B, T, nh, hs).
@@ -180,8 +199,11 @@ def backend_context(backend: str) -> contextlib.AbstractContextManager:
 
 
 def activate_fa4(device: torch.device) -> None:
-    """--attention fa4: route SDPA's flash kernels to FlashAttention-4 (PyTorch 2.11's hook; the flash-attn-4
-    package, CuTe DSL kernels for Hopper and Blackwell), process-wide. One-line errors where it cannot be."""
+    """--attention fa4, process-wide: `qkv_attention` calls FlashAttention-4 (the flash-attn-4 package, CuTe DSL
+    kernels for Hopper and Blackwell) directly, and SDPA's flash kernels, which the other attention calls take
+    (masks, KV caches, the modern recipe's q/k/v), are rerouted to it through PyTorch 2.11's hook. One-line errors
+    where it cannot be."""
+    global _fa4_direct
     from llmpy.errors import LlmpyError
 
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
@@ -197,3 +219,10 @@ def activate_fa4(device: torch.device) -> None:
         raise LlmpyError(f"--attention fa4 needs the flash-attn-4 package (pip install flash-attn-4): {exc}") from None
     except Exception as exc:  # a version of flash-attn-4 this torch's hook does not match
         raise LlmpyError(f"--attention fa4: torch could not activate FlashAttention-4 ({type(exc).__name__}: {exc})") from None
+    from llmpy.kernels import fa4
+
+    try:
+        fa4.load()
+    except ImportError as exc:
+        raise LlmpyError(f"--attention fa4 needs the flash-attn-4 package (pip install flash-attn-4): {exc}") from None
+    _fa4_direct = True

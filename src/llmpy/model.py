@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from llmpy.attention import causal_attention
+from llmpy.attention import qkv_attention
 from llmpy.config import RECOMPUTE_LEVELS, ModelConfig
 from llmpy.kernels.cublaslt import fused_mlp
 
@@ -57,9 +57,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv_cache=None) -> torch.Tensor:
         B, T, C = x.shape
-        # (B, T, 3C) -> three (B, T, nh, hs): q is the first C columns, as in OpenAI's checkpoint
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).unbind(2)
-        y = causal_attention(q, k, v, kv_cache)  # (B, T, nh, hs)
+        # (B, T, 3C) -> (B, T, 3, nh, hs): q is the first C columns, as in OpenAI's checkpoint
+        y = qkv_attention(self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head), kv_cache)  # (B, T, nh, hs)
         return self.c_proj(y.reshape(B, T, C))
 
 
