@@ -1,5 +1,6 @@
 """Causal attention alone, at GPT-2's training shapes: cuDNN through SDPA (today's default) against FlashAttention-4
-called directly on the packed q/k/v (`--attention fa4`, llmpy.kernels.fa4), forward and forward + backward.
+called directly on the packed q/k/v (`--attention fa4`, llmpy.kernels.fa4) and against cuDNN's forward kernel with
+FA4's backward pass (`--attention cudnn+fa4`), forward and forward + backward.
 
 Both start from the (B, T, 3C) output of the q/k/v matmul, as a training step does, and end with the gradient of
 that tensor: through SDPA, autograd stacks dq, dk, dv into it; FA4's direct path writes them in place. Errors are
@@ -50,7 +51,8 @@ def main() -> None:
     qkv = torch.randn(B, T, 3 * nh * hs, device="cuda", generator=g).to(torch.bfloat16).requires_grad_(True)
     dy = torch.randn(B, T, nh, hs, device="cuda", generator=g).to(torch.bfloat16)
     variants = {"cudnn_sdpa": lambda t: sdpa(t, SDPBackend.CUDNN_ATTENTION),
-                "fa4_direct": lambda t: fa4_causal(t)[0]}
+                "fa4_direct": lambda t: fa4_causal(t)[0],
+                "cudnn_fwd_fa4_bwd": lambda t: fa4_causal(t, "cudnn")[0]}
     # causal attention's FLOPs: 2 matmuls (QK^T, PV) of 2 B nh T T hs / 2 forward; the backward is 2.5x that
     flops_fwd = 4 * B * nh * T * T * hs / 2
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "B": B, "T": T, "n_head": nh,

@@ -124,7 +124,8 @@ def test_model_with_the_direct_path_matches_sdpa(reference_fa4, monkeypatch):
         return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
     sdpa_loss, sdpa_grads = loss_and_grads()
-    monkeypatch.setattr(attention, "_fa4_applies", lambda qkv, kv_cache: kv_cache is None)
+    monkeypatch.setattr(attention, "_fa4_forward", "fa4")
+    monkeypatch.setattr(attention, "_fa4_applies", lambda qkv, kv_cache: kv_cache is None)  # on a CPU
     direct_loss, direct_grads = loss_and_grads()
     assert reference_fa4.bwd_calls == config.n_layer
     torch.testing.assert_close(direct_loss, sdpa_loss, atol=1e-6, rtol=1e-6)
@@ -134,7 +135,7 @@ def test_model_with_the_direct_path_matches_sdpa(reference_fa4, monkeypatch):
 
 def test_direct_path_only_on_cuda_half_precision_without_a_cache(monkeypatch):
     qkv = torch.zeros(1, 4, 3, 2, 8, dtype=torch.bfloat16)
-    monkeypatch.setattr(attention, "_fa4_direct", True)
+    monkeypatch.setattr(attention, "_fa4_forward", "cudnn")
     assert not attention._fa4_applies(qkv, None)  # a CPU tensor
-    monkeypatch.setattr(attention, "_fa4_direct", False)
+    monkeypatch.setattr(attention, "_fa4_forward", None)
     assert not attention._fa4_applies(qkv, None)

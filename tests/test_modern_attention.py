@@ -235,12 +235,13 @@ def test_fp8_scales_map_the_largest_value_to_the_formats_largest():
     assert to_fp8(torch.zeros(2, 2), FORWARD_FP8)[0].float().abs().max().item() == 0.0  # no NaN from a zero amax
 
 
-def test_fa4_attention_without_a_hopper_gpu_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["fa4", "cudnn+fa4"])
+def test_fa4_attention_without_a_hopper_gpu_is_one_line(tmp_path, capsys, backend):
     from conftest import write_random_shards
     from llmpy.cli import main
 
     write_random_shards(tmp_path, "r", {"train_000001.bin": 5000}, seed=0)
     assert main(["train", "-i", str(tmp_path / "r_train_*.bin"), "-e", "d2w64", "-b", "2", "-t", "32", "-x", "1",
-                 "--device", "cpu", "--attention", "fa4"]) == 2
-    assert capsys.readouterr().err.strip() == ("llmpy: error: --attention fa4 needs a Hopper or Blackwell GPU "
-                                               "(FlashAttention-4's kernels are sm_90/sm_100)")
+                 "--device", "cpu", "--attention", backend]) == 2
+    assert capsys.readouterr().err.strip() == (f"llmpy: error: --attention {backend} needs a Hopper or Blackwell "
+                                               "GPU (FlashAttention-4's kernels are sm_90/sm_100)")

@@ -137,21 +137,23 @@ def document_index(idx: torch.Tensor, boundary_token: int) -> torch.Tensor:
     return (idx == boundary_token).cumsum(dim=1)
 
 
-_fa4_direct = False  # set by activate_fa4: qkv_attention calls FlashAttention-4 itself where it can
+_fa4_forward: str | None = None  # set by activate_fa4: qkv_attention's forward kernel when it calls FA4 itself
 
 
 def _fa4_applies(qkv: torch.Tensor, kv_cache) -> bool:
-    return _fa4_direct and kv_cache is None and qkv.is_cuda and qkv.dtype in (torch.bfloat16, torch.float16)
+    return (_fa4_forward is not None and kv_cache is None and qkv.is_cuda
+            and qkv.dtype in (torch.bfloat16, torch.float16))
 
 
 def qkv_attention(qkv: torch.Tensor, kv_cache=None) -> torch.Tensor:
-    """Causal attention over one packed (B, T, 3, nh, hs) q/k/v tensor -> (B, T, nh, hs). Under --attention fa4, on
-    CUDA in bf16/fp16 and without a KV cache, FlashAttention-4 runs on the packed views and writes the q/k/v
-    gradient as one tensor (llmpy.kernels.fa4); otherwise `causal_attention` on its three slices."""
+    """Causal attention over one packed (B, T, 3, nh, hs) q/k/v tensor -> (B, T, nh, hs). Under --attention fa4 or
+    cudnn+fa4, on CUDA in bf16/fp16 and without a KV cache, FlashAttention-4's backward pass runs on the packed
+    views and writes the q/k/v gradient as one tensor (llmpy.kernels.fa4; the forward kernel FA4's or cuDNN's);
+    otherwise `causal_attention` on its three slices."""
     if _fa4_applies(qkv, kv_cache):
         from llmpy.kernels.fa4 import fa4_causal
 
-        return fa4_causal(qkv)[0]
+        return fa4_causal(qkv, _fa4_forward)[0]
     q, k, v = qkv.unbind(2)
     return causal_attention(q, k, v, kv_cache)
 
@@ -191,6 +193,8 @@ def backend_context(backend: str) -> contextlib.AbstractContextManager:
 
     if backend == "fa4":  # activate_fa4() rerouted the flash kernels (Runtime.activate)
         backend = "flash"
+    elif backend == "cudnn+fa4":  # the attention calls qkv_attention does not take to FA4 itself
+        backend = "cudnn"
     kernels = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
     # the chosen kernel first; the others stay as fallbacks for shapes it cannot take (e.g. KV-cache decode)
@@ -198,16 +202,34 @@ def backend_context(backend: str) -> contextlib.AbstractContextManager:
     return sdpa_kernel(order, set_priority=True)
 
 
-def activate_fa4(device: torch.device) -> None:
-    """--attention fa4, process-wide: `qkv_attention` calls FlashAttention-4 (the flash-attn-4 package, CuTe DSL
-    kernels for Hopper and Blackwell) directly, and SDPA's flash kernels, which the other attention calls take
-    (masks, KV caches, the modern recipe's q/k/v), are rerouted to it through PyTorch 2.11's hook. One-line errors
-    where it cannot be."""
-    global _fa4_direct
+def activate_fa4(device: torch.device, backend: str = "fa4") -> None:
+    """--attention fa4 or cudnn+fa4, process-wide: `qkv_attention` calls FlashAttention-4 (the flash-attn-4
+    package, CuTe DSL kernels for Hopper and Blackwell) directly, for both passes (fa4) or for the backward pass
+    after cuDNN's forward kernel (cudnn+fa4). Under fa4, SDPA's flash kernels, which the other attention calls take
+    (masks, KV caches, the modern recipe's q/k/v), are rerouted to FA4 too, through PyTorch 2.11's hook; under
+    cudnn+fa4 those calls prefer cuDNN. One-line errors where it cannot be."""
+    global _fa4_forward
     from llmpy.errors import LlmpyError
 
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
-        raise LlmpyError("--attention fa4 needs a Hopper or Blackwell GPU (FlashAttention-4's kernels are sm_90/sm_100)")
+        raise LlmpyError(f"--attention {backend} needs a Hopper or Blackwell GPU "
+                         "(FlashAttention-4's kernels are sm_90/sm_100)")
+    from llmpy.kernels import fa4
+
+    try:
+        fa4.load()
+    except ImportError as exc:
+        raise LlmpyError(f"--attention {backend} needs the flash-attn-4 package (pip install flash-attn-4): "
+                         f"{exc}") from None
+    if backend == "fa4":
+        _activate_fa4_hook()
+    _fa4_forward = "cudnn" if backend == "cudnn+fa4" else "fa4"
+
+
+def _activate_fa4_hook() -> None:
+    """SDPA's flash kernels rerouted to FlashAttention-4 (PyTorch 2.11's hook)."""
+    from llmpy.errors import LlmpyError
+
     try:
         from torch.nn.attention import activate_flash_attention_impl
     except ImportError:
@@ -219,10 +241,3 @@ def activate_fa4(device: torch.device) -> None:
         raise LlmpyError(f"--attention fa4 needs the flash-attn-4 package (pip install flash-attn-4): {exc}") from None
     except Exception as exc:  # a version of flash-attn-4 this torch's hook does not match
         raise LlmpyError(f"--attention fa4: torch could not activate FlashAttention-4 ({type(exc).__name__}: {exc})") from None
-    from llmpy.kernels import fa4
-
-    try:
-        fa4.load()
-    except ImportError as exc:
-        raise LlmpyError(f"--attention fa4 needs the flash-attn-4 package (pip install flash-attn-4): {exc}") from None
-    _fa4_direct = True

@@ -20,8 +20,9 @@ GPT2_NAMES = dict(zip(HUB_NAMES, ("d12", "d24", "d36", "d48")))
 # ("Gradient addition node due to multiple use of tensor", H100 2026-11-25), and the GPU idles only ~1.5% anyway.
 COMPILE_MODES = ("default", "tuned", "max-autotune-no-cudagraphs")
 # SDPA kernel preferences (--attention, see llmpy.attention); "auto" lets PyTorch pick per shape
-# (fa4: SDPA's flash kernels rerouted to FlashAttention-4, flash-attn-4 package, Hopper/Blackwell)
-ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math", "fa4")
+# (fa4: FlashAttention-4, the flash-attn-4 package, Hopper/Blackwell: called directly on the packed q/k/v and through
+# SDPA elsewhere; cudnn+fa4: cuDNN's forward kernel and FA4's backward on the packed q/k/v, cuDNN elsewhere)
+ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math", "fa4", "cudnn+fa4")
 DESCRIPTOR_RE = re.compile(r"d(\d+)(?:w(\d+))?")
 
 

@@ -72,8 +72,9 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
      "also log every metric to TensorBoard event files in this directory (default: off)"),
     (None, "--wandb", "wandb", str,
      "also log every metric to Weights & Biases project W (WANDB_MODE=offline works) (default: off)"),
-    (None, "--attention", "attention", str, "attention kernel preference: auto | flash | cudnn | efficient | math | fa4 (FlashAttention-4 through "
-     "SDPA: the flash-attn-4 package, Hopper/Blackwell)"),
+    (None, "--attention", "attention", str, "attention kernel preference: auto | flash | cudnn | efficient | math | "
+     "fa4 (FlashAttention-4, the flash-attn-4 package, Hopper/Blackwell) | cudnn+fa4 (cuDNN's forward kernel, "
+     "FA4's backward)"),
     (None, "--auto-batch", "auto_batch", int,
      "1: on CUDA, halve -b until a step fits in memory, keeping -d by more accumulation (0: fail on OOM)"),
     (None, "--overwrite", "overwrite", int,

@@ -41,8 +41,8 @@ class Runtime:
         Process-wide settings by nature, so they are made here, once, by the command that owns the process."""
         if self.is_cuda:
             torch.cuda.set_device(self.device)
-        if self.attention == "fa4":
-            activate_fa4(self.device)
+        if self.attention in ("fa4", "cudnn+fa4"):
+            activate_fa4(self.device, self.attention)
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         torch.set_float32_matmul_precision("high" if tf32 else "highest")

@@ -6,6 +6,10 @@ step on an H200). Called directly, FlashAttention takes q, k, v as strided views
 output, its own layout, and writes dq, dk, dv into the three slots of one (B, T, 3, nh, hs) gradient, so the copy is
 gone. Causal attention only, bf16/fp16; `llmpy.attention.qkv_attention` decides when this path runs.
 
+The forward pass can run cuDNN's kernel instead (`forward="cudnn"`, --attention cudnn+fa4): on an H200 at GPT-2's
+shapes cuDNN's forward is faster than FA4's and FA4's backward faster than cuDNN's (benchmarks/RESULTS.md). Both
+return the log-sum-exp of the scaled scores in natural log, which is all the backward pass takes from the forward.
+
 The package is imported on first use (`load`), so nothing here needs it on a CPU; tests substitute a reference
 module with the same two functions.
 """
@@ -34,16 +38,25 @@ def use_module(module) -> None:
     _module = module
 
 
+FORWARDS = ("fa4", "cudnn")
+
+
 @torch.library.custom_op("llmpy::fa4_causal", mutates_args=())
-def fa4_causal(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """qkv (B, T, 3, nh, hs) -> (y (B, T, nh, hs), log-sum-exp (B, nh, T) fp32), softmax(q k^T / sqrt(hs)) v causal."""
+def fa4_causal(qkv: torch.Tensor, forward: str = "fa4") -> tuple[torch.Tensor, torch.Tensor]:
+    """qkv (B, T, 3, nh, hs) -> (y (B, T, nh, hs), log-sum-exp (B, nh, T) fp32), softmax(q k^T / sqrt(hs)) v causal;
+    the forward kernel FA4's or cuDNN's (`forward`), the backward pass FA4's."""
+    if forward == "cudnn":
+        B, T, _, nh, _ = qkv.shape
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, nh, T, hs) views, as SDPA passes them
+        y, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, True, False)[:2]
+        return y.transpose(1, 2).contiguous(), lse.reshape(B, nh, T).contiguous()
     q, k, v = qkv.unbind(2)
     y, lse = load()._flash_attn_fwd(q, k, v, causal=True, return_lse=True)
     return y, lse
 
 
 @fa4_causal.register_fake
-def _(qkv):
+def _(qkv, forward="fa4"):
     B, T, _, nh, hs = qkv.shape
     return qkv.new_empty(B, T, nh, hs), qkv.new_empty(B, nh, T, dtype=torch.float32)
 
@@ -69,7 +82,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dy, dlse):
     qkv, y, lse = ctx.saved_tensors
-    return fa4_causal_backward(dy, qkv, y, lse)
+    return fa4_causal_backward(dy, qkv, y, lse), None
 
 
 fa4_causal.register_autograd(_backward, setup_context=_setup_context)
