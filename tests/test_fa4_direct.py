@@ -8,6 +8,7 @@ which slot of the packed tensor each of q, k, v and their gradients takes, the c
 torch.compile, and the model's wiring, all against fp64 autograd through PyTorch's own SDPA."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -139,3 +140,41 @@ def test_direct_path_only_on_cuda_half_precision_without_a_cache(monkeypatch):
     assert not attention._fa4_applies(qkv, None)  # a CPU tensor
     monkeypatch.setattr(attention, "_fa4_forward", None)
     assert not attention._fa4_applies(qkv, None)
+
+
+def test_load_keeps_the_compiled_kernels_in_the_llmpy_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMPY_CACHE", str(tmp_path))
+    monkeypatch.delenv("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", raising=False)
+    monkeypatch.delenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", raising=False)
+    monkeypatch.setattr(fa4, "MODULE", "json")  # any importable module stands in for flash_attn.cute.interface
+    fa4.use_module(None)
+    try:
+        import json
+
+        assert fa4.load() is json
+        assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"] == "1"
+        assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == str(tmp_path / "fa4")
+    finally:
+        fa4.use_module(None)
+
+
+@pytest.mark.parametrize("capability, precision, installed, expected", [
+    ((9, 0), "bf16", True, "cudnn+fa4"),  # an H100/H200 with flash-attn-4: where the pair was measured faster
+    ((9, 0), "bf16", False, "auto"),
+    ((9, 0), "fp32", True, "auto"),  # FA4 takes bf16/fp16 only
+    ((10, 0), "bf16", True, "auto"),  # Blackwell: not measured
+    ((8, 0), "bf16", True, "auto"),
+])
+def test_auto_attention_picks_cudnn_fa4_only_where_it_was_measured(monkeypatch, capability, precision, installed,
+                                                                    expected):
+    import importlib.util
+
+    from llmpy.runtime import auto_attention
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (object() if installed else None) if name == "flash_attn.cute"
+                        else real_find_spec(name, *a))
+    assert auto_attention(torch.device("cuda", 0), precision) == expected
+    assert auto_attention(torch.device("cpu"), "bf16") == "auto"

@@ -187,14 +187,12 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache
 
 def backend_context(backend: str) -> contextlib.AbstractContextManager:
     """The SDPA kernel preference for the forward passes run inside it (entered outside torch.compile's region)."""
-    if backend == "auto":
+    if backend in ("auto", "cudnn+fa4"):  # cudnn+fa4: the calls qkv_attention leaves to SDPA get PyTorch's choice
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     if backend == "fa4":  # activate_fa4() rerouted the flash kernels (Runtime.activate)
         backend = "flash"
-    elif backend == "cudnn+fa4":  # the attention calls qkv_attention does not take to FA4 itself
-        backend = "cudnn"
     kernels = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
     # the chosen kernel first; the others stay as fallbacks for shapes it cannot take (e.g. KV-cache decode)
@@ -207,7 +205,7 @@ def activate_fa4(device: torch.device, backend: str = "fa4") -> None:
     package, CuTe DSL kernels for Hopper and Blackwell) directly, for both passes (fa4) or for the backward pass
     after cuDNN's forward kernel (cudnn+fa4). Under fa4, SDPA's flash kernels, which the other attention calls take
     (masks, KV caches, the modern recipe's q/k/v), are rerouted to FA4 too, through PyTorch 2.11's hook; under
-    cudnn+fa4 those calls prefer cuDNN. One-line errors where it cannot be."""
+    cudnn+fa4 they get PyTorch's own choice. One-line errors where it cannot be."""
     global _fa4_forward
     from llmpy.errors import LlmpyError
 

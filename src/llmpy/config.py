@@ -21,7 +21,8 @@ GPT2_NAMES = dict(zip(HUB_NAMES, ("d12", "d24", "d36", "d48")))
 COMPILE_MODES = ("default", "tuned", "max-autotune-no-cudagraphs")
 # SDPA kernel preferences (--attention, see llmpy.attention); "auto" lets PyTorch pick per shape
 # (fa4: FlashAttention-4, the flash-attn-4 package, Hopper/Blackwell: called directly on the packed q/k/v and through
-# SDPA elsewhere; cudnn+fa4: cuDNN's forward kernel and FA4's backward on the packed q/k/v, cuDNN elsewhere)
+# SDPA elsewhere; cudnn+fa4: cuDNN's forward kernel and FA4's backward on the packed q/k/v, PyTorch's choice
+# elsewhere, and what auto becomes in bf16 on Hopper when flash-attn-4 is installed: llmpy.runtime.auto_attention)
 ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math", "fa4", "cudnn+fa4")
 DESCRIPTOR_RE = re.compile(r"d(\d+)(?:w(\d+))?")
 

@@ -17,6 +17,7 @@ module with the same two functions.
 from __future__ import annotations
 
 import importlib
+import os
 
 import torch
 
@@ -25,9 +26,15 @@ _module = None
 
 
 def load():
-    """The flash-attn-4 interface module (imported once; ImportError when the package is missing)."""
+    """The flash-attn-4 interface module (imported once; ImportError when the package is missing). Its kernels
+    compile at first use (~17 s on an H200); they are kept on disk, in the llmpy cache's fa4/ unless
+    FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED/_DIR say otherwise, so later runs start at once."""
     global _module
     if _module is None:
+        from llmpy.config import default_cache_dir
+
+        os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")  # read when the package is imported
+        os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", str(default_cache_dir() / "fa4"))
         _module = importlib.import_module(MODULE)
     return _module
 
