@@ -3,7 +3,7 @@
 Each op is compared with an fp32 reference computed from the same bf16 inputs (llmpy.kernels.cublaslt.epilogue_errors,
 which the auto-enabling probe also uses; `gelu_erf` shows which GELU the epilogue computes), then timed against the unfused bf16 ops it replaces (compiled, as
 a training step runs them).
-    PYTHONPATH=src python benchmarks/gpu_gelu_fusion_check.py [--rows 65536]
+    PYTHONPATH=src [LLMPY_CUBLASLT_TUNE=8] python benchmarks/gpu_gelu_fusion_check.py [--rows 65536]
 """
 
 import argparse
@@ -12,7 +12,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from llmpy.kernels.cublaslt import (_lt_usable, epilogue_errors, disagreeing_outputs, gelu_fusion_supported,
+from llmpy.kernels.cublaslt import (_cublaslt, _lt_usable, epilogue_errors, disagreeing_outputs, gelu_fusion_supported,
                                     linear_gelu, matmul_dgelu)
 
 
@@ -66,6 +66,8 @@ def main() -> None:
     result["ms_plain_matmul_backward"] = timed(lambda: dy @ w_proj)
     result["disagreeing"] = disagreeing_outputs(errors)
     result["passed"] = result["supported"] and result["lt_usable"] and not result["disagreeing"]
+    # with LLMPY_CUBLASLT_TUNE=N: each planned shape's candidate algorithms and their ms at first use
+    result["candidate_ms"] = {str(key[0]) + " D" + str(key[4]): timings for key, timings in _cublaslt(0).timings.items()}
     print(json.dumps(result, indent=1))
 
 

@@ -228,3 +228,10 @@ def test_the_probes_comparison_judges_each_output_against_its_scale():
     # 2e-2 of the scale, at least 1: 0.05 of a scale of 3 passes, 0.07 fails; gelu_erf is never judged
     assert cublaslt.disagreeing_outputs({"gelu": (0.05, 3.0), "dh": (0.07, 3.0), "pre": (0.019, 0.5),
                                          "gelu_erf": (9.0, 1.0)}) == ["dh"]
+
+
+def test_fastest_candidate_skips_failures_and_keeps_the_first_on_ties():
+    times = {0: 0.52, 1: None, 2: 0.41, 3: 0.41}
+    assert cublaslt.fastest_candidate(4, times.get) == (2, [(0, 0.52), (2, 0.41), (3, 0.41)])
+    assert cublaslt.fastest_candidate(2, lambda i: None) == (0, [])  # nothing timed: the heuristic's first choice
+    assert cublaslt.fastest_candidate(1, lambda i: 0.3) == (0, [(0, 0.3)])

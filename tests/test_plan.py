@@ -140,3 +140,13 @@ def test_the_modern_recipe_plans_a_tenth_of_the_tokens_at_its_measured_throughpu
     assert given.inputs.tokens == 5e9  # a budget the user gave is kept
     with pytest.raises(LlmpyError, match="--recipe must be classic or modern"):
         plan.make_plan(plan.PlanInputs(recipe="fast"))
+
+
+def test_plan_names_the_measured_fa4_gain_without_counting_it():
+    with_note = plan.make_plan(plan.PlanInputs(model="d24", gpu="H200"))
+    note = next(n for n in with_note.assumptions if "flash-attn-4" in n)
+    # d24 on one H200, same call: 228,910 tok/s with cudnn+fa4 against 221,215 with cuDNN alone
+    assert "+3.5% for d24 on one H200" in note and note.startswith("not counted")
+    assert with_note.tok_per_sec_per_gpu == 225_356  # the cuDNN row, as measured
+    for inputs in (plan.PlanInputs(model="d24", gpu="A100"), plan.PlanInputs(model="d24", gpu="H200", recipe="modern")):
+        assert not any("flash-attn-4" in n for n in plan.make_plan(inputs).assumptions)

@@ -265,7 +265,8 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
                             and not without and result.get("kernel_passed", True))
     print_fn(f"check {args.model} B={args.batch_size} T={args.seq_len} on {result['device']} "
              f"({runtime.precision}{', compiled ' + args.compile_mode if use_compile else ''}"
-             f"{', fused loss' if kind == 'fused' else ''}{f', GELU fusion {gelu_fusion}' if gelu_fusion else ''}, "
+             f"{', fused loss' if kind == 'fused' else ''}{f', GELU fusion {gelu_fusion}' if gelu_fusion else ''}"
+             f"{f', attention {runtime.attention}' if runtime.attention != 'auto' else ''}, "
              f"-r {args.recompute}) vs eager fp32: loss "
              f"{fast_loss:.6f} vs {ref_loss:.6f} (rel diff {result['loss_rel_diff']:.2e}, limit {CHECK_LOSS_RTOL:g}); "
              f"gradients rel diff {result['grad_rel_diff']:.2e} (limit {CHECK_GRAD_RTOL:g}), worst cosine "

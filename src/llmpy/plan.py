@@ -53,6 +53,10 @@ REFERENCE_GPU = "H200"  # whose rows derive GPUs without measurements of their o
 # use): d12 -b 64 -r 0 590,228 tok/s against 574,354 and 575,651 without it, in one H200 call; the ratio is divided by it.
 MODERN_MEASURED = {"gpu": "H200", "classic_tok_per_sec": 546_942.0, "modern_tok_per_sec": 504_139.0,
                    "token_ratio": 0.1, "date": "2026-12-02", "classic_speedup_since": 590_228.0 / 575_002.5}
+# Measured (benchmarks/RESULTS.md, "FlashAttention-4's backward pass", 2026-12-02, one H200, each pair in one call):
+# the classic step with flash-attn-4 installed (--attention auto -> cudnn+fa4 on Hopper) against cuDNN alone. The
+# rows above are cuDNN's (the default install); a plan on Hopper says what the package adds, without counting it.
+FA4_SPEEDUP = {"d12": 598_826.0 / 578_250.0, "d24": 228_910.0 / 221_215.0, "d48": 54_088.0 / 52_706.0}
 # Assumed on-demand cloud prices in $ per GPU-hour (rough list prices, not quotes): pass --price-per-gpu-hour.
 DEFAULT_PRICE_PER_GPU_HOUR = {"H100": 2.99, "H200": 3.79, "A100": 1.29, "B200": 5.99, "L40S": 1.25, "L4": 0.80,
                               "A10G": 1.01, "A10": 0.75}
@@ -205,6 +209,10 @@ def _per_gpu_throughput(inputs: PlanInputs, config: ModelConfig, flops: float, p
         per_gpu = run_mfu(run) * peak / flops
         notes.append(f"classic throughput derived at the MFU ({run_mfu(run):.1%}) of the nearest measured run: "
                      f"{source} (pass --tok-per-sec or --mfu when you know better)")
+    fa4 = FA4_SPEEDUP.get(run.model)
+    if fa4 is not None and _gpu_key(inputs.gpu, {"H100", "H200"}) and inputs.recipe == "classic":  # Hopper only
+        notes.append(f"not counted: with the flash-attn-4 package installed (llmpy's fa4 extra), attention becomes "
+                     f"cudnn+fa4, measured {100 * (fa4 - 1):+.1f}% for {run.model} on one H200")
     if inputs.recipe == "modern":
         speedup = MODERN_MEASURED["classic_speedup_since"] if run.gelu_fusion else 1.0
         ratio = MODERN_MEASURED["modern_tok_per_sec"] / MODERN_MEASURED["classic_tok_per_sec"] / speedup

@@ -70,8 +70,8 @@ def select_runtime(device: str = "auto", dtype: str = "auto", local_rank: int = 
 
 
 def auto_attention(device: torch.device, precision: str) -> str:
-    """--attention auto: cudnn+fa4 in bf16 on a Hopper GPU (compute capability 9.x, where it was measured 3.5%
-    faster a step than cuDNN alone, benchmarks/RESULTS.md) when the flash-attn-4 package is installed; otherwise
+    """--attention auto: cudnn+fa4 in bf16 on a Hopper GPU (compute capability 9.x, where a step measured 2.6-3.6%
+    faster than with cuDNN alone, benchmarks/RESULTS.md) when the flash-attn-4 package is installed; otherwise
     "auto", PyTorch's own choice per call."""
     import importlib.util
 

@@ -44,11 +44,23 @@ _EPILOGUE_DGELU = 64 | 128
 _PREF_MAX_WORKSPACE_BYTES = 1
 _WORKSPACE_BYTES = 32 * 1024 * 1024  # llm.c's choice for Hopper
 _MAX_PLANS = 256  # shapes planned per device before the plans are dropped (evaluation and sampling vary the rows)
+# LLMPY_CUBLASLT_TUNE=N (N > 1): take cuBLASLt's N best heuristic candidates for each shape and time them at first
+# use, keeping the fastest (the DGELU matmul's first choice ran 1.5x slower than the plain matmul of its shape on an
+# H200). Off (1, the heuristic's first choice) until measured: benchmarks/gpu_gelu_fusion_check.py prints the times.
+_TUNE_CANDIDATES = max(1, int(os.environ.get("LLMPY_CUBLASLT_TUNE", "1") or 1))
 
 
 class _HeuristicResult(ctypes.Structure):
     _fields_ = [("algo", ctypes.c_uint64 * 8), ("workspace_size", ctypes.c_size_t), ("state", ctypes.c_int),
                 ("waves_count", ctypes.c_float), ("reserved", ctypes.c_int * 4)]
+
+
+def fastest_candidate(count: int, time_candidate) -> tuple[int, list]:
+    """The index of the fastest of `count` candidates and every (index, ms) timing; `time_candidate(i)` gives one
+    candidate's milliseconds, or None where it failed (skipped). The first candidate wins ties and is the answer
+    when none could be timed."""
+    timings = [(i, ms) for i in range(count) if (ms := time_candidate(i)) is not None]
+    return (min(timings, key=lambda t: t[1])[0] if timings else 0), timings
 
 
 class CublasLtError(LlmpyError):
@@ -92,7 +104,8 @@ class _CublasLt:
         self._check(self.lib.cublasLtMatmulPreferenceSetAttribute(
             self.preference, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(size), ctypes.c_size_t(ctypes.sizeof(size))),
             "PreferenceSet")
-        self.plans: dict[tuple, tuple] = {}
+        self.plans: dict[tuple, list] = {}  # key -> [desc, A, B, D layouts, candidates, chosen index or None]
+        self.timings: dict[tuple, list] = {}  # key -> [(candidate, ms)] where candidates were timed
         self.alpha, self.beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
 
     @staticmethod
@@ -112,14 +125,15 @@ class _CublasLt:
                     f"DescSetAttribute({attribute})")
 
     def _drop_plans(self) -> None:
-        for desc, *layouts, _ in self.plans.values():
+        for desc, *layouts, _, _ in self.plans.values():
             self.lib.cublasLtMatmulDescDestroy(desc)
             for layout in dict.fromkeys(layouts):  # D's layout serves as C's too: destroyed once
                 self.lib.cublasLtMatrixLayoutDestroy(layout)
         self.plans.clear()
 
-    def _plan(self, epilogue: int, trans_a: int, a_shape: tuple, b_shape: tuple, d_shape: tuple) -> tuple:
-        """Descriptor, layouts and the heuristic's best algorithm for D = op(A) @ B (column-major shapes)."""
+    def _plan(self, epilogue: int, trans_a: int, a_shape: tuple, b_shape: tuple, d_shape: tuple) -> list:
+        """Descriptor, layouts and the heuristic's candidate algorithms for D = op(A) @ B (column-major shapes),
+        best first, and which one runs (None: not chosen yet)."""
         key = (epilogue, trans_a, a_shape, b_shape, d_shape)
         plan = self.plans.get(key)
         if plan is None:
@@ -136,27 +150,55 @@ class _CublasLt:
             # the heuristic reads the pointers' alignment: 256-byte aligned, as PyTorch's allocator gives them
             self._set(desc, _DESC_BIAS_POINTER, ctypes.c_void_p(self.workspace.data_ptr()))
             self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(self.workspace.data_ptr()))
-            result, found = _HeuristicResult(), ctypes.c_int(0)
-            self._check(self.lib.cublasLtMatmulAlgoGetHeuristic(self.handle, desc, a, b, d, d, self.preference, 1,
-                                                                ctypes.byref(result), ctypes.byref(found)),
+            results, found = (_HeuristicResult * _TUNE_CANDIDATES)(), ctypes.c_int(0)
+            self._check(self.lib.cublasLtMatmulAlgoGetHeuristic(self.handle, desc, a, b, d, d, self.preference,
+                                                                _TUNE_CANDIDATES, results, ctypes.byref(found)),
                         f"AlgoGetHeuristic(epilogue {epilogue}, D {d_shape})")
             if found.value == 0:
                 raise CublasLtError(f"cuBLASLt has no algorithm for epilogue {epilogue} with D {d_shape}")
-            plan = self.plans[key] = (desc, a, b, d, result)
+            candidates = [results[i] for i in range(found.value)]
+            plan = self.plans[key] = [desc, a, b, d, candidates, 0 if len(candidates) == 1 else None]
         return plan
+
+    def _run(self, plan: list, algo: _HeuristicResult, a: torch.Tensor, b: torch.Tensor, d: torch.Tensor,
+             stream: ctypes.c_void_p) -> int:
+        desc, a_layout, b_layout, d_layout = plan[:4]
+        return self.lib.cublasLtMatmul(
+            self.handle, desc, ctypes.byref(self.alpha), ctypes.c_void_p(a.data_ptr()), a_layout,
+            ctypes.c_void_p(b.data_ptr()), b_layout, ctypes.byref(self.beta), ctypes.c_void_p(d.data_ptr()), d_layout,
+            ctypes.c_void_p(d.data_ptr()), d_layout, ctypes.byref(algo.algo),
+            ctypes.c_void_p(self.workspace.data_ptr()), ctypes.c_size_t(_WORKSPACE_BYTES), stream)
+
+    def _choose(self, key: tuple, plan: list, a, b, d, stream) -> int:
+        """Time each candidate on these operands (a warm-up, then 3 runs; the outputs are rewritten by the final
+        call) and keep the fastest. Under CUDA-graph capture, where nothing can be timed, the heuristic's first."""
+        if torch.cuda.is_current_stream_capturing():
+            return 0
+
+        def time_candidate(i: int) -> float | None:
+            if self._run(plan, plan[4][i], a, b, d, stream) != 0:
+                return None
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            statuses = [self._run(plan, plan[4][i], a, b, d, stream) for _ in range(3)]
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 3 if not any(statuses) else None
+
+        chosen, self.timings[key] = fastest_candidate(len(plan[4]), time_candidate)
+        return chosen
 
     def matmul(self, epilogue: int, trans_a: int, a: torch.Tensor, a_shape: tuple, b: torch.Tensor, b_shape: tuple,
                d: torch.Tensor, d_shape: tuple, bias: torch.Tensor | None, aux: torch.Tensor) -> None:
         """D = op(A) @ B with `epilogue`; shapes are the column-major (rows, cols) of A, B and D as stored."""
-        desc, a_layout, b_layout, d_layout, result = self._plan(epilogue, trans_a, a_shape, b_shape, d_shape)
-        self._set(desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr() if bias is not None else 0))
-        self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
+        key = (epilogue, trans_a, a_shape, b_shape, d_shape)
+        plan = self._plan(*key)
+        self._set(plan[0], _DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr() if bias is not None else 0))
+        self._set(plan[0], _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
         stream = ctypes.c_void_p(torch.cuda.current_stream(self.device).cuda_stream)
-        self._check(self.lib.cublasLtMatmul(
-            self.handle, desc, ctypes.byref(self.alpha), ctypes.c_void_p(a.data_ptr()), a_layout,
-            ctypes.c_void_p(b.data_ptr()), b_layout, ctypes.byref(self.beta), ctypes.c_void_p(d.data_ptr()), d_layout,
-            ctypes.c_void_p(d.data_ptr()), d_layout, ctypes.byref(result.algo),
-            ctypes.c_void_p(self.workspace.data_ptr()), ctypes.c_size_t(_WORKSPACE_BYTES), stream), "Matmul")
+        if plan[5] is None:
+            plan[5] = self._choose(key, plan, a, b, d, stream)
+        self._check(self._run(plan, plan[4][plan[5]], a, b, d, stream), "Matmul")
 
 
 @functools.cache
