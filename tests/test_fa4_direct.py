@@ -135,17 +135,69 @@ def test_model_with_the_direct_path_matches_sdpa(reference_fa4, monkeypatch):
 
 
 def test_direct_path_only_on_cuda_half_precision_without_a_cache(monkeypatch):
-    qkv = torch.zeros(1, 4, 3, 2, 8, dtype=torch.bfloat16)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):  # CUDA tensors without a GPU
+        cuda = {dtype: torch.empty(1, 4, 3, 2, 64, dtype=dtype, device="cuda")
+                for dtype in (torch.bfloat16, torch.float16, torch.float32)}
+        odd_head = torch.empty(1, 4, 3, 2, 60, dtype=torch.bfloat16, device="cuda")
     monkeypatch.setattr(attention, "_fa4_forward", "cudnn")
-    assert not attention._fa4_applies(qkv, None)  # a CPU tensor
+    assert attention._fa4_applies(cuda[torch.bfloat16], None) and attention._fa4_applies(cuda[torch.float16], None)
+    assert not attention._fa4_applies(cuda[torch.float32], None)  # FA4 takes bf16/fp16 only
+    assert not attention._fa4_applies(cuda[torch.bfloat16], object())  # a KV cache: SDPA
+    assert not attention._fa4_applies(odd_head, None)  # sm90 kernels take head sizes in multiples of 8
+    assert not attention._fa4_applies(torch.zeros(1, 4, 3, 2, 64, dtype=torch.bfloat16), None)  # a CPU tensor
     monkeypatch.setattr(attention, "_fa4_forward", None)
-    assert not attention._fa4_applies(qkv, None)
+    assert not attention._fa4_applies(cuda[torch.bfloat16], None)  # not activated
+
+
+def test_cudnn_forward_feeds_fa4s_backward(reference_fa4, monkeypatch):
+    """forward="cudnn": cuDNN's output and its (B, nh, T, 1) log-sum-exp (stood in for by the reference), then FA4's
+    backward pass, against fp64 SDPA autograd."""
+
+    def cudnn_stand_in(q, k, v):  # (B, nh, T, hs) views, as the op passes them to cuDNN
+        y, lse = ReferenceFA4._flash_attn_fwd(*(t.transpose(1, 2) for t in (q, k, v)), causal=True, return_lse=True)
+        return y.transpose(1, 2), lse[..., None]
+
+    monkeypatch.setattr(fa4, "_cudnn_forward", cudnn_stand_in)
+    qkv, dy = _packed()
+    y, lse = fa4.fa4_causal(qkv, "cudnn")
+    (y * dy).sum().backward()
+    expected_qkv = qkv.detach().double().requires_grad_(True)
+    (_sdpa_on_packed(expected_qkv) * dy.double()).sum().backward()
+    assert y.is_contiguous() and lse.shape == (2, 3, 12) and lse.is_contiguous()  # what the fake promises
+    torch.testing.assert_close(qkv.grad.double(), expected_qkv.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_probe_passes_a_correct_kernel_and_raises_on_a_wrong_one(reference_fa4, monkeypatch):
+    fa4.probe(torch.device("cpu"), forward="fa4")
+
+    class SwappedGradients(ReferenceFA4):
+        @classmethod
+        def _flash_attn_bwd(cls, q, k, v, out, dout, lse, causal, dq, dk, dv):
+            return super()._flash_attn_bwd(q, k, v, out, dout, lse, causal, dq, dv, dk)
+
+    fa4.use_module(SwappedGradients)
+    with pytest.raises(RuntimeError, match="q/k/v gradient differs from SDPA's"):
+        fa4.probe(torch.device("cpu"), forward="fa4")
+
+
+def test_a_later_runtime_undoes_what_fa4_set(monkeypatch):
+    import torch.nn.attention as sdpa
+
+    restored = []
+    monkeypatch.setattr(sdpa, "restore_flash_attention_impl", lambda: restored.append(True))
+    monkeypatch.setattr(attention, "_fa4_forward", "fa4")
+    monkeypatch.setattr(attention, "_fa4_hook", True)
+    attention.activate_attention(torch.device("cpu"), "auto")
+    assert attention._fa4_forward is None and not attention._fa4_hook and restored == [True]
 
 
 def test_load_keeps_the_compiled_kernels_in_the_llmpy_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMPY_CACHE", str(tmp_path))
-    monkeypatch.delenv("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", raising=False)
-    monkeypatch.delenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", raising=False)
+    for name in ("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"):
+        monkeypatch.setenv(name, "")  # recorded, so that what load() sets is undone after the test
+        monkeypatch.delenv(name)
     monkeypatch.setattr(fa4, "MODULE", "json")  # any importable module stands in for flash_attn.cute.interface
     fa4.use_module(None)
     try:
@@ -174,7 +226,34 @@ def test_auto_attention_picks_cudnn_fa4_only_where_it_was_measured(monkeypatch, 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: (object() if installed else None) if name == "flash_attn.cute"
+                        lambda name, *a: (object() if installed else None) if name == "flash_attn"
                         else real_find_spec(name, *a))
+    monkeypatch.setattr(fa4, "load", lambda: ReferenceFA4)
+    probed = []
+    monkeypatch.setattr(fa4, "probe", probed.append)  # the small GPU pass, checked in test_probe_... on a CPU
     assert auto_attention(torch.device("cuda", 0), precision) == expected
+    assert probed == ([torch.device("cuda", 0)] if expected == "cudnn+fa4" else [])
     assert auto_attention(torch.device("cpu"), "bf16") == "auto"
+
+
+def test_auto_attention_warns_and_stays_with_pytorch_when_fa4_does_not_load(monkeypatch):
+    import importlib.util
+
+    from llmpy.runtime import auto_attention
+
+    def broken():
+        raise ImportError("No module named 'flash_attn.cute'")  # flash-attn 2 is installed, not 4
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(fa4, "load", broken)
+    with pytest.warns(UserWarning, match="FlashAttention-4 did not load or run .ImportError: No module named"):
+        assert auto_attention(torch.device("cuda", 0), "bf16") == "auto"
+
+    def wrong(device):
+        raise RuntimeError("FlashAttention-4's output differs from SDPA's by 3.1")
+
+    monkeypatch.setattr(fa4, "load", lambda: ReferenceFA4)
+    monkeypatch.setattr(fa4, "probe", wrong)
+    with pytest.warns(UserWarning, match="did not load or run .RuntimeError: FlashAttention-4's output differs"):
+        assert auto_attention(torch.device("cuda", 0), "bf16") == "auto"

@@ -235,3 +235,13 @@ def test_fastest_candidate_skips_failures_and_keeps_the_first_on_ties():
     assert cublaslt.fastest_candidate(4, times.get) == (2, [(0, 0.52), (2, 0.41), (3, 0.41)])
     assert cublaslt.fastest_candidate(2, lambda i: None) == (0, [])  # nothing timed: the heuristic's first choice
     assert cublaslt.fastest_candidate(1, lambda i: 0.3) == (0, [(0, 0.3)])
+
+
+def test_a_malformed_tuning_variable_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("LLMPY_CUBLASLT_TUNE", "on")
+    with pytest.raises(LlmpyError, match=r"LLMPY_CUBLASLT_TUNE='on': expected a number of candidates from 1 to 64"):
+        cublaslt.tune_candidates()
+    monkeypatch.setenv("LLMPY_CUBLASLT_TUNE", "8")
+    assert cublaslt.tune_candidates() == 8
+    monkeypatch.delenv("LLMPY_CUBLASLT_TUNE")
+    assert cublaslt.tune_candidates() == 1

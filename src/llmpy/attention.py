@@ -137,12 +137,15 @@ def document_index(idx: torch.Tensor, boundary_token: int) -> torch.Tensor:
     return (idx == boundary_token).cumsum(dim=1)
 
 
-_fa4_forward: str | None = None  # set by activate_fa4: qkv_attention's forward kernel when it calls FA4 itself
+_fa4_forward: str | None = None  # set by activate_attention: qkv_attention's forward kernel when it calls FA4 itself
+_fa4_hook = False  # whether activate_attention rerouted SDPA's flash kernels to FA4
 
 
 def _fa4_applies(qkv: torch.Tensor, kv_cache) -> bool:
+    """FA4's direct path: activated, on CUDA in bf16/fp16, no KV cache, a head size its sm90 kernels take."""
+    head = qkv.size(-1)
     return (_fa4_forward is not None and kv_cache is None and qkv.is_cuda
-            and qkv.dtype in (torch.bfloat16, torch.float16))
+            and qkv.dtype in (torch.bfloat16, torch.float16) and 8 <= head <= 256 and head % 8 == 0)
 
 
 def qkv_attention(qkv: torch.Tensor, kv_cache=None) -> torch.Tensor:
@@ -191,7 +194,7 @@ def backend_context(backend: str) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    if backend == "fa4":  # activate_fa4() rerouted the flash kernels (Runtime.activate)
+    if backend == "fa4":  # activate_attention() rerouted the flash kernels (Runtime.activate)
         backend = "flash"
     kernels = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
                "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
@@ -200,15 +203,30 @@ def backend_context(backend: str) -> contextlib.AbstractContextManager:
     return sdpa_kernel(order, set_priority=True)
 
 
-def activate_fa4(device: torch.device, backend: str = "fa4") -> None:
-    """--attention fa4 or cudnn+fa4, process-wide: `qkv_attention` calls FlashAttention-4 (the flash-attn-4
-    package, CuTe DSL kernels for Hopper and Blackwell) directly, for both passes (fa4) or for the backward pass
-    after cuDNN's forward kernel (cudnn+fa4). Under fa4, SDPA's flash kernels, which the other attention calls take
-    (masks, KV caches, the modern recipe's q/k/v), are rerouted to FA4 too, through PyTorch 2.11's hook; under
-    cudnn+fa4 they get PyTorch's own choice. One-line errors where it cannot be."""
-    global _fa4_forward
+FA4_BACKENDS = ("fa4", "cudnn+fa4")
+_FA4_INSTALL = "pip install -e \".[fa4]\": flash-attn-4 4.0.0b18"
+
+
+def activate_attention(device: torch.device, backend: str) -> None:
+    """Make `backend` (--attention) the process's attention, undoing what an earlier one set (the FA4 paths are
+    process-wide: a notebook or test may run several configurations in one process).
+
+    fa4 / cudnn+fa4: `qkv_attention` calls FlashAttention-4 (the flash-attn-4 package, CuTe DSL kernels for Hopper
+    and Blackwell) directly, for both passes (fa4) or for the backward pass after cuDNN's forward kernel
+    (cudnn+fa4). Under fa4, SDPA's flash kernels, which the other attention calls take (masks, KV caches, the modern
+    recipe's q/k/v), are rerouted to FA4 too, through PyTorch 2.11's hook; under cudnn+fa4 they get PyTorch's own
+    choice. One-line errors where it cannot be."""
+    global _fa4_forward, _fa4_hook
     from llmpy.errors import LlmpyError
 
+    _fa4_forward = None
+    if _fa4_hook and backend != "fa4":
+        import torch.nn.attention as sdpa
+
+        sdpa.restore_flash_attention_impl()  # PyTorch's own flash kernels again
+        _fa4_hook = False
+    if backend not in FA4_BACKENDS:
+        return
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
         raise LlmpyError(f"--attention {backend} needs a Hopper or Blackwell GPU "
                          "(FlashAttention-4's kernels are sm_90/sm_100)")
@@ -216,11 +234,12 @@ def activate_fa4(device: torch.device, backend: str = "fa4") -> None:
 
     try:
         fa4.load()
-    except ImportError as exc:
-        raise LlmpyError(f"--attention {backend} needs the flash-attn-4 package (pip install flash-attn-4): "
-                         f"{exc}") from None
-    if backend == "fa4":
+    except Exception as exc:  # not installed, or an install that does not import
+        raise LlmpyError(f"--attention {backend} needs the flash-attn-4 package ({_FA4_INSTALL}); importing it "
+                         f"failed: {type(exc).__name__}: {exc}") from None
+    if backend == "fa4" and not _fa4_hook:
         _activate_fa4_hook()
+        _fa4_hook = True
     _fa4_forward = "cudnn" if backend == "cudnn+fa4" else "fa4"
 
 
@@ -235,7 +254,5 @@ def _activate_fa4_hook() -> None:
                          "(torch.nn.attention.activate_flash_attention_impl, torch >= 2.11)") from None
     try:
         activate_flash_attention_impl("FA4")
-    except ImportError as exc:
-        raise LlmpyError(f"--attention fa4 needs the flash-attn-4 package (pip install flash-attn-4): {exc}") from None
     except Exception as exc:  # a version of flash-attn-4 this torch's hook does not match
         raise LlmpyError(f"--attention fa4: torch could not activate FlashAttention-4 ({type(exc).__name__}: {exc})") from None

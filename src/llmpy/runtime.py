@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from llmpy.attention import activate_fa4, backend_context
+from llmpy.attention import activate_attention, backend_context
 from llmpy.errors import LlmpyError
 
 
@@ -41,8 +41,7 @@ class Runtime:
         Process-wide settings by nature, so they are made here, once, by the command that owns the process."""
         if self.is_cuda:
             torch.cuda.set_device(self.device)
-        if self.attention in ("fa4", "cudnn+fa4"):
-            activate_fa4(self.device, self.attention)
+        activate_attention(self.device, self.attention)
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         torch.set_float32_matmul_precision("high" if tf32 else "highest")
@@ -72,16 +71,25 @@ def select_runtime(device: str = "auto", dtype: str = "auto", local_rank: int = 
 def auto_attention(device: torch.device, precision: str) -> str:
     """--attention auto: cudnn+fa4 in bf16 on a Hopper GPU (compute capability 9.x, where a step measured 2.6-3.6%
     faster than with cuDNN alone, benchmarks/RESULTS.md) when the flash-attn-4 package is installed; otherwise
-    "auto", PyTorch's own choice per call."""
+    "auto", PyTorch's own choice per call. A package that is there but does not import, or whose kernels fail a
+    small probe (llmpy.kernels.fa4.probe, which also compiles them), is warned about and left out."""
     import importlib.util
+    import warnings
+
+    from llmpy.kernels import fa4
 
     if device.type != "cuda" or precision != "bf16" or torch.cuda.get_device_capability(device)[0] != 9:
         return "auto"
     try:
-        found = importlib.util.find_spec("flash_attn.cute") is not None
-    except (ImportError, ValueError):  # no flash_attn package, or a broken one
-        found = False
-    return "cudnn+fa4" if found else "auto"
+        if importlib.util.find_spec("flash_attn") is None:
+            return "auto"
+        fa4.load()
+        fa4.probe(device)
+    except Exception as exc:  # flash-attn 2 (no flash_attn.cute), or a flash-attn-4 that does not match this torch
+        warnings.warn(f"--attention auto: flash_attn is installed but FlashAttention-4 did not load or run "
+                      f"({type(exc).__name__}: {exc}); attention stays with PyTorch's choice", stacklevel=2)
+        return "auto"
+    return "cudnn+fa4"
 
 
 def seed_everything(seed: int) -> None:

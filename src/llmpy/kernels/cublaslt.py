@@ -44,10 +44,18 @@ _EPILOGUE_DGELU = 64 | 128
 _PREF_MAX_WORKSPACE_BYTES = 1
 _WORKSPACE_BYTES = 32 * 1024 * 1024  # llm.c's choice for Hopper
 _MAX_PLANS = 256  # shapes planned per device before the plans are dropped (evaluation and sampling vary the rows)
-# LLMPY_CUBLASLT_TUNE=N (N > 1): take cuBLASLt's N best heuristic candidates for each shape and time them at first
-# use, keeping the fastest (the DGELU matmul's first choice ran 1.5x slower than the plain matmul of its shape on an
-# H200). Off (1, the heuristic's first choice) until measured: benchmarks/gpu_gelu_fusion_check.py prints the times.
-_TUNE_CANDIDATES = max(1, int(os.environ.get("LLMPY_CUBLASLT_TUNE", "1") or 1))
+# LLMPY_CUBLASLT_TUNE=N (N > 1, read by tune_candidates): take cuBLASLt's N best heuristic candidates for each shape
+# and time them at first use, keeping the fastest (the DGELU matmul's first choice ran 1.5x slower than the plain
+# matmul of its shape on an H200). Off (1: the heuristic's first choice) until measured;
+# benchmarks/gpu_gelu_fusion_check.py prints the candidates' times.
+
+
+def tune_candidates() -> int:
+    """LLMPY_CUBLASLT_TUNE's value: how many heuristic candidates each shape times (1: the first choice, no timing)."""
+    text = os.environ.get("LLMPY_CUBLASLT_TUNE", "").strip() or "1"
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise LlmpyError(f"LLMPY_CUBLASLT_TUNE={text!r}: expected a number of candidates from 1 to 64")
+    return int(text)
 
 
 class _HeuristicResult(ctypes.Structure):
@@ -104,6 +112,7 @@ class _CublasLt:
         self._check(self.lib.cublasLtMatmulPreferenceSetAttribute(
             self.preference, _PREF_MAX_WORKSPACE_BYTES, ctypes.byref(size), ctypes.c_size_t(ctypes.sizeof(size))),
             "PreferenceSet")
+        self.candidates = tune_candidates()
         self.plans: dict[tuple, list] = {}  # key -> [desc, A, B, D layouts, candidates, chosen index or None]
         self.timings: dict[tuple, list] = {}  # key -> [(candidate, ms)] where candidates were timed
         self.alpha, self.beta = ctypes.c_float(1.0), ctypes.c_float(0.0)
@@ -130,6 +139,7 @@ class _CublasLt:
             for layout in dict.fromkeys(layouts):  # D's layout serves as C's too: destroyed once
                 self.lib.cublasLtMatrixLayoutDestroy(layout)
         self.plans.clear()
+        self.timings.clear()
 
     def _plan(self, epilogue: int, trans_a: int, a_shape: tuple, b_shape: tuple, d_shape: tuple) -> list:
         """Descriptor, layouts and the heuristic's candidate algorithms for D = op(A) @ B (column-major shapes),
@@ -150,9 +160,9 @@ class _CublasLt:
             # the heuristic reads the pointers' alignment: 256-byte aligned, as PyTorch's allocator gives them
             self._set(desc, _DESC_BIAS_POINTER, ctypes.c_void_p(self.workspace.data_ptr()))
             self._set(desc, _DESC_AUX_POINTER, ctypes.c_void_p(self.workspace.data_ptr()))
-            results, found = (_HeuristicResult * _TUNE_CANDIDATES)(), ctypes.c_int(0)
+            results, found = (_HeuristicResult * self.candidates)(), ctypes.c_int(0)
             self._check(self.lib.cublasLtMatmulAlgoGetHeuristic(self.handle, desc, a, b, d, d, self.preference,
-                                                                _TUNE_CANDIDATES, results, ctypes.byref(found)),
+                                                                self.candidates, results, ctypes.byref(found)),
                         f"AlgoGetHeuristic(epilogue {epilogue}, D {d_shape})")
             if found.value == 0:
                 raise CublasLtError(f"cuBLASLt has no algorithm for epilogue {epilogue} with D {d_shape}")
@@ -171,17 +181,16 @@ class _CublasLt:
 
     def _choose(self, key: tuple, plan: list, a, b, d, stream) -> int:
         """Time each candidate on these operands (a warm-up, then 3 runs; the outputs are rewritten by the final
-        call) and keep the fastest. Under CUDA-graph capture, where nothing can be timed, the heuristic's first."""
-        if torch.cuda.is_current_stream_capturing():
-            return 0
+        call) and keep the fastest."""
+        torch_stream = torch.cuda.current_stream(self.device)
 
         def time_candidate(i: int) -> float | None:
             if self._run(plan, plan[4][i], a, b, d, stream) != 0:
                 return None
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+            start.record(torch_stream)
             statuses = [self._run(plan, plan[4][i], a, b, d, stream) for _ in range(3)]
-            end.record()
+            end.record(torch_stream)
             end.synchronize()
             return start.elapsed_time(end) / 3 if not any(statuses) else None
 
@@ -196,9 +205,11 @@ class _CublasLt:
         self._set(plan[0], _DESC_BIAS_POINTER, ctypes.c_void_p(bias.data_ptr() if bias is not None else 0))
         self._set(plan[0], _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
         stream = ctypes.c_void_p(torch.cuda.current_stream(self.device).cuda_stream)
-        if plan[5] is None:
-            plan[5] = self._choose(key, plan, a, b, d, stream)
-        self._check(self._run(plan, plan[4][plan[5]], a, b, d, stream), "Matmul")
+        chosen = plan[5]
+        if chosen is None:  # not timed yet; under CUDA-graph capture nothing can be: the first choice, this once
+            chosen = 0 if torch.cuda.is_current_stream_capturing() else self._choose(key, plan, a, b, d, stream)
+            plan[5] = None if torch.cuda.is_current_stream_capturing() else chosen
+        self._check(self._run(plan, plan[4][chosen], a, b, d, stream), "Matmul")
 
 
 @functools.cache

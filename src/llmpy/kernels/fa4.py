@@ -16,6 +16,7 @@ module with the same two functions.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 
@@ -48,6 +49,33 @@ def use_module(module) -> None:
 FORWARDS = ("fa4", "cudnn")
 
 
+def _cudnn_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cuDNN's causal forward kernel on (B, nh, T, hs) views: (y (B, nh, T, hs), log-sum-exp (B, nh, T[, 1]) fp32)."""
+    return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, True, False)[:2]
+
+
+def probe(device: torch.device, forward: str = "cudnn") -> None:
+    """One small forward and backward pass through `fa4_causal` on `device` (compiling FA4's kernels for head size
+    64, as GPT-2's models use), compared with SDPA in fp32 on the same bf16 inputs; raises where FA4 fails or
+    disagrees. T = 256 spans two of the backward kernel's 128-row tiles, so the kernels compiled here are the ones
+    T = 1024 takes."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # FA4 takes the current device's stream
+        qkv = torch.randn(2, 256, 3, 2, 64, device=device, generator=generator).to(torch.bfloat16)
+        dy = torch.randn(2, 256, 2, 64, device=device, generator=generator).to(torch.bfloat16)
+        fast = qkv.clone().requires_grad_(True)
+        y = fa4_causal(fast, forward)[0]
+        y.backward(dy)
+        exact = qkv.float().requires_grad_(True)
+        q, k, v = (t.transpose(1, 2) for t in exact.unbind(2))
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+        expected.backward(dy.float())
+    for name, got, want in (("output", y, expected), ("q/k/v gradient", fast.grad, exact.grad)):
+        error = (got.float() - want).abs().max().item()
+        if not error <= 0.05 * max(1.0, want.abs().max().item()):  # bf16: ~1e-2 here (benchmarks/RESULTS.md)
+            raise RuntimeError(f"FlashAttention-4's {name} differs from SDPA's by {error:.3g}")
+
+
 @torch.library.custom_op("llmpy::fa4_causal", mutates_args=())
 def fa4_causal(qkv: torch.Tensor, forward: str = "fa4") -> tuple[torch.Tensor, torch.Tensor]:
     """qkv (B, T, 3, nh, hs) -> (y (B, T, nh, hs), log-sum-exp (B, nh, T) fp32), softmax(q k^T / sqrt(hs)) v causal;
@@ -55,7 +83,7 @@ def fa4_causal(qkv: torch.Tensor, forward: str = "fa4") -> tuple[torch.Tensor, t
     if forward == "cudnn":
         B, T, _, nh, _ = qkv.shape
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, nh, T, hs) views, as SDPA passes them
-        y, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, True, False)[:2]
+        y, lse = _cudnn_forward(q, k, v)
         return y.transpose(1, 2).contiguous(), lse.reshape(B, nh, T).contiguous()
     q, k, v = qkv.unbind(2)
     y, lse = load()._flash_attn_fwd(q, k, v, causal=True, return_lse=True)
