@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Issue 17, prepared for the next device call (~9 min on an H200; not yet run), flash-attn-4 carried in .fa4/:
+# the post-review FA4 code checked at the defaults (auto -> cudnn+fa4 through fa4.probe); cuBLASLt's heuristic
+# candidates timed for the GELU epilogues (LLMPY_CUBLASLT_TUNE=8, benchmarks/gpu_gelu_fusion_check.py prints
+# candidate_ms) and d12 with and without the tuning; d36 -b 64 with cuDNN and at the defaults. All output goes to
+# $OUT/next/runs.log and bench.jsonl.   PYTHONPATH=src LLMPY_OFFLINE=1 bash benchmarks/gpu_next_call.sh
+set -u
+out="${OUT:-/tmp/out}/next"
+log="$out/runs.log"
+deadline=${DEADLINE_S:-560}
+mkdir -p "$out"
+if [ -f .fa4/install.sh ] && bash .fa4/install.sh >>"$log" 2>&1; then
+    export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/python_packages:${PYTHONPATH:-}
+fi
+echo "fa4 install t=${SECONDS}s: $(tail -1 "$log")"
+left() { local l=$1; [ "$l" -lt $((deadline - SECONDS)) ] || l=$((deadline - SECONDS)); echo "$l"; }
+run() {  # run NAME LIMIT [VAR=value ...] -- bench arguments
+    local name=$1 limit=$2
+    shift 2
+    local envs=()
+    while [ "$1" != "--" ]; do envs+=("$1"); shift; done
+    shift
+    [ "$SECONDS" -lt $((deadline - 40)) ] || { echo "$name skipped (deadline)"; return; }
+    echo "=== $name: ${envs[*]} bench $*" >>"$log"
+    env "${envs[@]}" timeout "$(left "$limit")" python -m llmpy bench "$@" --json "$out/bench.jsonl" >/tmp/run.txt 2>&1
+    local rc=$?
+    cat /tmp/run.txt >>"$log"
+    echo "$name rc=$rc t=${SECONDS}s | $(grep -E '^device|tok/s|PASS|FAIL|rror|arn' /tmp/run.txt | tail -3 | cut -c1-300 | tr '\n' ' ')"
+}
+run check_default 100 -- --check -e d12 -b 8 -r 0
+echo "=== gelu ops, tuned" >>"$log"
+LLMPY_CUBLASLT_TUNE=8 timeout 60 python benchmarks/gpu_gelu_fusion_check.py >>"$log" 2>&1
+echo "gelu ops tuned rc=$? t=${SECONDS}s"; grep -A12 candidate_ms "$log" | cut -c1-200
+T="--steps 10 --warmup 3"
+run d12 90 -- -e d12 -b 64 -r 0 $T
+run d12_tuned 90 LLMPY_CUBLASLT_TUNE=8 -- -e d12 -b 64 -r 0 $T
+run check_tuned 90 LLMPY_CUBLASLT_TUNE=8 -- --check -e d12 -b 8 -r 0
+run d36_b64_cudnn 130 -- -e d36 -b 64 -r 0 --attention cudnn --steps 3 --warmup 1
+run d36_b64 130 -- -e d36 -b 64 -r 0 --steps 3 --warmup 1
+echo "done t=${SECONDS}s"
