@@ -17,19 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from gpu_gelu_fusion_check import timed  # this folder's op timer (ms per call, CUDA events)
 from llmpy.kernels.fa4 import fa4_causal
-
-
-def timed(fn, repeats: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / repeats
 
 
 def sdpa(qkv5: torch.Tensor, backend: SDPBackend) -> torch.Tensor:
