@@ -46,9 +46,6 @@ def use_module(module) -> None:
     _module = module
 
 
-FORWARDS = ("fa4", "cudnn")
-
-
 def _cudnn_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cuDNN's causal forward kernel on (B, nh, T, hs) views: (y (B, nh, T, hs), log-sum-exp (B, nh, T[, 1]) fp32)."""
     return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, True, False)[:2]
@@ -60,7 +57,8 @@ def probe(device: torch.device, forward: str = "cudnn") -> None:
     disagrees. T = 256 spans two of the backward kernel's 128-row tiles, so the kernels compiled here are the ones
     T = 1024 takes."""
     generator = torch.Generator(device=device).manual_seed(0)
-    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():  # FA4 takes the current device's stream
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with on_device:  # FA4 launches on the current device's stream
         qkv = torch.randn(2, 256, 3, 2, 64, device=device, generator=generator).to(torch.bfloat16)
         dy = torch.randn(2, 256, 2, 64, device=device, generator=generator).to(torch.bfloat16)
         fast = qkv.clone().requires_grad_(True)
