@@ -71,15 +71,21 @@ def test_triton_kernel_under_the_interpreter_matches_autograd(tmp_path):
             targets[4] = 44  # the last real column
             targets[5] = 45  # a padded column: not a real token
             targets[6] = -100  # PyTorch's ignore value, not ours: out of range here
-            for lanewise in (0, 1):
+            for lanewise in (0, 1, 2):
                 out = torch.full_like(logits, 7.0)
-                # 16-column chunks: 3 chunks per row, the last one partly padding; 2 programs loop over 9 rows
-                losses = triton_loss_and_grad_(logits, targets, 45, out=out, launch=(16, 1, 1, lanewise, 1 + lanewise))
+                # 16-column chunks: 3 chunks per row, the last one partly padding; 2 programs loop over 9 rows;
+                # lanewise 2 holds a whole row (64 columns >= 50) in one block
+                launch = (64, 1, 1, 2, 1) if lanewise == 2 else (16, 1, 1, lanewise, 1 + lanewise)
+                losses = triton_loss_and_grad_(logits, targets, 45, out=out, launch=launch)
                 inplace = logits.clone()
-                triton_loss_and_grad_(inplace, targets, 45, launch=(16, 1, 1, lanewise, 1 + lanewise))
+                triton_loss_and_grad_(inplace, targets, 45, launch=launch)
                 results[f"{dtype}-{lanewise}"] = dict(losses=losses.tolist(), grad=out.double().tolist(),
                                                       same_in_place=bool(torch.equal(inplace, out)))
             results[f"{dtype}-inputs"] = dict(logits=logits.double().tolist(), targets=targets.tolist())
+        try:
+            triton_loss_and_grad_(logits, targets, 45, launch=(32, 1, 1, 2, 1))
+        except ValueError as exc:
+            results["short_block"] = str(exc)
         json.dump(results, sys.stdout)
     """))
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(SRC))
@@ -92,7 +98,7 @@ def test_triton_kernel_under_the_interpreter_matches_autograd(tmp_path):
         targets = torch.tensor(inputs["targets"])
         in_range = torch.tensor([i not in (5, 6) for i in range(9)])
         want_losses, want_grad = _autograd_reference(logits[in_range], targets[in_range], 45)
-        for lanewise in (0, 1):
+        for lanewise in (0, 1, 2):
             got = results[f"{dtype}-{lanewise}"]
             losses = torch.tensor(got["losses"], dtype=torch.float64)
             torch.testing.assert_close(losses[in_range], want_losses, atol=1e-5, rtol=1e-5)
@@ -102,6 +108,7 @@ def test_triton_kernel_under_the_interpreter_matches_autograd(tmp_path):
             # a target that is no real token: infinite loss (the trainer skips the step), no gradient anywhere
             assert losses[5] == losses[6] == float("inf") and grad[5].abs().max() == grad[6].abs().max() == 0
             assert got["same_in_place"]
+    assert results["short_block"] == "the loss kernel's whole-row launch needs BLOCK >= the 50 columns, not 32"
 
 
 def test_out_of_range_targets_and_all_ignored_batches():
@@ -121,13 +128,16 @@ def test_out_of_range_targets_and_all_ignored_batches():
         assert x.grad.abs().max() == 0 and weight.grad.abs().max() == 0
 
 
-@pytest.mark.parametrize("text", ["16,1,0,0,1", "100,8,4,0,1", "4096,8,4,2,1", "4096,8,4", "a,b,c,d,e"])
+@pytest.mark.parametrize("text", ["16,1,0,0,1", "100,8,4,0,1", "4096,8,4,3,1", "4096,8,4,2,1", "4096,8,4",
+                                  "a,b,c,d,e"])
 def test_bad_loss_kernel_launch_is_a_one_line_error(text, monkeypatch):
     monkeypatch.setenv("LLMPY_LOSS_KERNEL", text)
     with pytest.raises(LlmpyError, match="LLMPY_LOSS_KERNEL"):
-        kernel_launch_config()
+        kernel_launch_config(50304)  # 4096,8,4,2,1: a whole-row launch whose chunk is shorter than the row
     monkeypatch.setenv("LLMPY_LOSS_KERNEL", "2048,4,8,1,2")
     assert kernel_launch_config() == (2048, 4, 8, 1, 2)
+    monkeypatch.setenv("LLMPY_LOSS_KERNEL", "65536,16,1,2,1")
+    assert kernel_launch_config(50304) == (65536, 16, 1, 2, 1)
 
 
 @pytest.mark.parametrize("chunk_rows", [0, 8, 13, 40, 64])  # all rows; blocks that divide 40, that do not; >= 40

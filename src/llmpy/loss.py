@@ -43,7 +43,7 @@ class FusedCrossEntropyLoss(CrossEntropyLoss):
 
     def __init__(self, vocab_size: int, padded_vocab_size: int, chunk_rows: int = 0):
         super().__init__(vocab_size, padded_vocab_size)
-        self.launch = kernel_launch_config()  # read once: a bad LLMPY_LOSS_KERNEL fails at build time
+        self.launch = kernel_launch_config(padded_vocab_size)  # read once: a bad LLMPY_LOSS_KERNEL fails at build
         self.chunk_rows = chunk_rows  # --loss-chunk-rows: logits of this many rows at a time (0: all at once)
 
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module) -> torch.Tensor:

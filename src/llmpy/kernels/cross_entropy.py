@@ -67,14 +67,20 @@ if triton is not None:
         """Persistent: each program takes rows pid, pid + programs, ... For each row, the log-sum-exp first, then a
         last pass writes softmax - one_hot. Few rows are in flight at once, so the later passes read the row back
         from L2, not from memory. The log-sum-exp either takes one pass with an online max (reducing across the
-        program at every chunk) or, LANEWISE, two passes (max, then sum of exp) that each reduce only at the end.
+        program at every chunk) or, LANEWISE 1, two passes (max, then sum of exp) that each reduce only at the end.
+        LANEWISE 2 holds the whole row in registers (BLOCK >= the row's columns) and reads it once.
         STAGES > 1 lets Triton prefetch the next chunks while the current one is reduced (software pipelining)."""
         for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
             offset = tl.cast(row, tl.int64) * row_stride  # past 2**31 elements for B*T*V logits
             row_logits = logits_ptr + offset
             row_grad = grad_ptr + offset
             target = tl.load(targets_ptr + row)
-            if LANEWISE:
+            if LANEWISE == 2:  # constexpr: only one branch is compiled, so x stays in registers for the gradient
+                cols = tl.arange(0, BLOCK)
+                x = tl.load(row_logits + cols, mask=cols < vocab_size, other=-float("inf")).to(tl.float32)
+                row_max = tl.max(x, axis=0)
+                lse = row_max + tl.log(tl.sum(tl.exp(x - row_max), axis=0))
+            elif LANEWISE == 1:
                 lane_max = tl.full([BLOCK], -float("inf"), tl.float32)
                 for start in tl.range(0, vocab_size, BLOCK, num_stages=STAGES):
                     cols = start + tl.arange(0, BLOCK)
@@ -106,26 +112,31 @@ if triton is not None:
             picked = tl.load(row_logits + safe_target).to(tl.float32)
             tl.store(losses_ptr + row, tl.where(valid, lse - picked, tl.where(counted, float("inf"), 0.0)))
             keep = tl.where(valid, 1.0, 0.0)
-            for start in tl.range(0, n_cols, BLOCK, num_stages=STAGES):
-                cols = start + tl.arange(0, BLOCK)
-                x = tl.load(row_logits + cols, mask=cols < vocab_size, other=-float("inf"),
-                            eviction_policy="evict_first").to(tl.float32)
+            if LANEWISE == 2:
                 g = tl.exp(x - lse) - tl.where(cols == safe_target, 1.0, 0.0)
                 tl.store(row_grad + cols, (g * keep).to(row_grad.dtype.element_ty), mask=cols < n_cols)
+            else:
+                for start in tl.range(0, n_cols, BLOCK, num_stages=STAGES):
+                    cols = start + tl.arange(0, BLOCK)
+                    x = tl.load(row_logits + cols, mask=cols < vocab_size, other=-float("inf"),
+                                eviction_policy="evict_first").to(tl.float32)
+                    g = tl.exp(x - lse) - tl.where(cols == safe_target, 1.0, 0.0)
+                    tl.store(row_grad + cols, (g * keep).to(row_grad.dtype.element_ty), mask=cols < n_cols)
 
 
-def kernel_launch_config() -> tuple[int, int, int, int, int]:
-    """(columns per chunk, warps per program, programs per SM, lanewise 0/1, pipeline stages); the environment
+def kernel_launch_config(columns: int | None = None) -> tuple[int, int, int, int, int]:
+    """(columns per chunk, warps per program, programs per SM, lanewise 0/1/2, pipeline stages); the environment
     variable LLMPY_LOSS_KERNEL="B,W,P,L,S" overrides it (for tuning; `llmpy bench --check` times several on CUDA).
     Read once, by the loss component that launches the kernel (llmpy.loss), which passes it to every launch."""
     import os
 
     text = os.environ.get("LLMPY_LOSS_KERNEL", "")
-    return parse_launch(text) if text else DEFAULT_LAUNCH
+    return parse_launch(text, columns) if text else DEFAULT_LAUNCH
 
 
-def parse_launch(text: str) -> tuple[int, int, int, int, int]:
-    """LLMPY_LOSS_KERNEL's value, checked: a power-of-two chunk, positive counts, lanewise 0 or 1."""
+def parse_launch(text: str, columns: int | None = None) -> tuple[int, int, int, int, int]:
+    """LLMPY_LOSS_KERNEL's value, checked: a power-of-two chunk, positive counts, lanewise 0, 1 or 2 (2: a chunk
+    that covers the logits' `columns`, where they are known)."""
     from llmpy.errors import LlmpyError
 
     problem = f"LLMPY_LOSS_KERNEL={text!r}: expected BLOCK,WARPS,PROGRAMS_PER_SM,LANEWISE,STAGES"
@@ -134,9 +145,11 @@ def parse_launch(text: str) -> tuple[int, int, int, int, int]:
     except ValueError:
         raise LlmpyError(f"{problem} (five integers, e.g. {','.join(map(str, DEFAULT_LAUNCH))})") from None
     if block < 16 or block & (block - 1) or warps not in (1, 2, 4, 8, 16, 32) or per_sm < 1 or stages < 1 \
-            or lanewise not in (0, 1):
+            or lanewise not in (0, 1, 2):
         raise LlmpyError(f"{problem}; BLOCK must be a power of two >= 16, WARPS a power of two <= 32, "
-                         "PROGRAMS_PER_SM and STAGES >= 1, LANEWISE 0 or 1")
+                         "PROGRAMS_PER_SM and STAGES >= 1, LANEWISE 0, 1 or 2 (2: BLOCK covers the whole row)")
+    if lanewise == 2 and columns is not None and block < columns:
+        raise LlmpyError(f"{problem}; LANEWISE 2 holds a whole row: BLOCK must be >= the {columns} logit columns")
     return block, warps, per_sm, lanewise, stages
 
 
@@ -159,12 +172,14 @@ def triton_loss_and_grad_(logits: torch.Tensor, targets: torch.Tensor, vocab_siz
         raise ValueError("the loss kernel's `out` must have the logits' shape, strides and dtype")
     block, num_warps, programs_per_sm, lanewise, stages = launch or DEFAULT_LAUNCH
     n_rows, n_cols = logits.shape
+    if lanewise == 2 and block < n_cols:
+        raise ValueError(f"the loss kernel's whole-row launch needs BLOCK >= the {n_cols} columns, not {block}")
     losses = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
     if n_rows:
         processors = torch.cuda.get_device_properties(logits.device).multi_processor_count if logits.is_cuda else 2
         grid = (max(1, min(n_rows, processors * programs_per_sm)),)
         _loss_and_grad_kernel[grid](logits, out, targets.contiguous(), losses, n_rows, logits.stride(0), n_cols,
-                                    vocab_size, ignore_index, BLOCK=block, LANEWISE=bool(lanewise), STAGES=stages,
+                                    vocab_size, ignore_index, BLOCK=block, LANEWISE=lanewise, STAGES=stages,
                                     num_warps=num_warps)
     return losses
 
