@@ -2,7 +2,8 @@
 # Issue 17, prepared for the next device call (~9 min on an H200; not yet run), flash-attn-4 carried in .fa4/:
 # the post-review FA4 code checked at the defaults (auto -> cudnn+fa4 through fa4.probe); cuBLASLt's heuristic
 # candidates timed for the GELU epilogues (LLMPY_CUBLASLT_TUNE=8, benchmarks/gpu_gelu_fusion_check.py prints
-# candidate_ms) and d12 with and without the tuning; d36 -b 64 with cuDNN and at the defaults. All output goes to
+# candidate_ms) and d12 with and without the tuning; d36 -b 64 with cuDNN and at the defaults. The checks also time
+# the loss kernel's whole-row launches (LANEWISE 2, kernel_timings in their JSON). All output goes to
 # $OUT/next/runs.log and bench.jsonl.   PYTHONPATH=src LLMPY_OFFLINE=1 bash benchmarks/gpu_next_call.sh
 set -u
 out="${OUT:-/tmp/out}/next"
