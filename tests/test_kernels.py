@@ -132,8 +132,10 @@ def test_out_of_range_targets_and_all_ignored_batches():
                                   "a,b,c,d,e"])
 def test_bad_loss_kernel_launch_is_a_one_line_error(text, monkeypatch):
     monkeypatch.setenv("LLMPY_LOSS_KERNEL", text)
-    with pytest.raises(LlmpyError, match="LLMPY_LOSS_KERNEL"):
-        kernel_launch_config(50304)  # 4096,8,4,2,1: a whole-row launch whose chunk is shorter than the row
+    with pytest.raises(LlmpyError, match="LLMPY_LOSS_KERNEL") as error:
+        kernel_launch_config(50304)
+    if text == "4096,8,4,2,1":  # a whole-row launch whose chunk is shorter than the row
+        assert "BLOCK must be >= the 50304 logit columns" in str(error.value)
     monkeypatch.setenv("LLMPY_LOSS_KERNEL", "2048,4,8,1,2")
     assert kernel_launch_config() == (2048, 4, 8, 1, 2)
     monkeypatch.setenv("LLMPY_LOSS_KERNEL", "65536,16,1,2,1")

@@ -68,14 +68,16 @@ if triton is not None:
         last pass writes softmax - one_hot. Few rows are in flight at once, so the later passes read the row back
         from L2, not from memory. The log-sum-exp either takes one pass with an online max (reducing across the
         program at every chunk) or, LANEWISE 1, two passes (max, then sum of exp) that each reduce only at the end.
-        LANEWISE 2 holds the whole row in registers (BLOCK >= the row's columns) and reads it once.
+        LANEWISE 2 holds the whole row in one program (BLOCK >= the row's columns) and reads it once from memory;
+        for GPT-2's 50304 columns that is more than the registers hold (ptxas spills 208 bytes a thread at 32 warps
+        for sm_90), so whether it beats two passes is for `llmpy bench --check`'s timings to say.
         STAGES > 1 lets Triton prefetch the next chunks while the current one is reduced (software pipelining)."""
         for row in range(tl.program_id(0), n_rows, tl.num_programs(0)):
             offset = tl.cast(row, tl.int64) * row_stride  # past 2**31 elements for B*T*V logits
             row_logits = logits_ptr + offset
             row_grad = grad_ptr + offset
             target = tl.load(targets_ptr + row)
-            if LANEWISE == 2:  # constexpr: only one branch is compiled, so x stays in registers for the gradient
+            if LANEWISE == 2:  # constexpr: only the taken branch is compiled, so x is still there for the gradient
                 cols = tl.arange(0, BLOCK)
                 x = tl.load(row_logits + cols, mask=cols < vocab_size, other=-float("inf")).to(tl.float32)
                 row_max = tl.max(x, axis=0)
