@@ -9,25 +9,7 @@ set -u
 out="${OUT:-/tmp/out}/next"
 log="$out/runs.log"
 deadline=${DEADLINE_S:-560}
-mkdir -p "$out"
-if [ -f .fa4/install.sh ] && bash .fa4/install.sh >>"$log" 2>&1; then
-    export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/python_packages:${PYTHONPATH:-}
-fi
-echo "fa4 install t=${SECONDS}s: $(tail -1 "$log")"
-left() { local l=$1; [ "$l" -lt $((deadline - SECONDS)) ] || l=$((deadline - SECONDS)); echo "$l"; }
-run() {  # run NAME LIMIT [VAR=value ...] -- bench arguments
-    local name=$1 limit=$2
-    shift 2
-    local envs=()
-    while [ "$1" != "--" ]; do envs+=("$1"); shift; done
-    shift
-    [ "$SECONDS" -lt $((deadline - 40)) ] || { echo "$name skipped (deadline)"; return; }
-    echo "=== $name: ${envs[*]} bench $*" >>"$log"
-    env "${envs[@]}" timeout "$(left "$limit")" python -m llmpy bench "$@" --json "$out/bench.jsonl" >/tmp/run.txt 2>&1
-    local rc=$?
-    cat /tmp/run.txt >>"$log"
-    echo "$name rc=$rc t=${SECONDS}s | $(grep -E '^device|tok/s|PASS|FAIL|rror|arn' /tmp/run.txt | tail -3 | cut -c1-300 | tr '\n' ' ')"
-}
+source benchmarks/device_call_lib.sh  # the FA4 install, left, run
 run check_default 100 -- --check -e d12 -b 8 -r 0
 echo "=== gelu ops, tuned" >>"$log"
 LLMPY_CUBLASLT_TUNE=8 timeout 60 python benchmarks/gpu_gelu_fusion_check.py >>"$log" 2>&1
