@@ -54,7 +54,7 @@ def write_random_data(directory: Path, tokens: int, seed: int = 0) -> str:
 
 # the train flags that shape a step, with bench's own defaults (llm.c's d12 setting, no auto-batch)
 BENCH_FIELDS = ("model", "batch_size", "seq_len", "total_batch_size", "recompute", "zero_stage", "compile",
-                "compile_mode", "attention", "fused_loss", "loss_chunk_rows", "gelu_fusion", "auto_batch", "device", "dtype", "seed",
+                "compile_mode", "attention", "fused_loss", "loss_chunk_rows", "gelu_fusion", "cuda_graphs", "auto_batch", "device", "dtype", "seed",
                 "optimizer", "recipe", "family", "arch")
 # "" for --optimizer and --family: the recipe's
 BENCH_DEFAULTS = {"batch_size": 32, "total_batch_size": 524288, "auto_batch": 0, "optimizer": "", "family": ""}
@@ -113,7 +113,8 @@ def run_bench(args: argparse.Namespace, print_fn=print) -> dict:
         layout = trainer.train_step.layout
         say(describe_steps(args, layout.tokens_per_step))
         timed_steps(trainer, 0, args.warmup)
-        if trainer.runtime.is_cuda:
+        # a captured graph allocates its memory once, at capture (in warm-up): its peak is the whole run's
+        if trainer.runtime.is_cuda and trainer.train_step.graph is None:
             torch.cuda.reset_peak_memory_stats(device)
         stats = timed_steps(trainer, args.warmup, args.steps)
         times, data_times = [s.seconds for s in stats], [s.data_seconds for s in stats]
@@ -126,6 +127,7 @@ def run_bench(args: argparse.Namespace, print_fn=print) -> dict:
             "attention": trainer.runtime.attention, "compile_mode": args.compile_mode,
             "fused_loss": loss_is_fused(trainer), "loss_chunk_rows": args.loss_chunk_rows,
             "gelu_fusion": getattr(trainer.model.module, "gelu_fusion", 0),
+            "cuda_graphs": trainer.train_step.graph is not None,
             "compile": compile_mode_for(args.compile, args.compile_mode, trainer.runtime) is not None,
             "precision": trainer.runtime.precision, "device": trainer.runtime.device_name(),
             "steps": args.steps, "step_ms_median": 1000 * step_s, "step_ms_min": 1000 * min(times),
@@ -214,6 +216,7 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
     from llmpy.loss import ModelWithLoss
     from llmpy.runtime import seed_everything, select_runtime
     from llmpy.train.build import build_loss, build_model, compile_mode_for, gelu_fusion_for, loss_kind
+    from llmpy.train.graphs import check_graph_gradients, use_cuda_graphs
     from llmpy.train.parallel import compiled
 
     runtime = select_runtime(args.device, args.dtype, attention=args.attention)
@@ -229,6 +232,7 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
         if getattr(model.config, "window", 0):
             window = model.schedule_window(0.0, args.seq_len)
     gelu_fusion = gelu_fusion_for(args.gelu_fusion, runtime, fast, args.recompute)
+    graphs_on = use_cuda_graphs(args.cuda_graphs, runtime.device, 1, fast)
     kind = loss_kind(args.fused_loss, runtime, fast.lm_head)
     reference_run = ModelWithLoss(reference, build_loss("plain", reference.config, runtime))
     fast_run = ModelWithLoss(fast, build_loss(kind, fast.config, runtime, args.loss_chunk_rows))
@@ -237,7 +241,8 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
     x, y = check_batch(args.batch_size, args.seq_len, args.seed)
     x, y = x.to(runtime.device), y.to(runtime.device)
     ref_loss, ref_grads = _loss_and_grads(reference_run, x, y, contextlib.nullcontext())
-    fast_loss, fast_grads = _loss_and_grads(fast_run, x, y, runtime.autocast(), compiled(fast_run, compile_mode))
+    fast_call = compiled(fast_run, compile_mode)
+    fast_loss, fast_grads = _loss_and_grads(fast_run, x, y, runtime.autocast(), fast_call)
     # a parameter without gradient on either side is not compared below, so it fails the check on its own
     without = sorted(n for n, _ in reference.named_parameters()
                      if n not in ref_grads or not ref_grads[n].any() or n not in fast_grads)
@@ -261,8 +266,12 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
     }
     if runtime.is_cuda and kind == "fused":
         result.update(check_loss_kernel(runtime.device, args.seed))
+    if graphs_on:  # replayed micro-steps against eager ones
+        batches = [check_batch(args.batch_size, args.seq_len, args.seed + i) for i in range(GRAPH_CHECK_MICRO_STEPS)]
+        result.update(check_graph_gradients(fast_run, fast_call, runtime.autocast, batches, runtime.device))
     result["passed"] = bool(result["loss_rel_diff"] <= CHECK_LOSS_RTOL and result["grad_rel_diff"] <= CHECK_GRAD_RTOL
-                            and not without and result.get("kernel_passed", True))
+                            and not without and result.get("kernel_passed", True)
+                            and result.get("graph_passed", True))
     print_fn(f"check {args.model} B={args.batch_size} T={args.seq_len} on {result['device']} "
              f"({runtime.precision}{', compiled ' + args.compile_mode if use_compile else ''}"
              f"{', fused loss' if kind == 'fused' else ''}{f', GELU fusion {gelu_fusion}' if gelu_fusion else ''}"
@@ -270,10 +279,24 @@ def check_fast_path(args: argparse.Namespace, print_fn=print) -> dict:
              f"-r {args.recompute}) vs eager fp32: loss "
              f"{fast_loss:.6f} vs {ref_loss:.6f} (rel diff {result['loss_rel_diff']:.2e}, limit {CHECK_LOSS_RTOL:g}); "
              f"gradients rel diff {result['grad_rel_diff']:.2e} (limit {CHECK_GRAD_RTOL:g}), worst cosine "
-             f"{cosines[worst]:.5f} ({worst}){'; no gradient: ' + ', '.join(without) if without else ''} => "
+             f"{cosines[worst]:.5f} ({worst}){'; no gradient: ' + ', '.join(without) if without else ''}"
+             f"{graph_note(result)} => "
              f"{'PASS' if result['passed'] else 'FAIL'}")
     print_fn(json.dumps(result))
     return result
+
+
+GRAPH_CHECK_MICRO_STEPS = 4  # --check --cuda-graphs 1: micro-batches accumulated per step, eager and replayed
+
+
+def graph_note(result: dict) -> str:
+    """The check line's part for --cuda-graphs 1: the replayed steps' gradients against the eager ones."""
+    if "graph_passed" not in result:
+        return ""
+    worst = max(result["graph_grad_rel_diff"])
+    return (f"; CUDA graph replays vs eager: gradients rel diff {worst:.2e} (eager run-to-run "
+            f"{result['graph_grad_noise']:.2e}, limit {result['graph_grad_limit']:.0e}), loss "
+            f"{max(result['graph_loss_rel_diff']):.2e}{'' if result['graph_passed'] else ' FAIL'}")
 
 
 def exercise_every_path(model, seed: int) -> None:

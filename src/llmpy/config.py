@@ -160,6 +160,7 @@ class TrainConfig:
     loss_chunk_rows: int = 0  # the fused loss's logits this many rows at a time (0 = all rows of a micro-batch)
     gelu_fusion: int = -1  # -ge: GELU in the MLP matmuls' cuBLASLt epilogues (-1 auto, 0 off, 1 forward, 2 both)
     attention: str = "auto"  # SDPA kernel preference: auto | flash | cudnn | efficient | math
+    cuda_graphs: int = 0  # 1: the steady-state micro-step as a captured CUDA graph (single-process CUDA)
 
     def validate(self, world_size: int = 1) -> "TrainConfig":
         """Fail fast, naming the flag, on values that cannot work; returns self."""
@@ -219,6 +220,7 @@ class TrainConfig:
         one_of("--fused-loss (-1 on CUDA)", (-1, 0, 1), self.fused_loss)
         one_of("-ge/--gelu-fusion (-1 auto, 0 off, 1 forward, 2 forward and backward)", (-1, 0, 1, 2), self.gelu_fusion)
         one_of("--attention", ATTENTION_BACKENDS, self.attention)
+        one_of("--cuda-graphs", (0, 1), self.cuda_graphs)
         one_of("-z/--zero-stage (0 DDP, 1 sharded optimizer state, 3 FSDP full sharding)", ZERO_STAGES, self.zero_stage)
         self.grad_accum_steps(world_size)  # raises on a -d that does not divide
         return self

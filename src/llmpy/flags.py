@@ -75,6 +75,9 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
     (None, "--attention", "attention", str, "attention kernel preference: auto | flash | cudnn | efficient | math | "
      "fa4 (FlashAttention-4, the flash-attn-4 package, Hopper/Blackwell) | cudnn+fa4 (cuDNN's forward kernel, "
      "FA4's backward)"),
+    (None, "--cuda-graphs", "cuda_graphs", int,
+     "1: capture one micro-step (forward, backward, loss) as a CUDA graph and replay it (single-process CUDA, "
+     "no sliding-window schedule; 0 off)"),
     (None, "--auto-batch", "auto_batch", int,
      "1: on CUDA, halve -b until a step fits in memory, keeping -d by more accumulation (0: fail on OOM)"),
     (None, "--overwrite", "overwrite", int,

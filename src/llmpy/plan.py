@@ -56,7 +56,8 @@ MODERN_MEASURED = {"gpu": "H200", "classic_tok_per_sec": 546_942.0, "modern_tok_
 # Measured (benchmarks/RESULTS.md, "FlashAttention-4's backward pass", 2026-12-02, one H200, each pair in one call):
 # the classic step with flash-attn-4 installed (--attention auto -> cudnn+fa4 on Hopper) against cuDNN alone. The
 # rows above are cuDNN's (the default install); a plan on Hopper says what the package adds, without counting it.
-FA4_SPEEDUP = {"d12": 598_826.0 / 578_250.0, "d24": 228_910.0 / 221_215.0, "d48": 54_088.0 / 52_706.0}
+FA4_SPEEDUP = {"d12": 598_826.0 / 578_250.0, "d24": 228_910.0 / 221_215.0, "d36": 107_190.0 / 103_820.0,
+               "d48": 54_088.0 / 52_706.0}
 # Assumed on-demand cloud prices in $ per GPU-hour (rough list prices, not quotes): pass --price-per-gpu-hour.
 DEFAULT_PRICE_PER_GPU_HOUR = {"H100": 2.99, "H200": 3.79, "A100": 1.29, "B200": 5.99, "L40S": 1.25, "L4": 0.80,
                               "A10G": 1.01, "A10": 0.75}

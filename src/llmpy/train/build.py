@@ -27,6 +27,7 @@ from llmpy.rundir import claim_run_dir
 from llmpy.runtime import Runtime, seed_everything, select_runtime
 from llmpy.train.evaluation import Evaluator
 from llmpy.train.faults import BadStepCounter, OutlierWindow, SkipRule
+from llmpy.train.graphs import use_cuda_graphs
 from llmpy.train.memory import find_micro_batch, step_fits
 from llmpy.train.optim import LRSchedule, build_optimizer
 from llmpy.train.parallel import ModelState, OptimizerState, ParallelModel, parallelize
@@ -229,14 +230,15 @@ def build_evaluator(config: TrainConfig, model: ParallelModel, runtime: Runtime,
 
 
 def run_header(config: TrainConfig, runtime: Runtime, model: ParallelModel, layout: BatchLayout, loss: str,
-               compile_mode: str | None, total_steps: int, train: TokenLoader, gelu_fusion: int = 0) -> tuple[dict, str]:
+               compile_mode: str | None, total_steps: int, train: TokenLoader, gelu_fusion: int = 0,
+               cuda_graphs: bool = False) -> tuple[dict, str]:
     """config.json's run description, and the console header."""
     module = model.module
     num_params = sum(p.numel() for p in module.parameters())
     header = {
         "device": runtime.device_name(), "precision": runtime.precision, "compile": compile_mode is not None,
         "compile_mode": compile_mode, "fused_loss": loss == "fused", "gelu_fusion": gelu_fusion,
-        "num_parameters": num_params,
+        "cuda_graphs": cuda_graphs, "num_parameters": num_params,
         "model_config": module.config.to_dict(), "batch_size": layout.batch_size,
         "grad_accum_steps": layout.grad_accum_steps, "total_steps": total_steps, "world_size": layout.world_size,
         "parallelism": model.description, "torch": str(torch.__version__), "argv": sys.argv,
@@ -249,7 +251,8 @@ def run_header(config: TrainConfig, runtime: Runtime, model: ParallelModel, layo
         f"{module.config.n_embd} channels | num_parameters: {num_params:,}\n"
         f"device {header['device']} ({runtime.precision}{compile_note}{', fused loss' if loss == 'fused' else ''}"
         f"{f', GELU fusion {gelu_fusion}' if gelu_fusion else ''}"
-        f"{f', attention {runtime.attention}' if runtime.attention != 'auto' else ''}) "
+        f"{f', attention {runtime.attention}' if runtime.attention != 'auto' else ''}"
+        f"{', CUDA graphs' if cuda_graphs else ''}) "
         f"| B={layout.batch_size} T={layout.seq_len} | total batch {layout.tokens_per_step:,} tokens "
         f"=> grad accumulation {layout.grad_accum_steps} | {total_steps:,} steps x {layout.tokens_per_step:,} "
         f"tokens | train data: {train.tokens_per_epoch:,} tokens per epoch"
@@ -283,6 +286,7 @@ def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) ->
     kind = loss_kind(config.fused_loss, runtime, module.lm_head)
     loss = build_loss(kind, module.config, runtime, config.loss_chunk_rows)
     compile_mode = compile_mode_for(config.compile, config.compile_mode, runtime)
+    cuda_graphs = use_cuda_graphs(config.cuda_graphs, runtime.device, job.world_size, module)
     model = parallelize(module, loss, runtime, job, config.zero_stage, compile_mode)
     layout = build_layout(config, model, runtime, print_fn)
     train_loader, val_loader = build_data(config, layout, job)
@@ -294,7 +298,7 @@ def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) ->
             print_fn(f"--overwrite 1: the run that was in {config.output_dir} is now in {moved}")
     logger = build_logger(config, job)
     header, text = run_header(config, runtime, model, layout, kind, compile_mode, total_steps, train_loader,
-                              gelu_fusion)
+                              gelu_fusion, cuda_graphs)
     print_fn(text)
     peak = peak_flops(runtime.device_name(), runtime.precision) if runtime.is_cuda else None
     checkpoints = None
@@ -305,7 +309,7 @@ def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) ->
     trainer = Trainer(
         config=config, runtime=runtime, job=job, model=model,
         train_step=TrainStep(model, optimizer, lr, schedule, build_skip_rule(config, runtime), train_loader, layout,
-                             runtime, job, config.grad_clip, bool(config.overfit_batch)),
+                             runtime, job, config.grad_clip, bool(config.overfit_batch), cuda_graphs),
         evaluator=build_evaluator(config, model, runtime, job, logger, val_loader, print_fn),
         logger=logger, checkpoints=checkpoints, total_steps=total_steps,
         flops_per_token=training_flops_per_token(module.config, config.seq_len, matmul_parameters(module)),

@@ -9,6 +9,7 @@ makes the step capturable by CUDA graphs in principle (no host decision inside i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from llmpy.data.loader import TokenLoader
 from llmpy.distributed import Distributed, all_reduce_mean
 from llmpy.runtime import Runtime
 from llmpy.train.faults import SkipRule
+from llmpy.train.graphs import MicroStepGraph, forward_backward
 from llmpy.train.optim import LRSchedule, masked_step
 from llmpy.train.parallel import ParallelModel
 
@@ -134,40 +136,55 @@ class StepClock:
 
 
 class TrainStep:
-    """Accumulate over the micro-batches of one -d batch, clip, decide the skip, update: all queued, nothing read."""
+    """Accumulate over the micro-batches of one -d batch, clip, decide the skip, update: all queued, nothing read.
+    With `cuda_graphs`, the steady-state micro-step is a captured CUDA graph (`llmpy.train.graphs`)."""
 
     def __init__(self, model: ParallelModel, optimizer: torch.optim.Optimizer, lr: torch.Tensor,
                  schedule: LRSchedule, skip_rule: SkipRule, loader: TokenLoader, layout: BatchLayout,
-                 runtime: Runtime, job: Distributed, grad_clip: float, overfit_batch: bool = False):
+                 runtime: Runtime, job: Distributed, grad_clip: float, overfit_batch: bool = False,
+                 cuda_graphs: bool = False, graph_capture=None):
         self.model, self.optimizer, self.lr, self.schedule = model, optimizer, lr, schedule
         self.skip_rule, self.loader, self.layout = skip_rule, loader, layout
         self.runtime, self.job = runtime, job
         self.max_norm = grad_clip if grad_clip > 0 else math.inf
         self.overfit_batch = overfit_batch
         self.clock = StepClock(runtime)
+        self.graph = None
+        if cuda_graphs:
+            def micro_step(x, y, loss_sum):
+                forward_backward(model.train_module, runtime.autocast, x, y, layout.grad_accum_steps, loss_sum)
+
+            self.graph = MicroStepGraph(micro_step, runtime.device, (layout.batch_size, layout.seq_len),
+                                        **({"capture": graph_capture} if graph_capture else {}))
 
     def __call__(self, step: int, stop_requested: bool = False) -> StepRecord:
         """Queue step `step`. `stop_requested`: this rank got a signal; it travels with the loss all-reduce."""
+        with self.graph.on_stream() if self.graph is not None else contextlib.nullcontext():
+            return self._queue(step, stop_requested)
+
+    def _queue(self, step: int, stop_requested: bool) -> StepRecord:
         start, wall_time = self.clock.mark(), time.time()
         data_before = self.loader.data_seconds
         device, accum = self.runtime.device, self.layout.micro_steps_at(step)
         row_length = self.layout.row_length_at(step)
+        graphed = (self.graph is not None and accum == self.layout.grad_accum_steps
+                   and self.graph.covers((self.layout.batch_size, row_length)))
         lr = self.schedule(step)
         self.lr.fill_(lr)  # a kernel argument, not a copy the host waits for
         self.model.train_module.train()
         if self.overfit_batch:
             self.loader.reset()  # -a 1: the same first batch every step
-        loss_sum = torch.zeros((), device=device)
+        loss_sum = self.graph.begin_step() if graphed else torch.zeros((), device=device)
         for micro_step in range(accum):
             self.model.set_grad_sync(micro_step, accum)
             x, y = self.loader.next_batch()
+            if graphed:
+                self.graph(x, y)
+                continue
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if row_length != x.size(1):  # --seq-len-warmup: the same tokens as more, shorter rows
                 x, y = x.reshape(-1, row_length), y.reshape(-1, row_length)
-            with self.runtime.autocast():
-                loss = self.model.train_module(x, y) / accum  # grads of the mean over the whole -d batch
-            loss_sum += loss.detach()
-            loss.backward()
+            forward_backward(self.model.train_module, self.runtime.autocast, x, y, accum, loss_sum)
         grad_norm = self.model.clip_grad_norm(self.max_norm).float()  # the unclipped norm
         if self.job.enabled:  # the loss of the whole -d batch, and whether any rank was asked to stop
             shared = torch.stack([loss_sum, torch.full((), float(stop_requested), device=device)])
@@ -177,7 +194,8 @@ class TrainStep:
             stop = torch.full((), stop_requested, device=device)
         skip, nonfinite = self.skip_rule.decide(loss_sum, grad_norm)
         masked_step(self.optimizer, skip)
-        self.optimizer.zero_grad(set_to_none=True)
+        # a captured graph adds into the gradients where they stand: they are zeroed in place, never dropped
+        self.optimizer.zero_grad(set_to_none=self.graph is None)
         values = torch.stack([loss_sum, grad_norm, skip.float(), nonfinite.float(), stop.float()])
         host = self.clock.to_host(values)  # queued before the next step's work, so it waits for nothing later
         return StepRecord(step, lr, self.layout.tokens_at(step), self.loader.data_seconds - data_before, host,
