@@ -142,7 +142,7 @@ class TrainStep:
     def __init__(self, model: ParallelModel, optimizer: torch.optim.Optimizer, lr: torch.Tensor,
                  schedule: LRSchedule, skip_rule: SkipRule, loader: TokenLoader, layout: BatchLayout,
                  runtime: Runtime, job: Distributed, grad_clip: float, overfit_batch: bool = False,
-                 cuda_graphs: bool = False, graph_capture=None):
+                 cuda_graphs: bool = False):
         self.model, self.optimizer, self.lr, self.schedule = model, optimizer, lr, schedule
         self.skip_rule, self.loader, self.layout = skip_rule, loader, layout
         self.runtime, self.job = runtime, job
@@ -154,8 +154,7 @@ class TrainStep:
             def micro_step(x, y, loss_sum):
                 forward_backward(model.train_module, runtime.autocast, x, y, layout.grad_accum_steps, loss_sum)
 
-            self.graph = MicroStepGraph(micro_step, runtime.device, (layout.batch_size, layout.seq_len),
-                                        **({"capture": graph_capture} if graph_capture else {}))
+            self.graph = MicroStepGraph(micro_step, runtime.device, (layout.batch_size, layout.seq_len))
 
     def __call__(self, step: int, stop_requested: bool = False) -> StepRecord:
         """Queue step `step`. `stop_requested`: this rank got a signal; it travels with the loss all-reduce."""
