@@ -16,7 +16,7 @@ run() {
     shift
     [ "$SECONDS" -lt $((deadline - 40)) ] || { echo "$name skipped (deadline)"; return; }
     echo "=== $name: ${envs[*]} bench $*" >>"$log"
-    env "${envs[@]}" timeout "$(left "$limit")" python -m llmpy bench "$@" --json "$out/bench.jsonl" >/tmp/run.txt 2>&1
+    env "${envs[@]}" timeout "$(left "$limit")" python -m llmpy bench -d 524288 "$@" --json "$out/bench.jsonl" >/tmp/run.txt 2>&1
     local rc=$?
     cat /tmp/run.txt >>"$log"
     echo "$name rc=$rc t=${SECONDS}s | $(grep -E '^device|tok/s|PASS|FAIL|rror|arn' /tmp/run.txt | tail -3 | cut -c1-300 | tr '\n' ' ')"

@@ -20,7 +20,7 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 bench() {
     local name=$1 limit=$2
     shift 2
-    timeout "$limit" python -m llmpy bench "$@" --json "$out/bench.jsonl" >"$out/$name.txt" 2>&1
+    timeout "$limit" python -m llmpy bench -d 524288 "$@" --json "$out/bench.jsonl" >"$out/$name.txt" 2>&1
     echo "$name rc=$? t=${SECONDS}s | $(grep -E 'tok/s|PASS|FAIL|rror' "$out/$name.txt" | tail -2 | tr '\n' ' ')"
 }
 if [ "${1:-runs}" = checks ]; then

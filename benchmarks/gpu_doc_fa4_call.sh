@@ -11,7 +11,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 bench() {
     local name=$1 limit=$2
     shift 2
-    timeout -k 5 "$limit" python -m llmpy bench "$@" --json "$out/bench.jsonl" >"$out/$name.txt" 2>&1
+    timeout -k 5 "$limit" python -m llmpy bench -d 524288 "$@" --json "$out/bench.jsonl" >"$out/$name.txt" 2>&1
     echo "$name rc=$? t=${SECONDS}s | $(grep -E 'tok/s|PASS|FAIL|rror' "$out/$name.txt" | tail -2 | tr '\n' ' ')"
 }
 CORPUS=.devcarry/corpus_head timeout -k 5 140 python benchmarks/gpu_modern_runs.py attention "$out/attn" m30_doc \

@@ -20,7 +20,7 @@ run() {
     shift 2
     [ "$SECONDS" -lt $((deadline - 40)) ] || { echo "$name skipped (deadline)"; return; }
     [ "$limit" -lt $((deadline - SECONDS)) ] || limit=$((deadline - SECONDS))
-    timeout "$limit" python -m llmpy bench "$@" --json "$out/bench.jsonl" >"$out/$name.txt" 2>&1
+    timeout "$limit" python -m llmpy bench -d 524288 "$@" --json "$out/bench.jsonl" >"$out/$name.txt" 2>&1
     echo "$name rc=$? t=${SECONDS}s | $(grep -E 'tok/s|PASS|FAIL|rror' "$out/$name.txt" | tail -2 | cut -c1-400 | tr '\n' ' ')"
 }
 timeout 60 python benchmarks/gpu_gelu_fusion_check.py >"$out/gelu_ops.txt" 2>&1

@@ -20,7 +20,7 @@ run() {
     [ "$SECONDS" -lt $((deadline - 40)) ] || { echo "$name skipped (deadline)"; return; }
     [ "$limit" -lt $((deadline - SECONDS)) ] || limit=$((deadline - SECONDS))
     echo "=== $name: bench $*" >>"$log"
-    timeout "$limit" python -m llmpy bench "$@" --json "$out/bench.jsonl" >/tmp/run.txt 2>&1
+    timeout "$limit" python -m llmpy bench -d 524288 "$@" --json "$out/bench.jsonl" >/tmp/run.txt 2>&1
     local rc=$?
     cat /tmp/run.txt >>"$log"
     echo "$name rc=$rc t=${SECONDS}s | $(grep -E 'tok/s|PASS|FAIL|rror' /tmp/run.txt | tail -2 | cut -c1-400 | tr '\n' ' ')"

@@ -18,7 +18,7 @@ run() {
     shift 2
     [ "$SECONDS" -lt $((deadline - 40)) ] || { echo "$name skipped (deadline)"; return; }
     echo "=== $name: bench $*" >>"$log"
-    timeout "$(left "$limit")" python -m llmpy bench "$@" --json "$out/bench.jsonl" >/tmp/run.txt 2>&1
+    timeout "$(left "$limit")" python -m llmpy bench -d 524288 "$@" --json "$out/bench.jsonl" >/tmp/run.txt 2>&1
     local rc=$?
     cat /tmp/run.txt >>"$log"
     echo "$name rc=$rc t=${SECONDS}s | $(grep -E '^device|tok/s|PASS|FAIL|rror' /tmp/run.txt | tail -3 | cut -c1-300 | tr '\n' ' ')"

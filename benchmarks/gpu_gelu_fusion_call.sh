@@ -15,7 +15,7 @@ run() {  # run NAME LIMIT [VAR=value ...] -- bench arguments
     shift
     [ "$SECONDS" -lt $((deadline - 40)) ] || { echo "$name skipped (deadline)"; return; }
     [ "$limit" -lt $((deadline - SECONDS)) ] || limit=$((deadline - SECONDS))
-    env "${envs[@]}" timeout "$limit" python -m llmpy bench "$@" --json "$out/bench.jsonl" >"$out/$name.txt" 2>&1
+    env "${envs[@]}" timeout "$limit" python -m llmpy bench -d 524288 "$@" --json "$out/bench.jsonl" >"$out/$name.txt" 2>&1
     echo "$name rc=$? t=${SECONDS}s | $(grep -E 'tok/s|PASS|FAIL|rror' "$out/$name.txt" | tail -2 | cut -c1-300 | tr '\n' ' ')"
 }
 timeout 90 python benchmarks/gpu_gelu_fusion_check.py >"$out/ops.txt" 2>&1

@@ -15,7 +15,7 @@ bench() {
     shift 2
     [ "$SECONDS" -lt $((deadline - 30)) ] || { echo "$name skipped (deadline)"; return; }
     [ "$limit" -lt $((deadline - SECONDS)) ] || limit=$((deadline - SECONDS))
-    timeout -k 5 "$limit" python -m llmpy bench "$@" --json "$out/bench.jsonl" >"$out/$name.txt" 2>&1
+    timeout -k 5 "$limit" python -m llmpy bench -d 524288 "$@" --json "$out/bench.jsonl" >"$out/$name.txt" 2>&1
     echo "$name rc=$? t=${SECONDS}s | $(grep -E 'tok/s|PASS|FAIL|rror' "$out/$name.txt" | tail -2 | tr '\n' ' ')"
 }
 T="--steps 10 --warmup 3"

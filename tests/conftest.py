@@ -2,6 +2,7 @@
 through llmpy's own offline resolution (env var / cache). Nothing is ever downloaded by a test."""
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,16 @@ def write_random_shards(root: Path, prefix: str, sizes: dict[str, int], seed: in
     return root
 
 
+def wait_for(condition, seconds: float = 300) -> bool:
+    """Poll until `condition()`, False after `seconds` (generous: a loaded machine makes a process slower, not wrong)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def children_of(pid: int) -> list[int]:
     """The processes whose parent is `pid` (a supervisor's trainer, torchrun's workers), from /proc."""
     found = []
@@ -92,3 +103,18 @@ def children_of(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 found.append(int(entry.name))
     return found
+
+
+def stop_writes_after(monkeypatch, shards: int) -> None:
+    """Make prepare's ShardedOutput.write raise KeyboardInterrupt (a Ctrl-C) once `shards` shards are written; undo
+    with `monkeypatch.undo()` or a `monkeypatch.context()`."""
+    from llmpy.data.pipeline import ShardedOutput
+
+    write = ShardedOutput.write
+
+    def stopping(self, *args, **kwargs):
+        if len(self.shards) == shards:
+            raise KeyboardInterrupt
+        write(self, *args, **kwargs)
+
+    monkeypatch.setattr(ShardedOutput, "write", stopping)

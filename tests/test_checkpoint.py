@@ -62,7 +62,8 @@ def test_resume_refuses_a_change_that_alters_the_math(finished_run, tmp_path, ch
 
 
 def test_resume_allows_more_steps_and_another_micro_batch_and_keeps_the_saved_schedule(finished_run, tmp_path):
-    trainer, lines = resumed(finished_run, tmp_path, max_steps=6, batch_size=1)
+    # past the end of the decayed schedule: --extend-schedule final says to go on at its final LR
+    trainer, lines = resumed(finished_run, tmp_path, max_steps=6, batch_size=1, extend_schedule="final")
     assert trainer.start_step == 4 and trainer.total_steps == 6
     assert any("--max-steps was 4 in the saved run, now 6" in line for line in lines), lines
     assert any("--batch-size was 2" in line for line in lines), lines
@@ -141,11 +142,11 @@ def test_a_corrupt_file_of_the_right_size_is_caught_by_its_checksum(finished_run
     assert set(marker["model_00000004.pt"]) == {"size", "sha256"}
     flip_middle(run / "model_00000004.pt")
     assert completed_steps(run) == [4]  # the sizes still match: only the checksum can tell
-    with pytest.raises(LlmpyError, match="model_00000004.pt: its contents do not match the SHA-256"):
+    with pytest.raises(LlmpyError, match="model_00000004.pt is damaged: its contents do not match the digest"):
         load_model(run)
     code = main(["sample", "--model", str(run), "--max-new-tokens", "2"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "SHA-256" in err
+    assert code == 2 and err.count("\n") == 1 and "is damaged" in err
 
 
 def test_resume_skips_a_corrupt_state_file_and_never_writes_non_finite_weights(data, tmp_path):
@@ -158,7 +159,7 @@ def test_resume_skips_a_corrupt_state_file_and_never_writes_non_finite_weights(d
     lines = []
     trainer = build_trainer(dataclasses.replace(config, resume=1, max_steps=6), print_fn=lines.append)
     assert trainer.start_step == 2
-    assert any("skipping checkpoint 4" in line and "SHA-256" in line for line in lines), lines
+    assert any("skipped the newer checkpoint 4" in line and "is damaged" in line for line in lines), lines
     with torch.no_grad():
         trainer.model.module.transformer.ln_f.weight.fill_(float("nan"))
     trainer.save_checkpoint(6)
@@ -198,7 +199,8 @@ def test_resume_removes_what_unfinished_checkpoint_writes_left(finished_run, tmp
     alive = run / ".state_00000008_00000.pt.tmp1"  # pid 1 runs: it may still be writing
     alive.write_bytes(b"in progress")
     lines = []
-    trainer = build_trainer(dataclasses.replace(finished_run, output_dir=str(run), resume=1, max_steps=6),
+    trainer = build_trainer(dataclasses.replace(finished_run, output_dir=str(run), resume=1, max_steps=6,
+                                                extend_schedule="final"),
                             print_fn=lambda *a: lines.append(" ".join(map(str, a))))
     assert trainer.start_step == 4
     assert any(line.startswith("resume: removed 4 file(s) of unfinished checkpoint writes") for line in lines), lines

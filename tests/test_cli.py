@@ -72,7 +72,8 @@ def test_config_file_toml_and_yaml_under_command_line(tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [("bogus_option = 1\n", "unknown option(s) bogus_option"), ("batch_size = 'big'\n", "expected a number"),
+    [("bogus_option = 1\n", "unknown option(s) bogus_option"),
+     ("batch_size = 'big'\n", "takes an integer, not a string"),
      ("batch_size = [\n", "cannot parse")],
 )
 def test_config_file_errors(tmp_path, content, message):
@@ -144,7 +145,7 @@ def test_a_bad_training_flag_is_refused_before_torch_is_imported(flags, world_si
         env["WORLD_SIZE"] = world_size  # torchrun's: -d must divide over every rank
     script = "import sys; from llmpy.cli import main; code = main(sys.argv[1:]); print(code, 'torch' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", script, "train", "-i", "x.bin", *flags.split()], capture_output=True,
-                         text=True, timeout=60, check=False, env=env)
+                         text=True, timeout=300, check=False, env=env)
     assert run.stdout.split() == ["2", "False"], run.stdout + run.stderr
     assert run.stderr.startswith(f"llmpy: error: {named}") and run.stderr.count("\n") == 1, run.stderr
 

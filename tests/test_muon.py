@@ -414,7 +414,7 @@ def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> 
     from torch.nn.parallel import DistributedDataParallel
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=60))
+                            timeout=timedelta(seconds=300))
     try:
         results = {}
         for mode in ("fsdp", "ddp"):

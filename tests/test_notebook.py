@@ -63,7 +63,7 @@ def test_vislog_notebook_runs_headless(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMPY_RUN_DIR", str(run_dir))  # the kernel inherits this process's environment
     monkeypatch.setenv("MPLBACKEND", "Agg")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(notebook, km=kernel_manager(tmp_path), timeout=120,
+    client = NotebookClient(notebook, km=kernel_manager(tmp_path), timeout=300, startup_timeout=300,
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
 

@@ -94,8 +94,8 @@ def test_killed_run_resumes_to_identical_output(shared_data, bpe_env, tmp_path):
     killed = tmp_path / "killed"
     process = subprocess.Popen(command + ["--out", str(killed)], env=dict(os.environ),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
         manifest = killed / "manifest.json"
         if manifest.is_file() and len(json.loads(manifest.read_text())["shards"]) >= 5:
             break

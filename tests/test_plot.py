@@ -197,8 +197,10 @@ def test_cli_writes_png_and_self_contained_html(tmp_path, capsys):
 
 def test_cli_errors(tmp_path, capsys):
     run_dir = write_run(tmp_path, "llmc_run", LLMC_MAIN_LOG)
-    with pytest.raises(LlmpyError, match="--smooth"):
+    with pytest.raises(SystemExit):  # argparse's one line: "argument --smooth: must be an integer >= 0"
         run_cli([str(run_dir), "--smooth", "-1"])
+    with pytest.raises(LlmpyError, match="--dpi 99999: the figure would be 1,099,989 x"):
+        run_cli([str(run_dir), "--dpi", "99999"])
     with pytest.raises(LlmpyError, match="no such run directory"):
         run_cli([str(tmp_path / "nope")])
     assert run_cli([str(run_dir), "--x", "tokens", "--out", str(tmp_path / "a.png"), "--dpi", "40"]) == 0

@@ -172,7 +172,7 @@ def test_rerun_removes_stale_shards_of_a_longer_run(bpe_env, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").glob("*train_*.bin")) == [
         "other_train_000009.bin", "text_train_000001.bin"]
     assert [s["file"] for s in manifest["shards"]] == ["text_train_000001.bin", "text_val_000000.bin"]
-    assert "removed 8 shard(s) of an earlier run" in capsys.readouterr().err
+    assert f"replaced the earlier data set in {tmp_path / 'out'} (8 shard(s))" in capsys.readouterr().err
 
 
 def test_parquet_input(reference_encoding, tmp_path):

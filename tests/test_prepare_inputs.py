@@ -9,11 +9,12 @@ import pytest
 
 from llmpy.cli import main
 from llmpy.data.manifest import describe_source
-from llmpy.data.pipeline import ShardedOutput
 from llmpy.data.prepare import prepare_stream
 from llmpy.data.shards import read_shard
 from llmpy.data.sources import fineweb_spec
 from llmpy.tokenizer import get_tokenizer
+
+from conftest import stop_writes_after
 
 
 def encoded(texts):
@@ -70,8 +71,11 @@ def test_a_text_too_small_to_split_is_one_line(bpe_env, tmp_path, capsys):
     book.write_text("A book of a few words, but more than a hundred tokens? No. " * 2)
     assert main(["prepare", "text", "--input", str(book), "--out", str(tmp_path / "o"), "--val-tokens", "500"]) == 2
     assert "--val-tokens 500" in capsys.readouterr().err
-    assert main(["prepare", "text", "--input", str(book), "--out", str(tmp_path / "o"), "--val-tokens", "0"]) == 2
-    assert "--val-tokens must be a positive number of tokens, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:  # refused by the parser, in its one line, before anything is read
+        main(["prepare", "text", "--input", str(book), "--out", str(tmp_path / "o"), "--val-tokens", "0"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--val-tokens: must be a positive integer, got '0'" in err
 
 
 # ------------------------------------------------------------------ item 7: records without a text field
@@ -121,17 +125,9 @@ def test_a_resume_after_skipped_records_continues_where_it_stopped(bpe_env, tmp_
     source = write_jsonl(tmp_path / "docs.jsonl", RECORDS * 3)
     spec = fineweb_spec()
     prepare_stream(spec, tmp_path / "whole", inputs=[str(source)], shard_size=50, workers=1, quiet=True)
-    write = ShardedOutput.write
-
-    def stop_after_four(self, *args, **kwargs):
-        if len(self.shards) == 4:
-            raise KeyboardInterrupt
-        write(self, *args, **kwargs)
-
-    monkeypatch.setattr(ShardedOutput, "write", stop_after_four)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        stop_writes_after(patch, 4)
         prepare_stream(spec, tmp_path / "resumed", inputs=[str(source)], shard_size=50, workers=1, quiet=True)
-    monkeypatch.setattr(ShardedOutput, "write", write)
     prepare_stream(spec, tmp_path / "resumed", inputs=[str(source)], shard_size=50, workers=1, quiet=True)
     names = sorted(p.name for p in (tmp_path / "whole").glob("*.bin"))
     assert names == sorted(p.name for p in (tmp_path / "resumed").glob("*.bin")) and len(names) > 8

@@ -8,24 +8,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import children_of, write_random_shards
+from conftest import children_of, wait_for, write_random_shards
 from llmpy import supervisor
 from llmpy.errors import PREEMPTED_EXIT_CODE
 
 needs_proc = pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc to find the training process")
-
-
-def wait_for(condition, seconds):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def train_command(tmp_path, run, *flags: str) -> list[str]:
@@ -43,7 +33,7 @@ def supervised_run(tmp_path, run, stderr):
     trainers = []
     try:
         main_log = run / "main.log"
-        assert wait_for(lambda: main_log.is_file() and main_log.stat().st_size > 0, 60), "training never started"
+        assert wait_for(lambda: main_log.is_file() and main_log.stat().st_size > 0, 300), "training never started"
         trainers += children_of(supervisor.pid)
         assert len(trainers) == 1
         yield supervisor, trainers
@@ -61,10 +51,14 @@ def test_sigterm_to_the_supervisor_checkpoints_and_stops_without_relaunching(tmp
     run = tmp_path / "run"
     with supervised_run(tmp_path, run, subprocess.PIPE) as (supervisor, trainers):
         supervisor.send_signal(signal.SIGTERM)
-        _, stderr = supervisor.communicate(timeout=60)
+        _, stderr = supervisor.communicate(timeout=300)
     assert supervisor.returncode == PREEMPTED_EXIT_CODE, stderr
     assert not os.path.exists(f"/proc/{trainers[0]}"), "the trainer outlived its supervisor"
     assert "SIGTERM: training stopped (exit code 75) and is not relaunched" in stderr
+    # the command as typed (no -y 1) would be refused now that -o holds the run: the advice says -y 1
+    assert stderr.strip().splitlines()[-1].endswith("the same command with -y 1 continues it from its last "
+                                                    "checkpoint, if it wrote one"), stderr
+    assert re.search(r"stopped by a signal at step \d+; checkpoint written in ", stderr), stderr
     assert "relaunching" not in stderr
     markers = [path.name for path in run.glob("DONE_*")]  # the marker is written last, after every checkpoint file
     assert len(markers) == 1 and 0 < int(markers[0].removeprefix("DONE_")) < 100000
@@ -113,7 +107,7 @@ def test_the_first_launch_is_the_command_as_typed_and_only_relaunches_continue_i
 def test_auto_restart_refuses_a_run_dir_holding_another_run_as_the_plain_command_does(tmp_path):
     run = another_runs_checkpoint(tmp_path / "run")
     done = subprocess.run(train_command(tmp_path, run, "-x", "2", "--auto-restart", "2"), capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert re.fullmatch(rf"llmpy: error: -o {re.escape(str(run))} holds another run's checkpoints \(DONE_00000008\): "
                         r"continue that run with -y 1, give a new -o, or add --overwrite 1 to move it aside\n",
@@ -130,14 +124,14 @@ def test_overwrite_moves_the_old_run_aside_once_and_a_relaunch_continues_the_new
         supervised = subprocess.Popen(command, stdout=stdout, stderr=stderr)
     trainers = []
     try:
-        assert wait_for(lambda: (tmp_path / "run.old1").exists() and children_of(supervised.pid), 60), err.read_text()
+        assert wait_for(lambda: (tmp_path / "run.old1").exists() and children_of(supervised.pid), 300), err.read_text()
         trainers = children_of(supervised.pid)
         os.kill(trainers[0], signal.SIGKILL)  # a crash right after the old run was moved aside: relaunch with -y 1
         main_log = run / "main.log"
-        assert wait_for(lambda: "relaunching" in err.read_text() and main_log.is_file() and main_log.stat().st_size, 60)
+        assert wait_for(lambda: "relaunching" in err.read_text() and main_log.is_file() and main_log.stat().st_size, 300)
         trainers += children_of(supervised.pid)
         supervised.send_signal(signal.SIGTERM)
-        supervised.wait(timeout=60)
+        supervised.wait(timeout=300)
     finally:
         trainers += children_of(supervised.pid)
         if supervised.poll() is None:
@@ -159,7 +153,7 @@ def test_a_trainer_does_not_outlive_its_supervisor_killed_outright(tmp_path):
     run = tmp_path / "run"
     with supervised_run(tmp_path, run, subprocess.DEVNULL) as (supervised, trainers):
         supervised.kill()
-        supervised.wait(timeout=10)
-        assert wait_for(lambda: is_gone(trainers[0]), 30), "the trainer outlived its supervisor"
+        supervised.wait(timeout=300)
+        assert wait_for(lambda: is_gone(trainers[0]), 300), "the trainer outlived its supervisor"
     markers = [path.name for path in run.glob("DONE_*")]  # it stopped as on a preemption: with a checkpoint
     assert len(markers) == 1, markers

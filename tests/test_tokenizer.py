@@ -2,7 +2,7 @@
 
 import io
 import tarfile
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -145,11 +145,20 @@ def test_tiktoken_download_is_cached_in_our_format(online_empty_cache, bpe_env, 
 
 def test_a_hanging_tiktoken_download_is_abandoned(online_empty_cache, monkeypatch):
     monkeypatch.setattr(tokenizer_module, "TIKTOKEN_DOWNLOAD_TIMEOUT_S", 0.2)
-    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: time.sleep(3))
-    started = time.perf_counter()
-    with pytest.raises(LlmpyError, match="the downloads failed"):
-        resolve_bpe_file()
-    assert time.perf_counter() - started < 2
+    release, finished = threading.Event(), []
+
+    def hanging_download(name):
+        release.wait(300)  # hangs until the test is over
+        finished.append(name)
+        raise ConnectionError("released")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", hanging_download)
+    try:
+        with pytest.raises(LlmpyError, match="the downloads failed"):
+            resolve_bpe_file()
+        assert finished == []  # resolution gave up while the download still hung
+    finally:
+        release.set()
 
 
 def fake_whisper_sdist(directory, payload):

@@ -13,7 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llmpy.argtypes import non_negative_int, positive_int
 from llmpy.config import TrainConfig
+from llmpy.errors import LlmpyError
 from llmpy.flags import add_flag_arguments
 from llmpy.gpt2 import EOT_TOKEN, PADDED_VOCAB_SIZE, VOCAB_SIZE
 
@@ -52,12 +54,13 @@ def write_random_data(directory: Path, tokens: int, seed: int = 0) -> str:
     return str(directory / "bench_train_*.bin")
 
 
-# the train flags that shape a step, with bench's own defaults (llm.c's d12 setting, no auto-batch)
+# the train flags that shape a step, with bench's own defaults (B=32, no auto-batch); -d is train's (-1: one
+# micro-step), so the same flags time the same step in both; llm.c's d12 setting is -d 524288
 BENCH_FIELDS = ("model", "batch_size", "seq_len", "total_batch_size", "recompute", "zero_stage", "compile",
                 "compile_mode", "attention", "fused_loss", "loss_chunk_rows", "gelu_fusion", "cuda_graphs", "auto_batch", "device", "dtype", "seed",
                 "optimizer", "recipe", "family", "arch")
 # "" for --optimizer and --family: the recipe's
-BENCH_DEFAULTS = {"batch_size": 32, "total_batch_size": 524288, "auto_batch": 0, "optimizer": "", "family": ""}
+BENCH_DEFAULTS = {"batch_size": 32, "auto_batch": 0, "optimizer": "", "family": ""}
 
 
 def bench_config(args: argparse.Namespace, train_data: str) -> TrainConfig:
@@ -396,19 +399,32 @@ def format_result(result: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flag_arguments(parser, BENCH_FIELDS, BENCH_DEFAULTS)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps (20)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps, compilation included (5)")
+    parser.add_argument("--steps", type=positive_int, default=20, help="timed steps")
+    parser.add_argument("--warmup", type=non_negative_int, default=5,
+                        help="untimed warm-up steps, compilation included")
     parser.add_argument("--profile", metavar="DIR", default="", help="profile extra steps; trace + breakdown")
-    parser.add_argument("--profile-steps", type=int, default=2)
+    parser.add_argument("--profile-steps", type=positive_int, default=2, help="steps profiled with --profile")
     parser.add_argument("--json", metavar="FILE", default="", help="also append the result as a JSON line here")
     parser.add_argument("--check", action="store_true",
                         help="instead of timing: compare the fast path's loss and gradients on one fixed batch of -b "
                              "rows with the eager fp32 model; exit 1 if they differ by more than bf16 tolerance")
 
 
+def check_appendable(path: str) -> None:
+    """Refuse a --json FILE that cannot be appended to before the bench runs, not after (nothing is written)."""
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise LlmpyError(f"--json {path}: cannot write ({exc.strerror or exc})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from llmpy.distributed import launch_from_env
 
+    bench_config(args, "-").validate(launch_from_env().world_size)  # a flag no step can take: one line, before work
+    if args.json:
+        check_appendable(args.json)
     if args.check:
         result = check_fast_path(args)
         if args.json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import signal
 import sys
@@ -11,9 +12,12 @@ import threading
 import traceback
 from pathlib import Path
 
+from llmpy.argtypes import positive_int, seed_int
+from llmpy.config import HUB_FORMS, MODEL_FILE_FORMS
 from llmpy.flags import COMPAT_FLAGS, add_train_arguments, train_config_from_args
 from llmpy.errors import PREEMPTED_EXIT_CODE, LlmpyError
 from llmpy.resources import GPT2_BPE, HELLASWAG_VAL, default_help
+from llmpy.suggest import SuggestingParser
 from llmpy.supervisor import auto_restart
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -28,15 +32,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from llmpy.train.build import build_trainer
     from llmpy.train.faults import Preempted
+    from llmpy.resume_rules import RunComplete
 
     from llmpy.distributed import leave_distributed
 
-    trainer = build_trainer(config)
     code = 0
     try:
-        trainer.fit()
-    except Preempted as stopped:  # every rank stopped after the same step
-        print(f"llmpy: {stopped}; continue with the same command and -y 1", file=sys.stderr)
+        build_trainer(config).fit()
+    except RunComplete as complete:  # -y 1 of a finished run: not an error, and nothing was touched
+        print(f"llmpy: {complete}")
+    except Preempted as stopped:  # every rank stopped after the same step; 75 with or without a checkpoint
+        print(f"llmpy: {stopped}{'; continue with the same command and -y 1' if stopped.checkpoint else ''}",
+              file=sys.stderr)
         code = PREEMPTED_EXIT_CODE
     leave_distributed(code)  # a rank of a torchrun job ends here
     return code
@@ -57,12 +64,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.source is None:
         raise LlmpyError("prepare: name a source (tinyshakespeare, text, fineweb, tinystories, hellaswag) "
                          "or give --verify DIR")
-    for flag, value in (("--workers", args.workers), ("--max-tokens", args.max_tokens)):
-        if value is not None and value <= 0:
-            raise LlmpyError(f"{flag} must be a positive number, got {value}")
+    from llmpy.data.textfiles import check_encoding, is_utf8
+
+    encoding = check_encoding(args.encoding)
     if args.source == "hellaswag":
         from llmpy.data.hellaswag import prepare_hellaswag
 
+        if not is_utf8(encoding):
+            raise LlmpyError("prepare hellaswag: --encoding does not apply (eval reads the file as UTF-8)")
         out = args.out or "data/hellaswag"
         info = prepare_hellaswag(out, args.input[0] if args.input else None)
         print(f"{Path(out) / 'hellaswag_val.jsonl'}: {info['examples']:,} examples"
@@ -70,13 +79,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         return 0
     if args.source == "tinyshakespeare":
         manifest = prepare.prepare_tinyshakespeare(args.out or "data/tinyshakespeare",
-                                                   input_path=args.input[0] if args.input else None)
+                                                   input_path=args.input[0] if args.input else None, encoding=encoding)
     elif args.source == "text":
         if not args.input:
             raise LlmpyError("prepare text: give --input FILE [FILE ...] (.txt, .jsonl, .jsonl.gz, .parquet)")
         manifest = prepare.prepare_text(
             args.input, args.out or f"data/{args.name}", name=args.name, shard_size=args.shard_size,
-            val_inputs=args.val_input, val_tokens=args.val_tokens, quiet=args.quiet,
+            val_inputs=args.val_input, val_tokens=args.val_tokens, quiet=args.quiet, encoding=encoding,
         )
     else:
         from llmpy.data.sources import TINYSTORIES, fineweb_spec
@@ -85,6 +94,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         manifest = prepare.prepare_stream(
             spec, args.out or spec.default_out, inputs=args.input, val_inputs=args.val_input,
             shard_size=args.shard_size, workers=args.workers, max_tokens=args.max_tokens, quiet=args.quiet,
+            encoding=encoding,
         )
     shards = manifest["shards"]
     for shard in shards[:3] + ([{"split": "...", "tokens": 0, "file": ""}] if len(shards) > 6 else []) + shards[3:][-3:]:
@@ -126,6 +136,18 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.out)
     replaces = check_output(out, args.to)  # before loading: a refused --out costs nothing
     model = load_any_model(args.model)
+    try:
+        _write_conversion(model, out, args)
+    except LlmpyError:  # DiskFullError included: it says more
+        raise
+    except OSError as exc:  # an --out that cannot be created (/proc/x, a read-only directory)
+        raise LlmpyError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
+    print(f"{args.model} -> {out} ({args.to}{', replacing the earlier conversion there' if replaces else ''})")
+    return 0
+
+
+def _write_conversion(model, out: Path, args: argparse.Namespace) -> None:
+    """Write `model` to `out` in the format of --to."""
     if args.to == "hf":
         from llmpy.convert.hf import save_hf_model
 
@@ -141,8 +163,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
         from llmpy.checkpoint import export_model
 
         export_model(out, model, {"converted_from": args.model})
-    print(f"{args.model} -> {out} ({args.to}{', replacing the earlier conversion there' if replaces else ''})")
-    return 0
 
 
 def _bpe_file_if_available(path: str | None):
@@ -166,15 +186,14 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     try:
         run_quickstart(out_dir=args.out, steps=args.steps, device=args.device, data_dir=args.data)
     except Preempted as stopped:  # as `llmpy train` stops: the checkpoint is written, one line, exit 75
-        print(f"llmpy: {stopped} in {args.out}; `llmpy sample --model {args.out}` samples from it, and the next "
-              "quickstart moves it aside and starts over", file=sys.stderr)
+        sample = f"`llmpy sample --model {args.out}` samples from it, and " if stopped.checkpoint else ""
+        print(f"llmpy: {stopped}; {sample}the next quickstart moves it aside and starts over", file=sys.stderr)
         return PREEMPTED_EXIT_CODE
     return 0
 
 
 DEFAULT_VAL_TOKENS = 10_485_760  # llm.c's 124M setting: -m 20 batches of 64 x 1024 on 8 GPUs
-MODEL_HELP = ("llmpy run directory or checkpoint, llm.c model .bin, Hugging Face GPT-2 directory, "
-              "or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
+MODEL_HELP = f"{MODEL_FILE_FORMS}, or {HUB_FORMS}"
 DEVICE_HELP = "auto | cpu | cuda | cuda:N"
 
 
@@ -186,8 +205,44 @@ def device_flag(value: str) -> str:
     return value
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """--help that shows each option's default, unless its help says it already or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if ("(default" in text or "(required)" in text or not action.option_strings or default is None
+                or default is False or default == argparse.SUPPRESS):
+            return text
+        return f"{text} (default: {'none' if default == '' else '%(default)s'})"
+
+
+def add_command(sub, name: str, help_text: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts with a one-line description and shows the defaults."""
+    kwargs.setdefault("description", f"{help_text[0].upper()}{help_text[1:]}.")
+    return sub.add_parser(name, help=help_text, formatter_class=DefaultsHelpFormatter, **kwargs)
+
+
+# OSErrors that a second try may not meet (a network filesystem's hiccup): exit 1, not 2, so that --auto-restart
+# relaunches the run (2 says "the same command fails the same way")
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR, errno.ECONNRESET})
+
+
+def one_line(message: str) -> str:
+    """A message as the one line llmpy prints (a newline in a user's value, e.g. a path, shown escaped)."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
+class OneLineParser(SuggestingParser):
+    """argparse whose usage errors are one line, as every llmpy error is: `llmpy: error: MESSAGE (`llmpy eval
+    --help`)` and exit 2, instead of a usage block above the error. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        hint = "" if "--help" in message else f" (`{self.prog} --help`)"
+        self.exit(2, f"llmpy: error: {one_line(message)}{hint}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmpy", description="Reproduce GPT-2 from scratch, the llm.c way, in PyTorch.")
+    parser = OneLineParser(prog="llmpy", description="Reproduce GPT-2 from scratch, the llm.c way, in PyTorch.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -198,50 +253,56 @@ def build_parser() -> argparse.ArgumentParser:
         (plot, "plot", "plot runs (main.log / metrics.jsonl): loss, HellaSwag, LR, grad norm, tok/s, MFU"),
         (plan, "plan", "estimate the time and cost of a run before paying for it"),
     ):
-        command = sub.add_parser(name, help=help_text)
+        command = add_command(sub, name, help_text)
         module.add_arguments(command)
         command.set_defaults(func=module.run)
 
-    quick = sub.add_parser("quickstart", help="prepare tiny Shakespeare, train a small GPT-2, sample from it")
+    quick = add_command(sub, "quickstart", "prepare tiny Shakespeare, train a small GPT-2, sample from it")
     quick.add_argument("--out", default="runs/quickstart", help="run directory (default: runs/quickstart)")
-    quick.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 200 on CPU, 300 on GPU)")
+    quick.add_argument("--steps", type=positive_int, default=None,
+                       help="optimizer steps (default: 200 on CPU, 300 on GPU)")
     quick.add_argument("--device", default="auto", help="auto | cpu | cuda")
     quick.add_argument("--data", default=None, help="where to put the shards (default: the llmpy cache)")
     quick.set_defaults(func=cmd_quickstart)
 
-    prep = sub.add_parser("prepare", help="tokenize a data set into llm.c token shards (or --verify them)")
+    prep = add_command(sub, "prepare", "tokenize a data set into llm.c token shards (or --verify them)")
     prep.add_argument("source", nargs="?", choices=["tinyshakespeare", "text", "fineweb", "tinystories", "hellaswag"],
                       help="what to prepare")
     prep.add_argument("--input", nargs="+", help="local input file(s): .txt, .jsonl, .jsonl.gz, .parquet")
     prep.add_argument("--val-input", nargs="+", help="files for the val split")
-    prep.add_argument("--val-tokens", type=int, default=None, help="(text) tokens of leading documents for val")
+    prep.add_argument("--val-tokens", type=positive_int, default=None,
+                      help="(text) tokens of leading documents for val")
+    prep.add_argument("--encoding", default="utf-8",
+                      help="of the .txt/.jsonl inputs, e.g. latin-1 or cp1252 (default: utf-8; text that does not "
+                           "decode is refused)")
     prep.add_argument("--name", default="text", help="(text) shard name prefix")
     prep.add_argument("--type", default="classic", choices=["classic", "edu"], help="(fineweb) FineWeb or FineWeb-Edu")
     prep.add_argument("--version", default="10B", choices=["10B", "100B"], help="(fineweb) sample-10BT or sample-100BT")
     prep.add_argument("--out", default=None, help="output directory (default: data/<name>)")
-    prep.add_argument("--shard-size", type=int, default=100_000_000, help="tokens per shard (default 100M)")
-    prep.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores but one)")
-    prep.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens in all")
+    prep.add_argument("--shard-size", type=positive_int, default=100_000_000, help="tokens per shard (default 100M)")
+    prep.add_argument("--workers", type=positive_int, default=None,
+                      help="tokenizer processes (default: all cores but one)")
+    prep.add_argument("--max-tokens", type=positive_int, default=None, help="stop after this many tokens in all")
     prep.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
     prep.add_argument("--verify", metavar="DIR", help="check every shard in DIR against its manifest and exit")
     prep.set_defaults(func=cmd_prepare)
 
-    train = sub.add_parser(
-        "train", add_help=False, allow_abbrev=False,
-        help="train a GPT-2 (llm.c's train_gpt2cu flags; --help for the list)",
+    train = add_command(
+        sub, "train", "train a GPT-2 (llm.c's train_gpt2cu flags; --help for the list)", add_help=False,
+        allow_abbrev=False,
         description="Train GPT-2. Takes llm.c's train_gpt2cu flags with llm.c's meanings, long options, and --config.",
     )
     train.add_argument("--help", action="help", help="show this help and exit")
     add_train_arguments(train)
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("eval", help="val loss and HellaSwag of a model, beside OpenAI's GPT-2 and GPT-3")
+    evaluate = add_command(sub, "eval", "val loss and HellaSwag of a model, beside OpenAI's GPT-2 and GPT-3")
     evaluate.add_argument("--model", required=True, help=MODEL_HELP)
     evaluate.add_argument("--val-data", "-j", default=None, help="val shards glob for the loss (e.g. fineweb_val_*.bin)")
-    evaluate.add_argument("--val-tokens", type=int, default=DEFAULT_VAL_TOKENS,
+    evaluate.add_argument("--val-tokens", type=positive_int, default=DEFAULT_VAL_TOKENS,
                           help=f"token budget for the val loss (default: {DEFAULT_VAL_TOKENS:,})")
-    evaluate.add_argument("--batch-size", "-b", type=int, default=8, help="sequences per forward pass (default: 8)")
-    evaluate.add_argument("--seq-len", "-t", type=int, default=1024, help="sequence length (default: 1024)")
+    evaluate.add_argument("--batch-size", "-b", type=positive_int, default=8, help="sequences per forward pass (default: 8)")
+    evaluate.add_argument("--seq-len", "-t", type=positive_int, default=1024, help="sequence length (default: 1024)")
     evaluate.add_argument("--hellaswag-file", default=None, help=f"hellaswag_val.jsonl {default_help(HELLASWAG_VAL)}")
     evaluate.add_argument("--tokenizer", default=None, help=f"gpt2.tiktoken {default_help(GPT2_BPE)}")
     evaluate.add_argument("--no-hellaswag", action="store_true", help="skip HellaSwag")
@@ -252,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="one JSON line instead of the table")
     evaluate.set_defaults(func=cmd_eval)
 
-    convert = sub.add_parser("convert", help="llmpy <-> Hugging Face GPT-2 <-> llm.c model files")
+    convert = add_command(sub, "convert", "llmpy <-> Hugging Face GPT-2 <-> llm.c model files")
     convert.add_argument("--model", required=True, help=MODEL_HELP)
     convert.add_argument("--to", required=True, choices=["hf", "llmc", "llmpy"], help="output format")
     convert.add_argument("--out", required=True, help="hf/llmpy: a directory; llmc: the .bin file")
@@ -262,15 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"gpt2.tiktoken, for the tokenizer files beside the model {default_help(GPT2_BPE)}")
     convert.set_defaults(func=cmd_convert)
 
-    sample = sub.add_parser("sample", help="generate text from a trained model")
+    sample = add_command(sub, "sample", "generate text from a trained model")
     sample.add_argument("--model", required=True, help=MODEL_HELP)
     sample.add_argument("--prompt", default="", help="prompt text ('' = start from <|endoftext|>)")
-    sample.add_argument("--num-samples", type=int, default=1)
-    sample.add_argument("--max-new-tokens", type=int, default=128)
+    sample.add_argument("--num-samples", type=int, default=1, help="samples, generated as one batch")
+    sample.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate per sample")
     sample.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     sample.add_argument("--top-k", type=int, default=50, help="0 = off")
     sample.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (1.0 = off)")
-    sample.add_argument("--seed", type=int, default=1337)
+    sample.add_argument("--seed", type=seed_int, default=1337, help="random seed of the sampling")
     sample.add_argument("--device", default="auto", type=device_flag, help=DEVICE_HELP)
     sample.add_argument("--tokenizer", default=None, help=f"gpt2.tiktoken {default_help(GPT2_BPE)}")
     sample.set_defaults(func=cmd_sample)
@@ -293,13 +354,22 @@ def main(argv: list[str] | None = None) -> int:
         print("llmpy: stopped: its output was closed (broken pipe)", file=sys.stderr)
         return 141  # 128 + SIGPIPE
     except LlmpyError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"llmpy: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc), args.debug)
+    except OSError as exc:  # the net under the checks made where files are used: one line naming the path
+        path = f"{exc.filename}{f' -> {exc.filename2}' if exc.filename2 else ''}: " if exc.filename else ""
+        code = _error(f"{path}{exc.strerror or exc}", args.debug)
+        return 1 if exc.errno in TRANSIENT_ERRNOS else code
     except KeyboardInterrupt:
         print("llmpy: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(message: str, debug: bool) -> int:
+    """Print a user's error as one line (the traceback above it with --debug); exit code 2."""
+    if debug:
+        traceback.print_exc()
+    print(f"llmpy: error: {one_line(message)}", file=sys.stderr)
+    return 2
 
 
 def entry() -> None:

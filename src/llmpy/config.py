@@ -10,6 +10,7 @@ from pathlib import Path
 
 from llmpy.errors import LlmpyError
 from llmpy.gpt2 import BLOCK_SIZE, HUB_NAMES, PADDED_VOCAB_SIZE, VOCAB_SIZE
+from llmpy.suggest import did_you_mean
 
 # llm.c's widths for the GPT-2 family, keyed by depth; any other depth uses width 64 * depth (llm.c's dN rule).
 _DEPTH_TO_WIDTH = {6: 384, 12: 768, 24: 1024, 36: 1280, 48: 1600}
@@ -25,6 +26,10 @@ COMPILE_MODES = ("default", "tuned", "max-autotune-no-cudagraphs")
 # elsewhere, and what auto becomes in bf16 on Hopper when flash-attn-4 is installed: llmpy.runtime.auto_attention)
 ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math", "fa4", "cudnn+fa4")
 DESCRIPTOR_RE = re.compile(r"d(\d+)(?:w(\d+))?")
+# what -e/--model may name, in one wording for help and errors
+DESCRIPTOR_FORMS = "dN (d6, d12, d24, d36, d48, any depth N), dNwC (depth N, width C, a multiple of 64)"
+MODEL_FILE_FORMS = "an llmpy run directory or model_*.pt checkpoint, an llm.c model .bin, a Hugging Face GPT-2 directory"
+HUB_FORMS = f"a hub name ({', '.join(HUB_NAMES)})"
 
 
 @dataclass(frozen=True)
@@ -82,9 +87,12 @@ class ModelConfig:
 
 
 LR_SCHEDULES = ("cosine", "linear", "constant", "wsd")
+# -y 1 with -x past the end of a decaying LR schedule: "" refuses, else how to go on (llmpy.resume_rules)
+EXTEND_SCHEDULE_MODES = ("", "final", "replan")
 ZERO_STAGES = (0, 1, 3)  # DDP, sharded optimizer state (FSDP2 without resharding), FSDP2 full sharding
 RECOMPUTE_LEVELS = (0, 1, 2, 3)  # none, GELU, GELU + LayerNorm (llm.c's levels), whole blocks
 RECIPE_NAMES = ("classic", "modern")  # their settings: llmpy.recipes.RECIPES
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,7 @@ class TrainConfig:
     checkpoint_keep: int = 0  # -nk
     checkpoint_keep_every: int = 0  # -nm
     resume: int = 0  # -y
+    extend_schedule: str = ""  # -y 1 past the end of a decaying LR schedule: "final" | "replan" ("" = refused)
     overwrite: int = 0  # 1: a new run in an -o that holds another run's checkpoints moves that run aside
     log_every: int = 1
     tensorboard: str = ""  # TensorBoard log directory ("" = off)
@@ -172,12 +181,19 @@ class TrainConfig:
             value = getattr(self, f.name)
             need(not isinstance(value, float) or math.isfinite(value),
                  f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+            # numbers reach numpy and torch as int64 and float32 (the LR is a tensor): beyond those, a traceback
+            need(not isinstance(value, float) or abs(value) <= FLOAT32_MAX,
+                 f"--{f.name.replace('_', '-')} must be a finite number within float32's range (|x| <= 3.4e38), "
+                 f"got {value}")
+            need(not isinstance(value, int) or -2**63 <= value < 2**63,
+                 f"--{f.name.replace('_', '-')} must be an integer in [-2**63, 2**63), got {value}")
 
         def at_least(flag: str, low: float, value) -> None:
             need(value >= low, f"{flag} must be >= {low}, got {value}")
 
         def one_of(flag: str, allowed, value) -> None:
-            need(value in allowed, f"{flag} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+            hint = did_you_mean(value, allowed) if isinstance(value, str) and value not in allowed else ""
+            need(value in allowed, f"{flag} must be one of {', '.join(map(str, allowed))}, got {value!r}{hint}")
 
         one_of("--recipe", RECIPE_NAMES, self.recipe)
         need(bool(self.train_data), "-i/--train-data: no training data given (a shard glob, e.g. 'data/x_train_*.bin')")
@@ -213,6 +229,8 @@ class TrainConfig:
                             ("-a/--overfit-batch", self.overfit_batch), ("--shuffle", self.shuffle),
                             ("-f/--tf32", self.tf32), ("--auto-batch", self.auto_batch)):
             one_of(flag, (0, 1), value)
+        need(self.extend_schedule in EXTEND_SCHEDULE_MODES, "--extend-schedule must be final or replan (or not given), "
+             f"got {self.extend_schedule!r}")
         one_of("--dtype", ("auto", "bf16", "fp32"), self.dtype)
         one_of("-r/--recompute (0 none, 1 GELU, 2 GELU+LayerNorm, 3 whole blocks)", RECOMPUTE_LEVELS, self.recompute)
         one_of("--compile", (-1, 0, 1), self.compile)
@@ -251,29 +269,56 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LLMPY_CACHE") or Path.home() / ".cache" / "llmpy")
 
 
+CONFIG_SUFFIXES = (".toml", ".yaml", ".yml")
+
+
 def load_config_file(path: str | Path) -> dict:
-    """Read a TOML (.toml) or YAML (.yaml/.yml) file of long option names -> values."""
+    """Read a TOML (.toml) or YAML (.yaml/.yml) file of long option names -> values, keys as written (their names
+    and the values' types are checked against the flags by llmpy.flags). Every way the file can be unusable is one
+    LlmpyError naming it."""
+    if str(path) == "":
+        raise LlmpyError("--config: an empty path; give a .toml, .yaml or .yml file")
     path = Path(path)
-    if not path.is_file():
-        raise LlmpyError(f"--config {path}: no such file")
-    text = path.read_text()
+    where = f"--config {path}"
+    if path.is_dir():
+        raise LlmpyError(f"{where}: is a directory, not a config file")
+    if not path.exists():
+        raise LlmpyError(f"{where}: no such file")
+    if path.suffix not in CONFIG_SUFFIXES:
+        raise LlmpyError(f"{where}: use a .toml, .yaml or .yml file")
     try:
-        if path.suffix == ".toml":
+        data = path.read_bytes()
+    except OSError as exc:
+        raise LlmpyError(f"{where}: cannot read ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LlmpyError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+    values = _parse_config(text, path.suffix, where)
+    if not isinstance(values, dict):
+        raise LlmpyError(f"{where}: expected a mapping of option names to values, got a {type(values).__name__}")
+    seen: dict[str, str] = {}  # TrainConfig field -> the key that named it
+    for key in map(str, values):
+        field = key.replace("-", "_")
+        if field in seen:
+            raise LlmpyError(f"{where}: {seen[field]} and {key} name the same option; keep one")
+        seen[field] = key
+    return {str(key): value for key, value in values.items()}
+
+
+def _parse_config(text: str, suffix: str, where: str):
+    """The TOML or YAML document in `text`; a syntax error is one line pointing at it."""
+    try:
+        if suffix == ".toml":
             try:
                 import tomllib
             except ModuleNotFoundError:  # Python 3.10
                 import tomli as tomllib
-            values = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            import yaml
+            return tomllib.loads(text)
+        import yaml
 
-            values = yaml.safe_load(text) or {}
-        else:
-            raise LlmpyError(f"--config {path}: use a .toml, .yaml or .yml file")
-    except LlmpyError:
-        raise
+        values = yaml.safe_load(text)
+        return {} if values is None else values
     except Exception as exc:  # a syntax error in the user's file: point at it, briefly
-        raise LlmpyError(f"--config {path}: cannot parse ({exc})") from None
-    if not isinstance(values, dict):
-        raise LlmpyError(f"--config {path}: expected a mapping of option names to values")
-    return {str(key).replace("-", "_"): value for key, value in values.items()}
+        reason = " ".join(str(exc).split())  # YAML's messages span lines, with a caret under the spot
+        raise LlmpyError(f"{where}: cannot parse ({reason})") from None

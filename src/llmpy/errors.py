@@ -1,8 +1,8 @@
 """The one exception type users see: a message naming the file or flag and the fix."""
 
 
-# EX_TEMPFAIL, "try again": a run stopped by SIGTERM/SIGINT after writing its checkpoint; --auto-restart and
-# scripts/train_until_done.sh relaunch on it
+# EX_TEMPFAIL, "try again": a run stopped by SIGTERM/SIGINT, not finished (with -o, after writing its checkpoint;
+# without, having saved nothing, which its line says); --auto-restart and scripts/train_until_done.sh relaunch on it
 PREEMPTED_EXIT_CODE = 75
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
+import json
 
 from llmpy.config import TrainConfig, load_config_file
 from llmpy.errors import LlmpyError
@@ -39,6 +41,10 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
     ("-nk", "--checkpoint-keep", "checkpoint_keep", int, "keep only the newest K checkpoints (0 = keep all)"),
     ("-nm", "--checkpoint-keep-every", "checkpoint_keep_every", int, "never delete checkpoints at multiples of M"),
     ("-y", "--resume", "resume", int, "1 = continue the run in -o (append to its logs)"),
+    (None, "--extend-schedule", "extend_schedule", str,
+     "-y 1 with an -x past the end of the saved run's decaying LR schedule: final (go on at its final LR; refused "
+     "when that is 0) | replan (the schedule of a run planned for the new -x: the LR goes back up) (default: none, "
+     "such a resume is refused)"),
     ("-z", "--zero-stage", "zero_stage", int, "data-parallel sharding: 0 DDP, 1 ZeRO-1, 3 FSDP"),
     ("-r", "--recompute", "recompute", int,
      "activation recompute: 0 none, 1 GELU, 2 GELU+LayerNorm (llm.c's levels), 3 whole blocks (least memory)"),
@@ -109,6 +115,14 @@ COMPAT_FLAGS = {
 LAUNCH_FLAGS = ("-pn", "-pr", "-pg", "-pm", "-ps", "-pp")
 
 
+def flag_name(field: str) -> str:
+    """A TrainConfig field as its flags: "-t/--seq-len", "--recipe"."""
+    for short, long, name, _, _ in TRAIN_FLAGS:
+        if name == field:
+            return f"{short}/{long}" if short else long
+    return f"--{field.replace('_', '-')}"
+
+
 def add_flag_arguments(parser: argparse.ArgumentParser, fields: tuple[str, ...] | None = None,
                        defaults: dict | None = None) -> None:
     """The flags of TRAIN_FLAGS for `fields` (all when None). With `defaults` (a command of its own, e.g. bench)
@@ -151,12 +165,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Merge defaults <- the recipe's (--recipe) <- --config file <- command-line flags into one TrainConfig."""
     values: dict = {}
     field_names = {f.name for f in dataclasses.fields(TrainConfig)}
-    if getattr(args, "config", None):
-        from_file = load_config_file(args.config)
-        unknown = sorted(set(from_file) - field_names)
-        if unknown:
-            raise LlmpyError(f"--config {args.config}: unknown option(s) {', '.join(unknown)}")
-        values.update(from_file)
+    if getattr(args, "config", None) is not None:
+        values.update(config_file_values(args.config))
     launch = [name for name in vars(args) if name.startswith("launch_")]
     if launch:
         raise LlmpyError(
@@ -166,11 +176,56 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     values.update({k: v for k, v in vars(args).items() if k in field_names})
     values = with_recipe(values)
     try:
-        config = TrainConfig(**values)
+        return TrainConfig(**values)
     except TypeError as exc:
         raise LlmpyError(f"bad training options: {exc}") from None
-    for name, value in list(values.items()):
-        expected = type(getattr(TrainConfig(), name))
-        if expected in (int, float) and not isinstance(value, (int, float)):
-            raise LlmpyError(f"--{name.replace('_', '-')}: expected a number, got {value!r}")
-    return config
+
+
+def config_file_values(path: str) -> dict:
+    """The --config file's values by TrainConfig field, each of the type its flag takes: an int flag an integer (not
+    512.0 and not true, as on the command line), a float flag an integer or a float (made a float), a string flag a
+    string. An unknown key or a value of another type is one LlmpyError naming the file, the key and the value."""
+    where = f"--config {path}"
+    kinds = {field: kind for _, _, field, kind, _ in TRAIN_FLAGS}
+    from_file = {key.replace("-", "_"): (key, value) for key, value in load_config_file(path).items()}
+    unknown = sorted(set(from_file) - set(kinds))
+    if unknown:
+        raise LlmpyError(f"{where}: unknown option(s) {', '.join(unknown)}")
+    return {field: _typed_value(value, kinds[field], f"{where}: {key} = {_shown(value)}: {flag_name(field)}")
+            for field, (key, value) in from_file.items()}
+
+
+_TAKES = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _typed_value(value, kind: type, said: str):
+    """`value` as a `kind` flag takes it, else an LlmpyError: "`said` takes an integer, not a float"."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is float and is_number:
+        try:
+            return float(value)
+        except OverflowError:  # an integer of 400 digits
+            raise LlmpyError(f"{said} is beyond a float's range") from None
+    if isinstance(value, kind) and (kind is str or is_number):
+        return value
+    whole = kind is int and isinstance(value, float) and value.is_integer() and abs(value) < 2**53
+    hint = f" (write {int(value)})" if whole else ""
+    raise LlmpyError(f"{said} takes {_TAKES[kind]}, not {_type_name(value)}{hint}")
+
+
+def _shown(value) -> str:
+    """A config value as a file would spell it, on one line and at most 60 characters."""
+    try:
+        text = json.dumps(value, default=str, ensure_ascii=False)
+    except (ValueError, RecursionError):  # a YAML anchor that holds itself
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(value) -> str:
+    """What a TOML/YAML value is, in the files' words."""
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "a list",
+             dict: "a table", datetime.datetime: "a date-time", datetime.date: "a date", datetime.time: "a time"}
+    return next((name for kind, name in names.items() if isinstance(value, kind)), f"a {type(value).__name__}")

@@ -9,11 +9,13 @@ import re
 import dataclasses
 from dataclasses import asdict, dataclass, field
 
+from llmpy.argtypes import fraction, non_negative_float, positive_float, positive_int
 from llmpy.config import ModelConfig
 from llmpy.errors import LlmpyError
 from llmpy.gpt2 import BLOCK_SIZE
-from llmpy.metrics.mfu import parameter_count, peak_flops, training_flops_per_token
+from llmpy.metrics.mfu import known_gpus, parameter_count, peak_flops, training_flops_per_token
 from llmpy.metrics.units import format_duration
+from llmpy.suggest import did_you_mean
 
 
 
@@ -132,6 +134,8 @@ def parse_token_count(text: str, flag: str = "--tokens") -> float:
     if not match:
         raise LlmpyError(f"{flag} {text!r}: expected a number with an optional K/M/B/T suffix, e.g. 10B")
     value = float(match.group(1)) * _SUFFIXES[match.group(2).upper()]
+    if not math.isfinite(value):
+        raise LlmpyError(f"{flag} {text!r}: must be a finite number")
     if value <= 0:
         raise LlmpyError(f"{flag} {text!r}: must be positive")
     return value
@@ -196,12 +200,14 @@ def _per_gpu_throughput(inputs: PlanInputs, config: ModelConfig, flops: float, p
         notes.append(f"{inputs.tok_per_sec:,.0f} tok/s per GPU as given (--tok-per-sec)")
         return inputs.tok_per_sec
     if peak is None:
-        raise LlmpyError(f"--gpu {inputs.gpu}: no peak FLOP/s known for this GPU; pass --tok-per-sec (measured)")
+        raise LlmpyError(f"--gpu {inputs.gpu}: no peak FLOP/s known for this GPU"
+                         f"{did_you_mean(inputs.gpu.upper(), known_gpus())} (known: {', '.join(known_gpus())}); "
+                         "pass --tok-per-sec (measured) for another")
     if inputs.mfu is not None:
         notes.append(f"MFU {inputs.mfu:.1%} as given (--mfu) of {peak / 1e12:,.0f} TFLOP/s dense bf16 peak")
         return inputs.mfu * peak / flops
     run, exact = reference_run(inputs.gpu, config, inputs.seq_len)
-    source = (f"{run.model} on one {run.gpu}, `llmpy bench {run.flags}`, {run.tokens_per_sec:,.0f} tok/s, compiled "
+    source = (f"{run.model} on one {run.gpu}, `llmpy bench -e {run.model} -t {run.seq_len} -d {LLMC_BATCH_TOKENS} {run.flags}`, {run.tokens_per_sec:,.0f} tok/s, compiled "
               f"bf16, {run.date}, benchmarks/RESULTS.md")
     if exact:
         per_gpu = run.tokens_per_sec
@@ -346,18 +352,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="classic (llm.c's GPT-2 recipe) or modern (its measured throughput and token need) "
                              "(default: classic)")
     parser.add_argument("--gpu", default="H100", help="GPU type: H100, H200, A100, B200, L4, ... (default: H100)")
-    parser.add_argument("--gpus", type=int, default=1, help="number of GPUs (default: 1)")
-    parser.add_argument("--price-per-gpu-hour", type=float, default=None, metavar="USD",
+    parser.add_argument("--gpus", type=positive_int, default=1, help="number of GPUs (default: 1)")
+    parser.add_argument("--price-per-gpu-hour", type=non_negative_float, default=None, metavar="USD",
                         help="$ per GPU-hour (default: an assumed on-demand price per GPU type, printed)")
     throughput = parser.add_mutually_exclusive_group()
-    throughput.add_argument("--tok-per-sec", type=float, default=None, metavar="X",
+    throughput.add_argument("--tok-per-sec", type=positive_float, default=None, metavar="X",
                             help="measured tokens/s per GPU (default: the measured run of this GPU and model, else derived from the nearest measured run's MFU)")
-    throughput.add_argument("--mfu", type=float, default=None, metavar="X", help="assumed MFU, a fraction (0.4)")
-    parser.add_argument("-t", "--seq-len", type=int, default=BLOCK_SIZE,
+    throughput.add_argument("--mfu", type=fraction, default=None, metavar="X", help="assumed MFU, a fraction (0.4)")
+    parser.add_argument("-t", "--seq-len", type=positive_int, default=BLOCK_SIZE,
                         help=f"sequence length (default: {BLOCK_SIZE})")
-    parser.add_argument("--total-batch-size", type=int, default=LLMC_BATCH_TOKENS,
+    parser.add_argument("--total-batch-size", type=positive_int, default=LLMC_BATCH_TOKENS,
                         help=f"tokens per step (default: {LLMC_BATCH_TOKENS})")
-    parser.add_argument("--scaling-efficiency", type=float, default=None, metavar="X",
+    parser.add_argument("--scaling-efficiency", type=fraction, default=None, metavar="X",
                         help=f"per-GPU throughput kept on N GPUs (default: 1.0 for one, {DEFAULT_MULTI_GPU_EFFICIENCY} "
                              "for more)")
     parser.add_argument("--explain", action="store_true", help="print the formulas with the numbers substituted")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llmpy.argtypes import non_negative_int, positive_int
 from llmpy.errors import LlmpyError
 from llmpy.gpt2 import reference_for
 from llmpy.metrics.rundata import RunData, Series, load_run
@@ -381,20 +382,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="plot.png", help="image to write (default: plot.png; .png, .svg or .pdf)")
     parser.add_argument("--html", default=None, metavar="FILE.html", help="also write a self-contained HTML report")
     parser.add_argument("--x", default="steps", choices=X_AXES, help="x axis (tokens needs metrics.jsonl)")
-    parser.add_argument("--smooth", type=int, default=0, metavar="N",
+    parser.add_argument("--smooth", type=non_negative_int, default=0, metavar="N",
                         help="moving average of the train loss over N steps (0 = off)")
     parser.add_argument("--reference", default=None, metavar="MODEL",
                         help="GPT-2 size for the baselines when a run has no config record (e.g. d12 for llm.c runs)")
     parser.add_argument("--title", default=None, help="figure title")
-    parser.add_argument("--dpi", type=int, default=150, help="image resolution (default: 150)")
+    parser.add_argument("--dpi", type=positive_int, default=150, help="image resolution (default: 150)")
+
+
+MAX_PIXELS = 2**16 - 1  # matplotlib's Agg draws at most this many pixels a side
+
+
+def check_pixels(figure: Figure, dpi: int) -> None:
+    """Refuse a --dpi that makes the image larger than matplotlib draws, in one line, before it tries."""
+    width, height = (float(inches) * dpi for inches in figure.get_size_inches())
+    if max(width, height) > MAX_PIXELS:
+        raise LlmpyError(f"--dpi {dpi}: the figure would be {width:,.0f} x {height:,.0f} pixels, more than the "
+                         f"{MAX_PIXELS:,} a side matplotlib draws; give a smaller --dpi")
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the runs, print their summaries, write the figure (and the HTML report)."""
-    if args.smooth < 0:
-        raise LlmpyError(f"--smooth must be >= 0, got {args.smooth}")
-    if args.dpi <= 0:
-        raise LlmpyError(f"--dpi must be positive, got {args.dpi}")
     runs = [load_run(path) for path in args.runs]
     result = plot_runs(runs, x_axis=args.x, smooth=args.smooth, reference=args.reference, title=args.title)
     notes = [note for run_data in runs for note in run_data.notes]
@@ -405,10 +413,13 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}")
     out = Path(args.out)
+    check_pixels(result.figure, args.dpi)
     try:
         result.figure.savefig(out, dpi=args.dpi)
-    except (ValueError, OSError) as exc:
-        raise LlmpyError(f"--out {out}: cannot write the figure ({exc})") from None
+    except OSError as exc:
+        raise LlmpyError(f"--out {out}: cannot write the figure ({exc.strerror or exc})") from None
+    except (ValueError, MemoryError) as exc:
+        raise LlmpyError(f"--out {out}: cannot write the figure ({exc or 'out of memory'})") from None
     print(f"wrote {out}")
     if args.html:
         write_html(args.html, [figure_png(result.figure, args.dpi)], summaries, args.title or "llmpy runs", notes)

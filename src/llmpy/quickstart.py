@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 from llmpy.atomic import sha256_of
@@ -11,6 +12,7 @@ from llmpy.data.manifest import MANIFEST, describe_text_source, read_manifest
 from llmpy.data.shakespeare import TINYSHAKESPEARE_SHA256, find_tinyshakespeare, resolve_tinyshakespeare
 from llmpy.errors import LlmpyError
 from llmpy.gpt2 import VOCAB_SIZE
+from llmpy.resources import offline, offline_note
 from llmpy.runtime import select_runtime
 from llmpy.tokenizer import GPT2Tokenizer, get_tokenizer
 
@@ -23,12 +25,14 @@ def quickstart_config(is_cuda: bool, data_dir: Path, out_dir: str, steps: int | 
     )
     if is_cuda:
         return TrainConfig(
-            model="d12", batch_size=16, seq_len=512, learning_rate=6e-4, warmup_steps=20, max_steps=steps or 300,
-            val_every=50, val_max_steps=-1, sample_every=100, gen_tokens=128, log_every=10, **common,
+            model="d12", batch_size=16, seq_len=512, learning_rate=6e-4, warmup_steps=20,
+            max_steps=300 if steps is None else steps, val_every=50, val_max_steps=-1, sample_every=100,
+            gen_tokens=128, log_every=10, **common,
         )
     return TrainConfig(
-        model="d4w128", batch_size=8, seq_len=128, learning_rate=2e-3, warmup_steps=10, max_steps=steps or 200,
-        val_every=50, val_max_steps=8, sample_every=0, gen_tokens=96, log_every=10, device="cpu", **common,
+        model="d4w128", batch_size=8, seq_len=128, learning_rate=2e-3, warmup_steps=10,
+        max_steps=200 if steps is None else steps, val_every=50, val_max_steps=8, sample_every=0, gen_tokens=96,
+        log_every=10, device="cpu", **common,
     )
 
 
@@ -81,6 +85,8 @@ def run_quickstart(out_dir: str = "runs/quickstart", steps: int | None = None, d
     from llmpy.sample import run_sample
     from llmpy.train.build import build_trainer
 
+    if offline():
+        print(offline_note(), file=sys.stderr)
     runtime = select_runtime(device)
     tokenizer = get_tokenizer()  # resolve the GPT-2 BPE first: it says where it came from, or what to do
     data = Path(data_dir) if data_dir else default_cache_dir() / "data" / "tinyshakespeare"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from llmpy.config import RECIPE_NAMES
 from llmpy.errors import LlmpyError
+from llmpy.suggest import did_you_mean
 
 RECIPES: dict[str, dict] = {
     "classic": {},
@@ -37,5 +38,5 @@ def with_recipe(values: dict) -> dict:
     """TrainConfig field values (from a file and the command line) over their recipe's defaults."""
     name = values.get("recipe", "classic")
     if name not in RECIPES:
-        raise LlmpyError(f"--recipe must be one of {', '.join(RECIPES)}, got {name!r}")
+        raise LlmpyError(f"--recipe must be one of {', '.join(RECIPES)}, got {name!r}{did_you_mean(str(name), RECIPES)}")
     return {**RECIPES[name], **values}

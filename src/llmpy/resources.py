@@ -139,6 +139,13 @@ def locate(resource: Resource, explicit: str | Path | None = None, flag: str | N
     return path
 
 
+def offline_note() -> str:
+    """One line for an offline user: the variables that point llmpy at local copies, and where else it looks."""
+    copies = ", ".join(f"{r.env_var}=/path/to/{r.file_name}" for r in (GPT2_BPE, TINYSHAKESPEARE, HELLASWAG_VAL))
+    return (f"note: LLMPY_OFFLINE is set, so llmpy downloads nothing and reads local copies: {copies} (a file or its "
+            f"directory), else ./data or the llmpy cache (LLMPY_CACHE, now {default_cache_dir()})")
+
+
 def default_help(resource: Resource) -> str:
     """The `(default: ...)` of a flag that names this resource's file, for --help."""
     return f"(default: ${resource.env_var}, else {resource.local_path()}, the llmpy cache, or a download)"

@@ -130,6 +130,8 @@ def _supervise(first: list[str], relaunch: list[str], launches: int, stop: _Stop
             print(f"llmpy: training exited with code {code}; all {launches} launches used, giving up", file=sys.stderr)
     if stop.signum is None:
         return code
+    # the command as typed may lack -y 1 (then it is refused: -o holds checkpoints) or carry --overwrite 1 (then it
+    # would move this run aside and start over): only -y 1 continues it
     print(f"llmpy: {signal.Signals(stop.signum).name}: training stopped (exit code {code}) and is not relaunched; "
-          "continue with the same command", file=sys.stderr)
+          "the same command with -y 1 continues it from its last checkpoint, if it wrote one", file=sys.stderr)
     return code if code in (0, USAGE_ERROR_EXIT_CODE) else PREEMPTED_EXIT_CODE

@@ -9,6 +9,7 @@ chunk are skipped; the tail of a shard shorter than a chunk is not read.
 
 Headers and file sizes of all shards are checked up front; token ids are checked when a shard is first entered, since
 scanning every shard at start-up would read the whole data set (hundreds of GB at FineWeb scale) before step 1.
+Shards beside a manifest.json of a preparation that did not finish are refused (`refuse_unfinished`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from llmpy.data.manifest import refuse_unfinished
 from llmpy.data.shards import expand_shard_pattern, read_shard
 from llmpy.errors import LlmpyError
 
@@ -41,6 +43,7 @@ class TokenLoader:
         self.rank, self.world_size, self.grad_accum_steps = rank, world_size, grad_accum_steps
         self.shuffle, self.seed = shuffle, seed
         self.files = expand_shard_pattern(pattern)
+        refuse_unfinished(self.files)
         self.micro_tokens = batch_size * seq_len
         self.chunk_tokens = grad_accum_steps * world_size * self.micro_tokens
         # headers and sizes now (a damaged file should fail before step 1); token ids when a shard is entered

@@ -59,6 +59,21 @@ def read_manifest(path: str | Path, fix: str | None = REBUILD) -> dict:
     return manifest
 
 
+def refuse_unfinished(files: list[Path]) -> None:
+    """A one-line error when a directory of `files` holds a manifest of a preparation that did not finish (killed,
+    interrupted, failed): its shards are part of a data set, and its record names inputs never tokenized. Shards
+    without a manifest (llm.c's own) are not prepare's to judge."""
+    for directory in dict.fromkeys(f.parent for f in files):
+        path = directory / MANIFEST
+        try:
+            complete = read_manifest(path)["complete"] if path.is_file() else True
+        except LlmpyError:
+            continue  # describe_source says what is wrong with it, in the run's header
+        if not complete:
+            raise LlmpyError(f"{path}: the preparation of these shards did not finish (it stopped or failed); re-run "
+                             "the same prepare command to complete it, then train on them")
+
+
 def _listing(paths: list[str], limit: int = 3) -> str:
     shown = ", ".join(paths[:limit])
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")

@@ -5,6 +5,10 @@ output is byte-identical for any worker count. The writer fills `shard_size`-tok
 source has its own val documents), each written to a temp file and renamed into place. After every shard the
 manifest records where the stream stands (next document, tokens of it already written), so a re-run after a crash
 or Ctrl-C skips the complete shards and continues; a shard without its manifest entry is never trusted.
+
+A preparation that starts over (tiny Shakespeare, local text) is written `beside` the data set in its directory, in a
+hidden staging directory, and replaces it only once complete: a failed, interrupted or killed run leaves the earlier
+data set as it was.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import collections
 import contextlib
 import json
 import multiprocessing
+import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -27,6 +33,7 @@ from tqdm import tqdm
 from llmpy.data.manifest import MANIFEST, read_manifest
 from llmpy.data.shards import HEADER_BYTES, read_shard, write_shard
 from llmpy.errors import LlmpyError
+from llmpy.runlock import RunLock
 from llmpy.atomic import atomic_write_bytes, sha256_of
 from llmpy.gpt2 import EOT_TOKEN
 from llmpy.tokenizer import GPT2Tokenizer
@@ -100,15 +107,18 @@ def shard_pattern(name: str) -> re.Pattern:
     return re.compile(rf"{re.escape(name)}_(train|val)_\d{{6}}\.bin")
 
 
-def make_out_dir(out_dir: Path) -> None:
-    """Create the output directory; a one-line error where a file is in the way or it cannot be made."""
+def make_out_dir(out_dir: Path) -> bool:
+    """Create the output directory (True: it was not there); a one-line error where a file is in the way or it cannot
+    be made."""
     if out_dir.exists() and not out_dir.is_dir():
         raise LlmpyError(f"{out_dir}: a file is there, not a directory; give another --out")
+    created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a parent that is a file, no permission, a read-only file system
         raise LlmpyError(f"{out_dir}: cannot create the output directory ({exc.strerror or exc}); "
                          "give another --out") from None
+    return created
 
 
 def _refuse_other_manifest(out_dir: Path, name: str, pattern: re.Pattern) -> None:
@@ -126,6 +136,71 @@ def _refuse_other_manifest(out_dir: Path, name: str, pattern: re.Pattern) -> Non
         more = f" and {len(others) - 1} more" if len(others) > 1 else ""
         raise LlmpyError(f"{path} describes other shards ({others[0]}{more}); preparing {name!r} here would replace "
                          "their record, so give another --out (one directory per data set)")
+
+
+def _say(line: str) -> None:
+    print(f"llmpy: {line}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def locked_out_dir(out_dir: Path) -> Iterator[None]:
+    """One prepare at a time in `out_dir` (created if missing): `.prepare.lock` there, held for the block, refuses
+    a second prepare in one line naming the first (llmpy.runlock)."""
+    make_out_dir(out_dir)
+    lock = RunLock.acquire(out_dir, _say, kind="prepare")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def staging_dir(out_dir: Path, name: str) -> Path:
+    """Where a data set of prefix `name` is written before it replaces the one in `out_dir`: hidden, inside it (the
+    same file system, so the move is a rename; `out_dir/*.bin` never matches inside it)."""
+    return out_dir / f".{name}.preparing"
+
+
+def _manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
+def move_into_place(staging: Path, out_dir: Path, name: str) -> int:
+    """Replace `out_dir`'s shards of `name` by the complete data set in `staging`; returns how many shards of `name`
+    were there before. First `out_dir`'s manifest becomes the new one marked incomplete (so nothing trains on a mix),
+    then the shards move, then the staged manifest replaces it: a run killed in between is finished by the next
+    prepare (`finish_interrupted_move`)."""
+    manifest = read_manifest(staging / MANIFEST)
+    new = {shard["file"] for shard in manifest["shards"]}
+    pattern = shard_pattern(name)
+    old = [path for path in out_dir.iterdir() if pattern.fullmatch(path.name)]
+    atomic_write_bytes(out_dir / MANIFEST, _manifest_bytes({**manifest, "complete": False}))
+    for path in old:
+        if path.name not in new:
+            path.unlink()
+    for file in sorted(new):
+        if (staging / file).is_file():  # else moved already, by the run that was killed
+            os.replace(staging / file, out_dir / file)
+    os.replace(staging / MANIFEST, out_dir / MANIFEST)
+    shutil.rmtree(staging, ignore_errors=True)
+    return len(old)
+
+
+def finish_interrupted_move(out_dir: Path, name: str) -> None:
+    """Finish the move into `out_dir` that a killed prepare began (its staged manifest is complete), or remove what
+    a prepare that failed or was killed before completing left in the staging directory."""
+    staging = staging_dir(out_dir, name)
+    if not staging.is_dir():
+        return
+    try:
+        complete = read_manifest(staging / MANIFEST)["complete"]
+    except LlmpyError:  # none yet, or cut short: the run stopped before its data set was complete
+        complete = False
+    if not complete:
+        shutil.rmtree(staging)
+        return
+    move_into_place(staging, out_dir, name)
+    print(f"llmpy: finished moving the data set that an interrupted prepare completed into {out_dir}",
+          file=sys.stderr)
 
 
 @dataclass
@@ -147,6 +222,7 @@ class ShardedOutput:
     shards: list[dict] = field(default_factory=list)
     position: StreamPosition = field(default_factory=StreamPosition)
     complete: bool = False
+    final_dir: Path | None = None  # of an output staged `beside` a data set: where `finish()` moves it
 
     @classmethod
     def open(cls, out_dir: Path, name: str, shard_size: int, settings: dict) -> "ShardedOutput":
@@ -171,19 +247,40 @@ class ShardedOutput:
         return output
 
     @classmethod
-    def fresh(cls, out_dir: Path, name: str, shard_size: int, settings: dict) -> "ShardedOutput":
-        """Start over: shards of this name left by an earlier run go first (a glob would otherwise mix them in).
-        Refused where the manifest is another preparation's: replacing it would leave its shards unaccounted for."""
-        make_out_dir(out_dir)
-        pattern = shard_pattern(name)
-        _refuse_other_manifest(out_dir, name, pattern)
-        stale = [p for p in out_dir.iterdir() if pattern.fullmatch(p.name)]
-        (out_dir / MANIFEST).unlink(missing_ok=True)  # first: no manifest may vouch for half-deleted shards
-        for path in stale:
-            path.unlink()
-        if stale:
-            print(f"llmpy: removed {len(stale)} shard(s) of an earlier run from {out_dir}", file=sys.stderr)
-        return cls.open(out_dir, name, shard_size, settings)
+    @contextlib.contextmanager
+    def beside(cls, out_dir: Path, name: str, shard_size: int, settings: dict) -> Iterator["ShardedOutput"]:
+        """A fresh output written beside the data set in `out_dir` (in its staging directory), which stays as it was
+        until `finish()` replaces it; a block that fails (an error, Ctrl-C) removes the staged output. Refused where
+        the manifest is another preparation's: replacing it would leave its shards unaccounted for."""
+        created = make_out_dir(out_dir)
+        lock = RunLock.acquire(out_dir, _say, kind="prepare")
+        output = cls(staging_dir(out_dir, name), name, shard_size, settings, final_dir=out_dir)
+        try:
+            finish_interrupted_move(out_dir, name)
+            _refuse_other_manifest(out_dir, name, shard_pattern(name))
+            make_out_dir(output.out_dir)
+            yield output
+        except BaseException:
+            if not output.complete:  # a complete one is moving into place: the next prepare finishes the move
+                shutil.rmtree(output.out_dir, ignore_errors=True)
+                lock.release()
+                if created:
+                    with contextlib.suppress(OSError):
+                        out_dir.rmdir()
+            raise
+        finally:
+            lock.release()
+
+    def finish(self) -> dict:
+        """Mark the output complete and return its manifest; a staged output then replaces the one in `final_dir`."""
+        self.complete = True
+        manifest = self.save()
+        if self.final_dir is not None:
+            replaced = move_into_place(self.out_dir, self.final_dir, self.name)
+            if replaced:
+                print(f"llmpy: replaced the earlier data set in {self.final_dir} ({replaced} shard(s))",
+                      file=sys.stderr)
+        return manifest
 
     @property
     def next_index(self) -> int:
@@ -208,7 +305,7 @@ class ShardedOutput:
             "total_tokens": {split: sum(s["tokens"] for s in self.shards if s["split"] == split)
                              for split in ("val", "train")},
         }
-        atomic_write_bytes(self.out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        atomic_write_bytes(self.out_dir / MANIFEST, _manifest_bytes(manifest))
         return manifest
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmpy.data.textfiles import RecordTally
+from llmpy.data.textfiles import RecordTally, check_input, is_utf8
 from llmpy.errors import LlmpyError
 
 
@@ -53,10 +53,33 @@ def _local_builder(files: list[str]) -> str:
     return kinds.pop()
 
 
+def _existing_files(inputs: list[str]) -> list[Path]:
+    """The local --input files, each checked to be a file (a one-line error for a directory or a missing one)."""
+    for f in inputs:
+        if Path(f).is_dir():
+            raise LlmpyError(f"{f}: a directory; --input takes the .parquet or .jsonl(.gz) files themselves "
+                             f"(e.g. --input {Path(f) / '*.parquet'})")
+        if not Path(f).is_file():
+            raise LlmpyError(f"{f}: no such input file")
+    return [Path(f) for f in inputs]
+
+
+def check_local_inputs(inputs: list[str], encoding: str = "utf-8") -> None:
+    """Before any output is touched: the files exist, are all parquet or all jsonl, and (jsonl) their first bytes
+    decode in `encoding` (see `textfiles.check_input`)."""
+    files = _existing_files(inputs)
+    if inputs:
+        _local_builder(inputs)
+    for path in files:
+        check_input(path, encoding)
+
+
 def open_split(spec: DatasetSpec, split: str, inputs: list[str] | None = None, field: str = "text",
-               skip: int = 0, batch_size: int = 256, tally: RecordTally | None = None) -> Iterator[list[str | None]]:
-    """Stream the `field` of a hub split's rows, or of local files', in lists of `batch_size`, after `skip` rows.
-    A row without a string `field` is None (no tokens, but it keeps its place for a resume) and counted in `tally`."""
+               skip: int = 0, batch_size: int = 256, tally: RecordTally | None = None,
+               encoding: str = "utf-8") -> Iterator[list[str | None]]:
+    """Stream the `field` of a hub split's rows, or of local files' (jsonl decoded in `encoding`), in lists of
+    `batch_size`, after `skip` rows. A row without a string `field` is None (no tokens, but it keeps its place for a
+    resume) and counted in `tally`."""
     try:
         import datasets
     except ImportError:
@@ -66,15 +89,11 @@ def open_split(spec: DatasetSpec, split: str, inputs: list[str] | None = None, f
     # workers when it is installed; a Ctrl-C during that import aborts inside torch's C++ instead of stopping cleanly.
     datasets.config.TORCH_AVAILABLE = False
     if inputs:
-        files = [str(Path(f)) for f in inputs]
-        for f in files:
-            if Path(f).is_dir():
-                raise LlmpyError(f"{f}: a directory; --input takes the .parquet or .jsonl(.gz) files themselves "
-                                 f"(e.g. --input {Path(f) / '*.parquet'})")
-            if not Path(f).is_file():
-                raise LlmpyError(f"{f}: no such input file")
+        files = [str(f) for f in _existing_files(inputs)]
         where = ", ".join(files)
         load = dict(path=_local_builder(files), data_files=files, split="train")
+        if load["path"] == "json" and not is_utf8(encoding):
+            load["encoding"] = encoding
     else:
         where = f"{spec.hub_path} ({spec.hub_config or 'default'}, {split})"
         load = dict(path=spec.hub_path, name=spec.hub_config, split=split)
@@ -92,10 +111,11 @@ def open_split(spec: DatasetSpec, split: str, inputs: list[str] | None = None, f
                          + ("" if inputs else "; offline? download the files and pass them with --input")) from None
     local = [Path(f) for f in inputs or []]
     return _text_batches(dataset, field, where, batch_size, skip, tally or RecordTally(field),
-                         lambda row: locate_row(local, row) if local else f"row {row + 1} of {where}")
+                         lambda row: locate_row(local, row, encoding) if local else f"row {row + 1} of {where}",
+                         lambda: [check_input(path, encoding, whole=True) for path in local])
 
 
-def locate_row(files: list[Path], row: int) -> str:
+def locate_row(files: list[Path], row: int, encoding: str = "utf-8") -> str:
     """Where row `row` (0-based, as `datasets` counts: jsonl blank lines are not rows) is: FILE line N or FILE row N."""
     for path in files:
         if path.name.endswith(".parquet"):
@@ -106,7 +126,8 @@ def locate_row(files: list[Path], row: int) -> str:
                 return f"{path} row {row + 1}"
             row -= rows
             continue
-        with (gzip.open if path.name.endswith(".gz") else open)(path, "rt", encoding="utf-8") as handle:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding=encoding, errors="replace") as handle:  # finds a line; decoding is checked
             for line_number, line in enumerate(handle, 1):
                 if line.strip():
                     if row == 0:
@@ -116,7 +137,9 @@ def locate_row(files: list[Path], row: int) -> str:
 
 
 def _text_batches(dataset, field: str, where: str, batch_size: int, first_row: int, tally: RecordTally,
-                  locate) -> Iterator[list[str | None]]:
+                  locate, find_undecodable) -> Iterator[list[str | None]]:
+    """`field` of each row; a failure mid-stream is one line, a byte that does not decode named by its offset
+    (`find_undecodable` reads the local files again to find it: only after such a failure)."""
     row = first_row
     try:
         for batch in dataset.iter(batch_size=batch_size):  # columnar batches: far less per-row Python than rows
@@ -128,4 +151,6 @@ def _text_batches(dataset, field: str, where: str, batch_size: int, first_row: i
             tally.read += len(texts)
             yield texts
     except Exception as exc:  # a corrupt line or file met mid-stream
+        if isinstance(exc, UnicodeError):
+            find_undecodable()
         raise LlmpyError(f"{where}: reading failed ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None

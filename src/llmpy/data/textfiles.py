@@ -1,15 +1,27 @@
-"""Documents from local files: .txt (one per file), .jsonl / .jsonl.gz (one per line), .parquet (one per row)."""
+"""Documents from local files: .txt (one per file), .jsonl / .jsonl.gz (one per line), .parquet (one per row).
+
+Text is decoded strictly, in the encoding given (UTF-8 unless `prepare --encoding` says otherwise): a byte that does
+not decode, or a NUL byte (binary data), is a one-line error naming the file and the byte offset, never a U+FFFD
+quietly tokenized."""
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import gzip
 import json
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from llmpy.errors import LlmpyError
+
+READ_BYTES = 1 << 20  # decoded per block
+SNIFF_BYTES = 1 << 20  # what `check_input` decodes of each file before any output is touched
+TEXT_SUFFIXES = (".txt", ".md")
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")
 
 
 @dataclass
@@ -47,24 +59,118 @@ class RecordTally:
                   f"(first: {self.first()})", file=sys.stderr)
 
 
-def iter_json_records(path: Path) -> Iterator[tuple[int, object]]:
-    """(line number, parsed value) for each non-blank line of a .jsonl / .jsonl.gz file; errors name file:line."""
-    opener = gzip.open if path.name.endswith(".gz") else open
+def check_encoding(name: str) -> str:
+    """`name` when Python decodes text with it (utf-8, latin-1, cp1252, ...); else a one-line error for --encoding."""
     try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for line_number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield line_number, json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise LlmpyError(f"{path}:{line_number}: not valid JSON ({exc.msg})") from None
-    except (OSError, EOFError, UnicodeDecodeError) as exc:  # e.g. a truncated .gz
+        codecs.getincrementaldecoder(name)
+        "".encode(name)  # a bytes-to-bytes codec (base64, zlib) is no text encoding
+    except LookupError:
+        raise LlmpyError(f"--encoding {name!r}: not a text encoding Python knows (e.g. utf-8, latin-1, cp1252, "
+                         "utf-16)") from None
+    return name
+
+
+def is_utf8(encoding: str) -> bool:
+    """Whether `encoding` names UTF-8 (utf-8, UTF8, utf_8, ...)."""
+    return codecs.lookup(encoding).name == "utf-8"
+
+
+def _nul_is_a_byte(encoding: str) -> bool:
+    """Whether a NUL character is one 0x00 byte (UTF-8, Latin-1, cp1252, ...: where a NUL byte means binary data);
+    in UTF-16/32 zero bytes are part of ordinary characters."""
+    return len("\0\0".encode(encoding)) - len("\0".encode(encoding)) == 1
+
+
+def _decoded_blocks(path: Path, encoding: str, limit: int | None = None) -> Iterator[str]:
+    """The text of `path` (of a .gz: decompressed) in blocks, decoded strictly; stops after `limit` bytes when given.
+    A byte that does not decode, or a NUL byte, is a one-line error naming the file and its byte offset."""
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    nul_means_binary = _nul_is_a_byte(encoding)
+    gz = path.name.lower().endswith(".gz")
+    where = " of the decompressed data" if gz else ""
+    position = 0  # bytes of the file handed to the decoder so far
+    with (gzip.open if gz else open)(path, "rb") as handle:
+        while True:
+            block = handle.read(READ_BYTES)
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous block
+            try:
+                text, bad = decoder.decode(block, final=not block), None
+            except UnicodeDecodeError as exc:
+                text, bad = "", (position - pending + exc.start, exc.object[exc.start])
+            nul = block.find(b"\0") if nul_means_binary else -1
+            if nul >= 0 and (bad is None or position + nul < bad[0]):
+                raise LlmpyError(f"{path}: a NUL byte at byte offset {position + nul}{where} (binary data, not "
+                                 "text); prepare takes text files (UTF-16 text: give --encoding utf-16)")
+            if bad is not None:
+                raise LlmpyError(f"{path}: not valid {encoding} text: byte offset {bad[0]}{where} (0x{bad[1]:02x}) "
+                                 "does not decode; if the file is text in another encoding, give it with --encoding "
+                                 "(e.g. --encoding latin-1)")
+            position += len(block)
+            if text:
+                yield text
+            if not block or (limit is not None and position >= limit):
+                return
+
+
+def _lines(blocks: Iterable[str]) -> Iterator[str]:
+    """The lines of text arriving in blocks (a line may span blocks), without their newlines."""
+    partial: list[str] = []
+    for block in blocks:
+        *complete, rest = block.split("\n")
+        if complete:
+            yield "".join(partial) + complete[0]
+            yield from complete[1:]
+            partial = []
+        partial.append(rest)
+    if any(partial):
+        yield "".join(partial)
+
+
+@contextlib.contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """A file that cannot be read (no permission, a truncated or corrupt .gz) as a one-line error."""
+    try:
+        yield
+    except (OSError, EOFError, zlib.error) as exc:
         raise LlmpyError(f"{path}: cannot read ({exc})") from None
 
 
-def _jsonl_documents(path: Path, field: str, tally: RecordTally) -> Iterator[str]:
-    for line_number, record in iter_json_records(path):
+def read_text_file(path: str | Path, encoding: str = "utf-8") -> str:
+    """The whole text of a file, decoded strictly (see `_decoded_blocks`)."""
+    path = Path(path)
+    with _readable(path):
+        return "".join(_decoded_blocks(path, encoding))
+
+
+def iter_json_records(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) for each non-blank line of a .jsonl / .jsonl.gz file; errors name file:line, or
+    the file and the byte offset of text that does not decode."""
+    with _readable(path):
+        for line_number, line in enumerate(_lines(_decoded_blocks(path, encoding)), 1):
+            if not line.strip():
+                continue
+            try:
+                yield line_number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise LlmpyError(f"{path}:{line_number}: not valid JSON ({exc.msg})") from None
+
+
+def check_input(path: Path, encoding: str = "utf-8", whole: bool = False) -> None:
+    """Before any output is touched: a one-line error for an input of a type prepare cannot read, one that cannot be
+    opened, or (text and jsonl) one whose first SNIFF_BYTES (`whole`: all its bytes) do not decode or hold a NUL
+    byte. The rest is checked as it is read."""
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        return  # a binary format by design; its reader checks it
+    if not name.endswith(JSONL_SUFFIXES + TEXT_SUFFIXES):
+        raise LlmpyError(f"{path}: unsupported input type (use .txt, .jsonl, .jsonl.gz or .parquet)")
+    with _readable(path):
+        for _ in _decoded_blocks(path, encoding, limit=None if whole else SNIFF_BYTES):
+            pass
+
+
+def _jsonl_documents(path: Path, field: str, tally: RecordTally, encoding: str) -> Iterator[str]:
+    for line_number, record in iter_json_records(path, encoding):
         tally.read += 1
         if not isinstance(record, dict) or not isinstance(record.get(field), str):
             tally.skip(lambda n=line_number, r=record: f"{path} line {n}, " + (
@@ -120,20 +226,21 @@ def input_files(paths: Iterable[str | Path], flag: str = "--input") -> list[Path
     return files
 
 
-def iter_documents(paths: Iterable[str | Path], field: str = "text", tally: RecordTally | None = None) -> Iterator[str]:
+def iter_documents(paths: Iterable[str | Path], field: str = "text", tally: RecordTally | None = None,
+                   encoding: str = "utf-8") -> Iterator[str]:
     """Documents from .txt (one per file), .jsonl/.jsonl.gz (one per line) and .parquet (one per row); records
-    without a string `field` are skipped and counted in `tally`."""
+    without a string `field` are skipped and counted in `tally`. Text files are decoded strictly in `encoding`."""
     tally = tally if tally is not None else RecordTally(field)
     for raw in paths:
         path = Path(raw)
         if not path.is_file():
             raise LlmpyError(f"{path}: no such input file")
         name = path.name.lower()
-        if name.endswith((".jsonl", ".jsonl.gz", ".json.gz", ".ndjson")):
-            yield from _jsonl_documents(path, field, tally)
+        if name.endswith(JSONL_SUFFIXES):
+            yield from _jsonl_documents(path, field, tally, encoding)
         elif name.endswith(".parquet"):
             yield from _parquet_documents(path, field, tally)
-        elif name.endswith((".txt", ".md")):
-            yield path.read_text(encoding="utf-8", errors="replace")
+        elif name.endswith(TEXT_SUFFIXES):
+            yield read_text_file(path, encoding)
         else:
             raise LlmpyError(f"{path}: unsupported input type (use .txt, .jsonl, .jsonl.gz or .parquet)")

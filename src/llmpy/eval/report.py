@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from llmpy.config import ModelConfig
@@ -11,8 +12,10 @@ from llmpy.gpt2 import reference_for
 from llmpy.runtime import Runtime
 
 
-def val_loss_over_budget(model, pattern: str, tokens: int, batch_size: int, seq_len: int, runtime: Runtime) -> dict:
-    """Mean loss over the first `tokens` tokens (whole B x T batches) of a shard glob, unshuffled."""
+def val_loss_over_budget(model, pattern: str, tokens: int, batch_size: int, seq_len: int, runtime: Runtime,
+                         progress: bool = False) -> dict:
+    """Mean loss over the first `tokens` tokens (whole B x T batches) of a shard glob, unshuffled (`progress`: a bar
+    on a terminal)."""
     from llmpy.data.loader import TokenLoader
     from llmpy.eval.val_loss import evaluate_loss
     from llmpy.loss import ModelWithLoss, build_loss
@@ -21,7 +24,8 @@ def val_loss_over_budget(model, pattern: str, tokens: int, batch_size: int, seq_
     steps = max(1, min(tokens // (batch_size * seq_len), loader.steps_per_epoch))
     loss = build_loss("plain", model.config.vocab_size, model.config.padded_vocab_size).to(runtime.device)
     with_loss = ModelWithLoss(model, loss)
-    return {"val_loss": evaluate_loss(with_loss, loader, steps, runtime), "val_tokens": steps * batch_size * seq_len}
+    return {"val_loss": evaluate_loss(with_loss, loader, steps, runtime, progress=progress),
+            "val_tokens": steps * batch_size * seq_len}
 
 
 def token_count(tokens: int) -> str:
@@ -49,6 +53,7 @@ def format_table(spec: str, model_config: ModelConfig, num_params: int, results:
     if "hellaswag_acc_norm" in results:
         row("HellaSwag acc_norm", results["hellaswag_acc_norm"], ref.get("gpt2_hellaswag"), ref.get("gpt3_hellaswag"))
         row("HellaSwag acc", results["hellaswag_acc"])
+        lines.append(f"{'HellaSwag examples':<22}{results['hellaswag_examples']:>12,}")
     if ref:
         lines.append("(GPT-2 val loss is on llm.c's FineWeb val split: compare only on the same tokens)")
     return "\n".join(lines)
@@ -67,7 +72,11 @@ def run_eval(spec: str, *, val_data: str | None, val_tokens: int, batch_size: in
     if val_data:
         if seq_len > model.config.block_size:
             raise LlmpyError(f"-t/--seq-len {seq_len} exceeds the model's {model.config.block_size} positions")
-        results.update(val_loss_over_budget(model, val_data, val_tokens, batch_size, seq_len, runtime))
+        results.update(val_loss_over_budget(model, val_data, val_tokens, batch_size, seq_len, runtime,
+                                            progress=not as_json))
+    elif not skip_hellaswag:
+        print("eval: val loss skipped: no -j/--val-data given (a val shard glob, e.g. 'fineweb_val_*.bin')",
+              file=sys.stderr)
     if not skip_hellaswag:
         from llmpy.data.hellaswag import resolve_hellaswag
         from llmpy.eval.hellaswag import evaluate_hellaswag, load_examples

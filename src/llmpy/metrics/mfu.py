@@ -79,6 +79,11 @@ def peak_flops(device_name: str, precision: str = "bf16") -> float | None:
     return None  # no MFU is better than a wrong one
 
 
+def known_gpus() -> list[str]:
+    """The GPU names of the peak table, as `peak_flops` matches them."""
+    return list(_PEAK_BF16)
+
+
 def mfu(tokens_per_sec: float, flops_per_token: float, peak: float | None) -> float | None:
     """Achieved FLOP/s as a fraction of `peak`; None without a known peak."""
     if not peak:

@@ -4,6 +4,7 @@ on, accumulation, total steps) is returned as values (BatchLayout, ...)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from llmpy.families import DEFAULT_FAMILY, build_model as build_family_model, fa
 from llmpy.loss import CrossEntropyLoss, build_loss as build_loss_component
 from llmpy.metrics.logger import RunLogger
 from llmpy.metrics.mfu import matmul_parameters, peak_flops, training_flops_per_token
+from llmpy.resume_rules import RunComplete, continue_schedule
 from llmpy.rundir import claim_run_dir
 from llmpy.runtime import Runtime, seed_everything, select_runtime
 from llmpy.train.evaluation import Evaluator
@@ -64,9 +66,11 @@ def build_model(spec: str, seq_len: int, recompute: int = 0, family: str = DEFAU
     if DESCRIPTOR_RE.fullmatch(spec) or spec in GPT2_NAMES:
         model = build_family_model(model_config(family, spec, arch), family, recompute)
     else:  # llm.c's -e also takes a model file to start from: an llm.c .bin, an llmpy checkpoint, HF weights
-        from llmpy.convert.load import load_any_model
+        from llmpy.convert.load import load_any_model, unknown_model_error
 
-        loaded = load_any_model(spec)
+        if not Path(spec).exists() and not spec.startswith("openai-community/"):
+            raise unknown_model_error(spec, "-e/--model", descriptors=True)
+        loaded = load_any_model(spec, flag="-e/--model")
         if family_of(loaded) != family or arch:
             raise LlmpyError(f"-e {spec} is a {family_of(loaded)} model; a run started from it keeps its family "
                              f"and architecture (give --family {family_of(loaded)} and no --arch, or the recipe "
@@ -277,7 +281,15 @@ def schedule_note(layout: BatchLayout) -> str:
 
 
 def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) -> Trainer:
-    """Construct every component from the config, print the run's header, resume on -y 1, return the Trainer."""
+    """Construct every component from the config, print the run's header, resume on -y 1, return the Trainer. It
+    holds the lock on -o (rank 0), released when `fit` ends; a build that fails releases it."""
+    with contextlib.ExitStack() as if_failed:
+        trainer = _build_trainer(config, print_fn, if_failed)
+        if_failed.pop_all()
+    return trainer
+
+
+def _build_trainer(config: TrainConfig, print_fn: Callable[..., None], if_failed: contextlib.ExitStack) -> Trainer:
     job, print_fn = build_job(config, print_fn)
     runtime = build_runtime(config, job)
     seed_everything(config.seed)
@@ -292,10 +304,11 @@ def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) ->
     train_loader, val_loader = build_data(config, layout, job)
     total_steps = config.max_steps if config.max_steps > 0 else layout.steps_to_cover(train_loader.steps_per_epoch)
     optimizer, lr, schedule = build_optimization(config, module, runtime, total_steps)
+    run_lock = None  # rank 0's lock on -o
     if config.output_dir:
-        moved = claim_run_dir(config.output_dir, bool(config.resume), bool(config.overwrite), job)
-        if moved is not None:
-            print_fn(f"--overwrite 1: the run that was in {config.output_dir} is now in {moved}")
+        run_lock = claim_run_dir(config.output_dir, bool(config.resume), bool(config.overwrite), job, print_fn)
+    if run_lock is not None:
+        if_failed.callback(run_lock.release)
     logger = build_logger(config, job)
     header, text = run_header(config, runtime, model, layout, kind, compile_mode, total_steps, train_loader,
                               gelu_fusion, cuda_graphs)
@@ -311,7 +324,7 @@ def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) ->
         train_step=TrainStep(model, optimizer, lr, schedule, build_skip_rule(config, runtime), train_loader, layout,
                              runtime, job, config.grad_clip, bool(config.overfit_batch), cuda_graphs),
         evaluator=build_evaluator(config, model, runtime, job, logger, val_loader, print_fn),
-        logger=logger, checkpoints=checkpoints, total_steps=total_steps,
+        logger=logger, checkpoints=checkpoints, run_lock=run_lock, total_steps=total_steps,
         flops_per_token=training_flops_per_token(module.config, config.seq_len, matmul_parameters(module)),
         peak_flops=peak * job.world_size if peak else None,  # tokens/s is the whole job's: every GPU's peak
         print_fn=print_fn, bad_steps=BadStepCounter(config.max_bad_steps),
@@ -322,19 +335,25 @@ def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) ->
         if restored is not None and restored.step > total_steps:
             raise LlmpyError(f"-x/--max-steps {total_steps} is below the step of the checkpoint in "
                              f"{config.output_dir} ({restored.step}): give -x {restored.step} or more")
+        if restored is not None and restored.step == total_steps and restored.complete:
+            raise RunComplete(config.output_dir, restored.step)  # before a byte is written
         if restored is not None:
+            schedule_note = continue_schedule(schedule, restored.step, total_steps, config.extend_schedule,
+                                              config.output_dir)  # refused before a byte is written
             trainer.start_step = restored.step
-            print_fn(f"resuming from the checkpoint at step {restored.step} of {total_steps} in {config.output_dir}"
+            print_fn(f"{'warning: ' if restored.skipped else ''}resuming from the checkpoint at step {restored.step} "
+                     f"of {total_steps} in {config.output_dir} ({restored.path.name})"
                      + (f" (written by {restored.saved_world_size} process(es), now {job.world_size})"
-                        if restored.saved_world_size != job.world_size else ""))
+                        if restored.saved_world_size != job.world_size else "") + restored.skipped_note)
             if restored.saved_world_size != job.world_size and config.val_data and config.val_max_steps > 0:
                 tokens = config.val_max_steps * layout.batch_size * layout.seq_len * job.world_size
                 print_fn(f"note: -m counts val batches per process (llm.c's meaning), so from here each val loss "
                          f"covers {tokens:,} tokens ({job.world_size} process(es), before {restored.saved_world_size}): "
                          f"the val curve changes its sample at step {restored.step}")
-            if schedule.total_steps != total_steps:
-                print_fn(f"resume: the LR schedule continues as saved: it reaches its final LR at step "
-                         f"{schedule.total_steps} and holds it after")
+            if schedule_note:
+                print_fn(schedule_note)
+    elif config.resume:
+        print_fn("note: -y 1 continues the run in -o, and no -o was given: this run starts at step 0 and saves nothing")
     if config.output_dir and job.is_main:  # only now: a refused resume must not rewrite the run's description
         atomic_write_bytes(Path(config.output_dir) / "config.json",
                            json.dumps({"train": config.to_dict(), **header}, indent=2, default=str).encode())

@@ -8,6 +8,7 @@ import math
 import signal
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -15,11 +16,20 @@ from llmpy.errors import LlmpyError
 
 
 class Preempted(Exception):
-    """Raised after the checkpoint that a SIGTERM/SIGINT asked for has been written."""
+    """Raised when a SIGTERM/SIGINT stopped the run between steps, after the checkpoint it asked for (with an -o
+    `run_dir`: `written`, None if it could not be). `checkpoint`: what -y 1 continues from (None: nothing)."""
 
-    def __init__(self, step: int):
-        super().__init__(f"stopped by a signal; checkpoint written at step {step}")
+    def __init__(self, step: int, run_dir: str | None = None, written: Path | None = None, last: str | None = None):
+        if not run_dir:
+            outcome = "no -o was given, so nothing was saved"
+        elif written is not None:
+            outcome = f"checkpoint written in {run_dir}"
+        else:
+            outcome = ("its checkpoint was not written (see the warning above); "
+                       + (f"the last good one is {last}" if last else "no checkpoint was written before it either"))
+        super().__init__(f"stopped by a signal at step {step}; {outcome}")
         self.step = step
+        self.checkpoint = str(written) if written is not None else last if run_dir else None
 
 
 class OutlierWindow:
@@ -100,12 +110,13 @@ class BadStepCounter:
     def record(self, finite: bool, step: int, last_checkpoint: str | None) -> None:
         self.in_a_row = 0 if finite else self.in_a_row + 1
         if self.limit > 0 and self.in_a_row >= self.limit:
-            where = f"; the last good checkpoint is {last_checkpoint}" if last_checkpoint else "; no checkpoint yet"
-            raise LlmpyError(
-                f"step {step}: {self.in_a_row} steps in a row had a non-finite loss or gradient norm and were "
-                f"skipped{where}. Start a new run from its weights with a lower -l or a longer -u: -e <that model "
-                "file> -o <a new directory> (-y 1 keeps the run's flags)"
-            )
+            if last_checkpoint:
+                advice = (f"; the last good checkpoint is {last_checkpoint}. Start a new run from its weights with a "
+                          "lower -l or a longer -u: -e <that model file> -o <a new directory> (-y 1 keeps the run's flags)")
+            else:  # no weights were saved to start from
+                advice = "; no checkpoint was written (no -o, or none yet). Start over with a lower -l or a longer -u"
+            raise LlmpyError(f"step {step}: {self.in_a_row} steps in a row had a non-finite loss or gradient norm and "
+                             f"were skipped{advice}")
 
 
 class StopSignal:

@@ -164,7 +164,8 @@ def _decay_ratio(step: int, start: int, end: int) -> float:
 
 @dataclass
 class LRSchedule:
-    """The LR schedule of one run: call it with a step; `state_dict()` is a plain dict for checkpoints."""
+    """The LR schedule of one run: call it with a step; `state_dict()` is a plain dict for checkpoints.
+    `extended_to`: a resume with --extend-schedule final let the run go on at the final LR up to this step."""
 
     max_lr: float
     warmup_steps: int
@@ -172,12 +173,20 @@ class LRSchedule:
     final_lr_frac: float = 1.0
     schedule: str = "cosine"
     cooldown_frac: float = 0.2
+    extended_to: int = 0
 
     def __post_init__(self) -> None:
         self(0)  # fail at construction on an unknown schedule name, not mid-run
 
     def __call__(self, step: int) -> float:
-        return learning_rate_at(step, **asdict(self))
+        return learning_rate_at(step, max_lr=self.max_lr, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
+                                final_lr_frac=self.final_lr_frac, schedule=self.schedule,
+                                cooldown_frac=self.cooldown_frac)
+
+    @property
+    def final_lr(self) -> float:
+        """The LR at the end of the schedule, held after it."""
+        return self(max(self.total_steps, self.warmup_steps))
 
     def state_dict(self) -> dict:
         return asdict(self)

@@ -23,6 +23,7 @@ from llmpy.train.faults import SkipRule
 from llmpy.train.graphs import MicroStepGraph, forward_backward
 from llmpy.train.optim import LRSchedule, masked_step
 from llmpy.train.parallel import ParallelModel
+from llmpy.train.progress import MicroStepProgress
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class TrainStep:
         self.max_norm = grad_clip if grad_clip > 0 else math.inf
         self.overfit_batch = overfit_batch
         self.clock = StepClock(runtime)
+        self.progress = MicroStepProgress(enabled=None if job.is_main else False)  # a long step's count, on a terminal
         self.graph = None
         if cuda_graphs:
             def micro_step(x, y, loss_sum):
@@ -174,7 +176,9 @@ class TrainStep:
         if self.overfit_batch:
             self.loader.reset()  # -a 1: the same first batch every step
         loss_sum = self.graph.begin_step() if graphed else torch.zeros((), device=device)
+        self.progress.start(step, accum)
         for micro_step in range(accum):
+            self.progress.tick(micro_step)  # host clock only: nothing waits for the device
             self.model.set_grad_sync(micro_step, accum)
             x, y = self.loader.next_batch()
             if graphed:
@@ -184,6 +188,7 @@ class TrainStep:
             if row_length != x.size(1):  # --seq-len-warmup: the same tokens as more, shorter rows
                 x, y = x.reshape(-1, row_length), y.reshape(-1, row_length)
             forward_backward(self.model.train_module, self.runtime.autocast, x, y, accum, loss_sum)
+        self.progress.finish()
         grad_norm = self.model.clip_grad_norm(self.max_norm).float()  # the unclipped norm
         if self.job.enabled:  # the loss of the whole -d batch, and whether any rank was asked to stop
             shared = torch.stack([loss_sum, torch.full((), float(stop_requested), device=device)])

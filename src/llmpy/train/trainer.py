@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -15,6 +16,7 @@ from llmpy.distributed import Distributed
 from llmpy.families import family_of
 from llmpy.metrics.logger import RunLogger
 from llmpy.metrics.mfu import mfu as model_flops_utilization
+from llmpy.runlock import RunLock
 from llmpy.runtime import Runtime
 from llmpy.train.evaluation import Evaluator
 from llmpy.train.faults import BadStepCounter, Preempted, StopSignal
@@ -43,6 +45,7 @@ class Trainer:
     print_fn: Callable[..., None]
     bad_steps: BadStepCounter
     start_step: int = 0  # set by a resume
+    run_lock: RunLock | None = None  # rank 0's lock on -o (llmpy.runlock), held until fit ends
 
     def stateful(self) -> dict[str, Stateful]:
         """Everything besides the weights and the optimizer that the next step depends on."""
@@ -51,7 +54,15 @@ class Trainer:
                 "loss_outliers": step.skip_rule.loss_window, "norm_outliers": step.skip_rule.norm_window}
 
     def fit(self) -> dict:
-        """Train to the end; returns a summary (val losses, last train loss, mean tok/s, HellaSwag)."""
+        """Train to the end; returns a summary (val losses, last train loss, mean tok/s, HellaSwag). However the run
+        ends, its lock on -o is released."""
+        try:
+            return self._fit()
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
+
+    def _fit(self) -> dict:
         summary: dict = {"val_loss": {}, "train_loss": None}
         throughput: list[float] = []
         try:
@@ -130,11 +141,10 @@ class Trainer:
                 stopping = stop.requested
             if stopping:  # SIGTERM/SIGINT: the steps queued are done; keep them and leave
                 drain()
-                if self.checkpoints is not None:
-                    self.save_checkpoint(step + 1)
-                raise Preempted(step + 1)
+                written = self.save_checkpoint(step + 1) if self.checkpoints is not None else None
+                raise Preempted(step + 1, self.config.output_dir, written, self.last_checkpoint)
         if self.checkpoints is not None:
-            self.save_checkpoint(self.total_steps)
+            self.save_checkpoint(self.total_steps, run_complete=True)
 
     def flops_per_token_at(self, step: int) -> float:
         """`flops_per_token` (counted at -t) for the rows of step `step`: shorter under --seq-len-warmup, whose
@@ -159,15 +169,18 @@ class Trainer:
         saved = self.checkpoints.last_saved if self.checkpoints is not None else None
         return str(saved) if saved is not None else None
 
-    def save_checkpoint(self, step: int) -> None:
-        """Weights, optimizer and every Stateful piece for `step` (the next step to run), then rotation."""
+    def save_checkpoint(self, step: int, run_complete: bool = False) -> Path | None:
+        """Weights, optimizer and every Stateful piece for `step` (the next step to run), then rotation; the model
+        file written (None: not written). `run_complete`: the end of the run, after its last evaluation."""
         model = self.model.module
         path = self.checkpoints.save(
             step, model.config, family_of(model), ModelState(self.model), OptimizerState(self.model, self.train_step.optimizer),
-            self.stateful(), {"train_config": self.config.to_dict(), "world_size": self.job.world_size},
+            self.stateful(), {"train_config": self.config.to_dict(), "world_size": self.job.world_size,
+                              "run_complete": run_complete},
         )
         if path is not None:
             self.print_fn(f"checkpoint: {path}")
+        return path
 
     def report(self, stats: StepStats) -> None:
         """main.log line and the full JSONL record for every step; a console line like llm.c's at log steps."""
