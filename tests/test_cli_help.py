@@ -118,7 +118,10 @@ def test_close_match_finds_the_near_miss_only():
 ])
 def test_a_near_miss_gets_its_near_match_in_one_line(argv, hint, capsys):
     assert exit_code(argv) == 2
-    assert hint in last_error_line(capsys)
+    line = last_error_line(capsys)
+    assert hint in line
+    if "did you mean --" in hint:  # an unknown option: the help it points at is the subcommand's
+        assert f"(`llmpy {argv[0]} --help`)" in line
 
 
 def exit_code(argv: list[str]) -> int:

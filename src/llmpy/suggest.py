@@ -64,6 +64,7 @@ class SuggestingParser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         namespace, extras = self.parse_known_args(args, namespace)
-        if extras:
-            self.error(unrecognized_message(extras, chosen_subparser(self, namespace)))
+        if extras:  # said by the subcommand's parser, so its pointer to --help is that subcommand's
+            chosen = chosen_subparser(self, namespace)
+            chosen.error(unrecognized_message(extras, chosen))
         return namespace
