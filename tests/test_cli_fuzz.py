@@ -268,7 +268,7 @@ def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else "inf" if value == math.inf else "-inf" if value == -math.inf else repr(value)
+        return "nan" if math.isnan(value) else repr(value)  # repr spells TOML's inf, -inf, 1e+300
     if isinstance(value, (int, str)):
         return json.dumps(value)
     if isinstance(value, list):
@@ -279,8 +279,10 @@ def toml_value(value) -> str:
 
 
 def write_config(path, entries: dict) -> None:
+    """`entries` as a TOML or YAML file, by `path`'s suffix."""
     if path.suffix == ".toml":
-        path.write_text("".join(f"{key} = {toml_value(value)}\n" for key, value in entries.items() if value is not None))
+        lines = (f"{key} = {toml_value(value)}\n" for key, value in entries.items() if value is not None)
+        path.write_text("".join(lines))
     else:
         path.write_text(yaml.safe_dump(entries, allow_unicode=True))
 
