@@ -278,6 +278,17 @@ def test_latin1_is_refused_at_its_byte_offset_and_read_with_encoding(reference_e
     assert tokens == [t for text in texts for t in [50256, *reference_encoding.encode_ordinary(text)]]
 
 
+def test_a_utf8_byte_order_mark_is_not_text(reference_encoding, tmp_path):
+    """A .txt that opens with a UTF-8 BOM (as Windows editors write it) gives the tokens of its text alone."""
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + LATIN1_TEXT.encode())
+    out = tmp_path / "out"
+    assert main(["prepare", "text", "--input", str(path), "--out", str(out), "--quiet"]) == 0
+    files = sorted(out.glob("*.bin"), key=lambda p: "_train_" in p.name)  # val first, as the tokens came
+    tokens = np.concatenate([read_shard(f) for f in files]).tolist()
+    assert tokens == [50256, *reference_encoding.encode_ordinary(LATIN1_TEXT)]
+
+
 def test_random_bytes_are_refused_with_or_without_an_encoding(bpe_env, tmp_path, capsys):
     noise = tmp_path / "noise.txt"
     data = np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes()

@@ -84,7 +84,8 @@ def _nul_is_a_byte(encoding: str) -> bool:
 def _decoded_blocks(path: Path, encoding: str, limit: int | None = None) -> Iterator[str]:
     """The text of `path` (of a .gz: decompressed) in blocks, decoded strictly; stops after `limit` bytes when given.
     A byte that does not decode, or a NUL byte, is a one-line error naming the file and its byte offset."""
-    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    # UTF-8 through utf-8-sig: a byte-order mark that opens a file (Windows editors write one) is not text
+    decoder = codecs.getincrementaldecoder("utf-8-sig" if is_utf8(encoding) else encoding)("strict")
     nul_means_binary = _nul_is_a_byte(encoding)
     gz = path.name.lower().endswith(".gz")
     where = " of the decompressed data" if gz else ""
