@@ -20,11 +20,10 @@ from pathlib import Path
 
 import torch
 
-from llmpy.cli import main
+from train_runs import D12_65K, corpus_flags, summary, train
 
 D = os.environ.get("CORPUS", ".devcarry/corpus")  # the corpus prepared as in benchmarks/RESULTS.md
-COMMON = ["-i", f"{D}/corpus_train_*.bin", "-j", f"{D}/corpus_val_*.bin", "-e", "d12", "-b", "64", "-t", "1024",
-          "-d", "65536", "-r", "0", "-s", "0", "--no-shuffle", "-m", "10", "--log-every", "10"]
+COMMON = corpus_flags(D) + D12_65K
 CLASSIC = ["-l", "0.0006", "-u", "30", "-q", "0.1", "-c", "0.1"]
 MODERN = ["--recipe", "modern"]
 EAGER30 = ["--compile", "0", "-x", "30", "-v", "15"]
@@ -78,21 +77,8 @@ PHASES = {
 }
 
 
-def summary(run: Path) -> dict:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in records if r["kind"] == "train"]
-    val = {r["step"]: round(r["loss"], 4) for r in records if r["kind"] == "val"}
-    seconds = [r["step_ms"] / 1000 for r in train]
-    tokens = sum(r.get("tokens", 65536) for r in train[1:])  # each step's own (a batch-size ramp varies them)
-    return {"val": val, "steps": [[r["step"], round(r["loss"], 4), round(r["grad_norm"], 4),
-                                   r.get("tokens")] for r in train],
-            "first_step_s": round(seconds[0], 2) if seconds else None,
-            "train_s_after_first": round(sum(seconds[1:]), 2),
-            "tok_per_s": round(tokens / max(sum(seconds[1:]), 1e-9)) if len(seconds) > 1 else None}
-
-
 def run_phase(phase: str, out: Path, only: list[str], deadline: float) -> None:
-    """Each run writes to a scratch directory (its checkpoint and logs stay there); its metrics go to
+    """Each run writes to a scratch directory (its logs stay there; no checkpoint); its metrics go to
     `out`/results.jsonl. A run that would start after `deadline` (time.time()) is skipped: the trainer takes SIGTERM
     as a preemption and stops only its own run, so an outer `timeout` would not stop the list."""
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +90,7 @@ def run_phase(phase: str, out: Path, only: list[str], deadline: float) -> None:
         run = scratch / name.replace("=", "")
         os.environ["LLMPY_FLEX_ATTENTION"] = "0" if name.endswith("_dense") else "1"  # read at each forward
         start = time.time()
-        code = main(["train", *COMMON, *flags, *extra, "-o", str(run)])
+        code = train([*COMMON, *flags, *extra, "-o", str(run)])  # no checkpoint (train_runs.train)
         # a device call brings back only a few files: each run's metrics go into results.jsonl, not a folder
         wall = time.time() - start
         result = {"name": name, "rc": code, "wall_s": round(wall, 1), "flags": " ".join(flags + extra)}

@@ -78,3 +78,12 @@ def test_the_check_fails_when_parameters_get_no_gradient(tmp_path, monkeypatch, 
     result = json.loads(out.read_text().splitlines()[-1])
     assert not result["passed"] and "transformer.h.0.attn.c_q.weight" in result["parameters_without_gradient"]
     assert "no gradient: " in capsys.readouterr().out
+
+
+def test_the_check_covers_every_frontier_switch(tmp_path):
+    out = tmp_path / "check.jsonl"
+    assert main(["bench", "--check", "--recipe", "frontier", "--arch",
+                 "bigram=0.05,rope_dims=32,key_offset=1,backout=1,untie_at=0.5,value_embeds=1", "--model", "d2w64",
+                 "-b", "2", "-t", "64", "--device", "cpu", "--compile", "0", "--json", str(out)]) == 0
+    result = json.loads(out.read_text().splitlines()[-1])
+    assert result["passed"] and result["parameters_without_gradient"] == [], result

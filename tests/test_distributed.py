@@ -125,25 +125,34 @@ def test_fused_loss_on_two_ranks_matches_the_plain_loss_on_one(data, bpe_file, o
 
 
 MODERN = ["--recipe", "modern", "-l", "0.02"]
+# every frontier switch, the tie-then-untie (split after step 1), the auxiliary losses and Muon's frontier settings
+FRONTIER = ["--recipe", "frontier", "-l", "0.02", "-c", "1.2",
+            "--arch", "bigram=0.05,rope_dims=32,key_offset=1,backout=1,untie_at=0.5",
+            "--optimizer-args", "qk_pairs=1,normuon=1,normuon_axis=auto,cautious_wd=1,wd_schedule=lr2,embedding_wd=0.5",
+            "--mtp-weights", "0.5", "--prefix-loss", "0.25"]
+RECIPES = {"modern": MODERN, "frontier": FRONTIER}
 
 
-@pytest.fixture(scope="module")
-def one_rank_modern(data, bpe_file, tmp_path_factory):
-    """The modern recipe's reference: 1 rank with accumulation 2."""
-    run = tmp_path_factory.mktemp("one_modern") / "run"
-    launch(1, args(data, run) + MODERN, bpe_file)
-    return run
+@pytest.fixture(scope="module", params=list(RECIPES))
+def one_rank_recipe(request, data, bpe_file, tmp_path_factory):
+    """A Muon recipe's reference: 1 rank with accumulation 2."""
+    run = tmp_path_factory.mktemp(f"one_{request.param}") / "run"
+    launch(1, args(data, run) + RECIPES[request.param], bpe_file)
+    return request.param, run
 
 
 @pytest.mark.parametrize("zero", [0, 3])
-def test_the_modern_recipe_on_two_ranks_matches_one_rank_with_accumulation(data, bpe_file, one_rank_modern, tmp_path,
-                                                                           zero):
+def test_the_muon_recipes_on_two_ranks_match_one_rank_with_accumulation(data, bpe_file, one_rank_recipe, tmp_path,
+                                                                        zero):
     # Muon's orthogonalisation is split over the ranks (DDP: every world-th matrix; FSDP: each matrix gathered on
-    # its owner and its rows sent back), and must still do one rank's math
+    # its owner and its rows sent back), and must still do one rank's math; the frontier adds the tie's gradient
+    # merge and state copy on replicas and shards, Q/K row blocks, and the bigram table and gates in Adam
+    recipe, one_rank = one_rank_recipe
     two = tmp_path / "two"
-    launch(2, args(data, two, val_batches=1, zero=zero) + MODERN, bpe_file)
-    assert json.loads((two / "config.json").read_text())["family"] == "modern"
-    assert_same_run(two, one_rank_modern)
+    launch(2, args(data, two, val_batches=1, zero=zero) + RECIPES[recipe], bpe_file)
+    config = json.loads((two / "config.json").read_text())
+    assert (config["recipe"], config["family"]) == (recipe, "modern")
+    assert_same_run(two, one_rank)
 
 
 def test_ranks_with_different_flags_fail_clearly(data, bpe_file, tmp_path):

@@ -298,27 +298,35 @@ def test_adam_groups_match_torch_adamw():
         assert float(optimizer.state[p]["step"]) == 5
 
 
-def test_state_dict_round_trips_give_bitwise_identical_training():
+def restored_twins(model, optimizer, make_optimizer) -> list:
+    """(twin model, twin optimizer) restored from `optimizer`'s state, once through state_dict() and once through
+    torch.distributed.checkpoint's state dict keyed by parameter name (as llmpy's checkpoints hold it)."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
-    torch.manual_seed(0)
-    model = Toy()
-    optimizer = build_muon(model, torch.tensor(0.02), weight_decay=0.1, normuon=True)
-    train_toy(model, optimizer, [1, 2])
     saved = io.BytesIO()
     torch.save({"plain": optimizer.state_dict(), "by_name": get_optimizer_state_dict(model, optimizer)}, saved)
     copies = []
     for key in ("plain", "by_name"):
         twin = copy.deepcopy(model)
-        twin_optimizer = build_muon(twin, torch.tensor(0.02), weight_decay=0.1, normuon=True)
+        twin_optimizer = make_optimizer(twin)
         saved.seek(0)
         state = torch.load(saved, weights_only=False)[key]
         if key == "plain":
             twin_optimizer.load_state_dict(state)
-        else:  # keyed by parameter name, as llmpy's checkpoints hold it
-            assert "transformer.h.0.up.weight" in state["state"]
+        else:
+            assert "transformer.h.0.up.weight" in state["state"] or "transformer.h.0.c_q.weight" in state["state"]
             set_optimizer_state_dict(twin, twin_optimizer, state)
         copies.append((twin, twin_optimizer))
+    return copies
+
+
+def test_state_dict_round_trips_give_bitwise_identical_training():
+    torch.manual_seed(0)
+    model = Toy()
+    optimizer = build_muon(model, torch.tensor(0.02), weight_decay=0.1, normuon=True)
+    train_toy(model, optimizer, [1, 2])
+    copies = restored_twins(model, optimizer, lambda twin: build_muon(twin, torch.tensor(0.02), weight_decay=0.1,
+                                                                      normuon=True))
     train_toy(model, optimizer, [3, 4])
     for twin, twin_optimizer in copies:
         train_toy(twin, twin_optimizer, [3, 4])
@@ -406,7 +414,19 @@ def _full_state(model, optimizer) -> tuple[dict, dict]:
     return weights, get_optimizer_state_dict(model, optimizer, options=options).get("state")
 
 
-def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _normuon_run(model, wrapped, rank: int, world: int, mode: str) -> MuonAdamW:
+    optimizer = build_muon(model, torch.tensor(0.05), weight_decay=0.1, normuon=True)
+    _train(model, optimizer, rank, world, wrapped)
+    if mode == "ddp" and rank == 0:
+        # under DDP only rank 0 gathers the optimizer state; on a fresh optimizer torch.distributed.checkpoint
+        # then takes a zero-LR step on rank 0 alone, which must not wait for the other ranks
+        _full_state(model, build_muon(model, torch.tensor(0.05), weight_decay=0.1, normuon=True))
+    return optimizer
+
+
+def two_rank_worker(rank: int, world: int, init_file: str, out_dir: str, make_model, run) -> None:
+    """One of `world` gloo ranks: for FSDP2 (blocks and root sharded) and then DDP, a `make_model()` (seed 0) trained
+    by `run(model, wrapped, rank, world, mode)`, which returns its optimizer; rank 0 saves both final states."""
     from datetime import timedelta
 
     from torch.distributed.device_mesh import init_device_mesh
@@ -419,19 +439,14 @@ def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> 
         results = {}
         for mode in ("fsdp", "ddp"):
             torch.manual_seed(0)
-            model = Toy()
+            model = make_model()
             if mode == "fsdp":
                 mesh = init_device_mesh("cpu", (world,))
                 for block in model.transformer.h:
                     fully_shard(block, mesh=mesh)
                 fully_shard(model, mesh=mesh)
             wrapped = DistributedDataParallel(model) if mode == "ddp" else model
-            optimizer = build_muon(model, torch.tensor(0.05), weight_decay=0.1, normuon=True)
-            _train(model, optimizer, rank, world, wrapped)
-            if mode == "ddp" and rank == 0:
-                # under DDP only rank 0 gathers the optimizer state; on a fresh optimizer torch.distributed.checkpoint
-                # then takes a zero-LR step on rank 0 alone, which must not wait for the other ranks
-                _full_state(model, build_muon(model, torch.tensor(0.05), weight_decay=0.1, normuon=True))
+            optimizer = run(model, wrapped, rank, world, mode)
             results[mode] = _full_state(model, optimizer)
             dist.barrier()
         if rank == 0:
@@ -444,7 +459,7 @@ def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> 
 def test_two_ranks_fsdp2_and_ddp_equal_one_process(tmp_path):
     # uneven FSDP shards (5 rows on 2 ranks), 3 matrices of a shape (rank 0 orthogonalizes 2, rank 1 one), NorMuon's
     # moments and a skipped step with NaN gradients; weights and every optimizer state tensor, gathered by name
-    mp.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    mp.spawn(two_rank_worker, args=(2, str(tmp_path / "init"), str(tmp_path), Toy, _normuon_run), nprocs=2)
     results = torch.load(tmp_path / "results.pt", weights_only=False)
     torch.manual_seed(0)
     model = Toy()
@@ -452,6 +467,11 @@ def test_two_ranks_fsdp2_and_ddp_equal_one_process(tmp_path):
     _train(model, optimizer)
     weights, state = _full_state(model, optimizer)
     assert float(state["transformer.h.0.up.weight"]["step"]) == 2  # the skipped step is not counted
+    assert_same_states(results, weights, state)
+
+
+def assert_same_states(results: dict, weights: dict, state: dict) -> None:
+    """Each mode's (weights, optimizer state) by name in `results` equals the one process's, to 1e-6."""
     for mode in ("fsdp", "ddp"):
         got_weights, got_state = results[mode]
         assert got_weights.keys() == weights.keys() and got_state.keys() == state.keys()

@@ -138,8 +138,32 @@ def test_the_modern_recipe_plans_a_tenth_of_the_tokens_at_its_measured_throughpu
     assert any("GELU fusion" in note for note in h200.assumptions)
     given = plan.make_plan(plan.PlanInputs(model="d12", tokens=5e9, recipe="modern", tokens_given=True))
     assert given.inputs.tokens == 5e9  # a budget the user gave is kept
-    with pytest.raises(LlmpyError, match="--recipe must be classic or modern"):
+    with pytest.raises(LlmpyError, match="--recipe must be classic, modern or frontier"):
         plan.make_plan(plan.PlanInputs(recipe="fast"))
+
+
+def test_the_frontier_recipe_plans_the_published_tokens_at_modern_throughput_until_measured(capsys, monkeypatch):
+    # by hand: the H100 d12 row (545,470 tok/s, no GELU fusion) x modern's measured 504,139 / 546,942 (H200, one call)
+    per_gpu = 545_470 * 504_139 / 546_942
+    one = plan.make_plan(plan.PlanInputs(model="d12", gpu="H100", recipe="frontier", tokens_given=False))
+    assert one.inputs.tokens == pytest.approx(0.34e9)  # the speedrun's published ~0.34B tokens to 3.28 (llm.c: 10B)
+    assert one.tok_per_sec_per_gpu == pytest.approx(per_gpu)
+    assert one.seconds == pytest.approx(0.34e9 / per_gpu) and one.seconds == pytest.approx(676.2, abs=0.1)
+    assert one.cost == pytest.approx(0.34e9 / per_gpu / 3600 * 2.99)
+    assert any(n.startswith("frontier throughput not yet measured: modern's measured 0.922") for n in one.assumptions)
+    assert any("published, not measured here" in n and "3.28" in n for n in one.assumptions)
+    eight = json.loads(run_cli(["--recipe", "frontier", "--gpus", "8", "--json"], capsys))
+    assert eight["seconds"] == pytest.approx(0.34e9 / (8 * per_gpu * 0.9))
+    assert eight["steps"] == math.ceil(0.34e9 / 524_288) == 649
+    given = plan.make_plan(plan.PlanInputs(model="d12", tokens=2e9, recipe="frontier", tokens_given=True))
+    assert given.inputs.tokens == 2e9
+    # the one number the next measurement sets: frontier tok/s over modern's, measured in one call
+    monkeypatch.setitem(plan.FRONTIER_MEASURED, "tok_per_sec_vs_modern", 0.8)
+    monkeypatch.setitem(plan.FRONTIER_MEASURED, "gpu", "H100")
+    measured = plan.make_plan(plan.PlanInputs(model="d12", gpu="H100", recipe="frontier", tokens_given=False))
+    assert measured.tok_per_sec_per_gpu == pytest.approx(per_gpu * 0.8)
+    assert not any("not yet measured" in n for n in measured.assumptions)
+    assert any("0.800 of the modern recipe's throughput" in n for n in measured.assumptions)
 
 
 def test_plan_names_the_measured_fa4_gain_without_counting_it():

@@ -3,7 +3,6 @@ run records and resumes it; the modern recipe trains a tiny model with falling l
 
 import json
 import shlex
-from pathlib import Path
 
 import pytest
 import torch
@@ -37,7 +36,7 @@ def test_an_unknown_recipe_family_or_switch_is_one_line(tmp_path, capsys):
     data = write_random_shards(tmp_path, "r", {"train_000001": 2000}, seed=0)
     base = ["train", "-i", str(data / "r_train_*.bin"), "-e", "d2w64", "-t", "16", "-b", "2", "-x", "1",
             "--device", "cpu", "--compile", "0", "-v", "0", "-s", "0"]
-    for extra, message in ((["--recipe", "fast"], "--recipe must be one of classic, modern, got 'fast'"),
+    for extra, message in ((["--recipe", "fast"], "--recipe must be one of classic, modern, frontier, got 'fast'"),
                            (["--family", "llama"], "unknown model family 'llama'"),
                            (["--recipe", "modern", "--arch", "rotary=2"], "--arch rotary must be 0 or 1"),
                            (["--arch", "softcap=3"], "the gpt2 family has no architecture switches"),
@@ -123,17 +122,6 @@ def test_resuming_with_other_architecture_switches_is_refused(tmp_path, capsys):
     assert "--arch was '' in the saved run, now 'softcap=30'" in capsys.readouterr().err
 
 
-def test_the_speedrun_script_parses_into_the_modern_recipe():
-    # scripts/speedrun_124M.sh's llmpy flags (after train_until_done.sh's two arguments) make a valid modern config
-    script = (Path(__file__).parents[1] / "scripts" / "speedrun_124M.sh").read_text()
-    body = script[script.index("--recipe modern"):].replace('"$@"', "").replace("\\\n", " ")
-    body = body.replace("$DATA", "data")
-    config = parse("train " + body.replace('"', ""))
-    assert (config.recipe, config.family, config.optimizer, config.model) == ("modern", "modern", "muon", "d12")
-    assert config.total_batch_size == 8 * 64 * 1024 and config.grad_accum_steps(world_size=8) == 1
-    config.validate(world_size=8)
-
-
 def test_plot_overlays_a_classic_and_a_modern_run_against_tokens(tmp_path, capsys):
     from llmpy import plot
     from llmpy.metrics.rundata import load_run
@@ -175,3 +163,46 @@ def test_bad_muon_settings_are_one_line_before_training(tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (setting, err)
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or "train" not in (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+FRONTIER_ARCH = "bigram=0.05,rope_dims=32,key_offset=1,backout=1,untie_at=0.5"
+FRONTIER_OPTIMIZER = "cautious_wd=1,wd_schedule=lr2,normuon=1,normuon_axis=auto,qk_pairs=1,embedding_wd=0.5,head_wd=0.5"
+
+
+def frontier_args(data, run, bpe_file, extra=()):
+    """The frontier recipe with every switch on (the recipe's own and the ones it leaves off), the auxiliary losses
+    and the optimizer's frontier settings: 8 steps, checkpoints every 2, untied after step 3."""
+    args = modern_args(data, run, 8, ["-n", "2", "-c", "1.2", "--optimizer-args", FRONTIER_OPTIMIZER,
+                                      "--mtp-weights", "0.5", "--prefix-loss", "0.25", "--tokenizer", str(bpe_file),
+                                      *extra], FRONTIER_ARCH)
+    args[args.index("--recipe") + 1] = "frontier"
+    return args
+
+
+def test_the_frontier_recipe_with_every_switch_trains_and_resumes_bitwise_across_the_untie(tmp_path, bpe_file):
+    data = write_patterned_shards(tmp_path)
+    straight = tmp_path / "straight"
+    assert main(frontier_args(data, straight, bpe_file)) == 0
+    val = {step: r["loss"] for step, r in records(straight, "val").items()}
+    assert val[8] < val[4] < val[0], val
+    config = json.loads((straight / "config.json").read_text())
+    assert config["recipe"] == "frontier" and "sigmoid_cap=23" in config["train"]["arch"]
+    model, _ = load_model(straight)
+    assert model.config.bigram == 0.05 and model.config.smear == 1 and model.config.untie_at == 0.5
+    assert not torch.equal(model.transformer.wte.weight, model.lm_head.weight)  # untied after step 3
+    # stopped after the step-2 checkpoint (tied), then the same command -y 1: through the split at step 3
+    resumed = tmp_path / "resumed"
+    assert main(frontier_args(data, resumed, bpe_file)) == 0
+    for step in ("00000004", "00000006", "00000008"):
+        for name in [p.name for p in resumed.iterdir() if p.name.endswith(step) or f"_{step}" in p.name]:
+            (resumed / name).unlink()
+    lines = [line for line in (resumed / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 2]
+    (resumed / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    checkpoint_two = load_model(resumed)[0]
+    assert torch.equal(checkpoint_two.transformer.wte.weight, checkpoint_two.lm_head.weight)  # still tied
+    assert main(frontier_args(data, resumed, bpe_file, ["-y", "1"])) == 0
+    for kind in ("train", "val"):
+        assert {s: r["loss"] for s, r in records(resumed, kind).items()} == \
+               {s: r["loss"] for s, r in records(straight, kind).items()}, kind
+    final, reference = load_model(resumed)[0].state_dict(), model.state_dict()
+    assert all(torch.equal(final[k], reference[k]) for k in reference)

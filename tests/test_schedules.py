@@ -80,7 +80,7 @@ def test_a_resume_inside_a_ramped_batch_takes_only_micro_steps_that_divide_it(da
     args = ["train", "-i", str(data / "r_train_*.bin"), "-o", str(run), "-e", "d2w64", "-l", "1e-3", "-u", "0",
             "-v", "0", "-s", "0", "--device", "cpu", "--compile", "0", "--shuffle", "0", *flags, "-x", "2", "-y", "1"]
     assert main(args + ["-b", "4"]) == 2  # micro-steps of 128 tokens cannot start 64 tokens in
-    assert "stopped 64 tokens into a -d batch (a --batch-ramp step), which is not a whole number of this run's " \
+    assert "stopped 64 tokens into a -d batch (a --batch-ramp or --batch-stages step), which is not a whole number of this run's " \
            "micro-steps (128 tokens" in capsys.readouterr().err
     assert main(args + ["-b", "1"]) == 0  # 2 micro-steps of 32 tokens: the same place
 

@@ -303,15 +303,16 @@ def graph_note(result: dict) -> str:
 
 
 def exercise_every_path(model, seed: int) -> None:
-    """--check compares gradients; a matrix initialised to zero (the modern family's output projections and head)
-    would leave the attention and MLP inputs without gradient at step 0, so the check would not see them. Such
-    matrices get small random weights here (the check is about the arithmetic, not the initialisation)."""
+    """--check compares gradients; a weight initialised to zero (the modern family's output projections and head,
+    the frontier's gates, tables and the smear's weight) would leave what it multiplies without gradient at step 0,
+    so the check would not see it. Such weights get small random values here (the check is about the arithmetic,
+    not the initialisation)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for parameter in model.parameters():
-            if parameter.dim() >= 2 and not parameter.any():
+            if not parameter.any():
                 parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
 
 

@@ -91,7 +91,7 @@ LR_SCHEDULES = ("cosine", "linear", "constant", "wsd")
 EXTEND_SCHEDULE_MODES = ("", "final", "replan")
 ZERO_STAGES = (0, 1, 3)  # DDP, sharded optimizer state (FSDP2 without resharding), FSDP2 full sharding
 RECOMPUTE_LEVELS = (0, 1, 2, 3)  # none, GELU, GELU + LayerNorm (llm.c's levels), whole blocks
-RECIPE_NAMES = ("classic", "modern")  # their settings: llmpy.recipes.RECIPES
+RECIPE_NAMES = ("classic", "modern", "frontier")  # their settings: llmpy.recipes.RECIPES
 FLOAT32_MAX = 3.4028234663852886e38
 
 
@@ -102,7 +102,7 @@ class TrainConfig:
     on, accumulation, steps) live in llmpy.train.step.BatchLayout, not here."""
 
     # the recipe: a named set of defaults for the fields below (llmpy.recipes); flags given explicitly win
-    recipe: str = "classic"  # classic (GPT-2 + GPT-3 hyperparameters, as llm.c) | modern (Muon, rotary, ...)
+    recipe: str = "classic"  # classic (GPT-2 + GPT-3 hyperparameters, as llm.c) | modern (Muon, rotary, ...) | frontier
     # data
     train_data: str = ""  # -i: shard glob of the training split
     val_data: str = ""  # -j: shard glob of the val split ("" = no val loss)
@@ -119,6 +119,8 @@ class TrainConfig:
     auto_batch: int = 1  # on CUDA: halve -b (more accumulation, same -d) until a step fits in memory
     batch_ramp: int = 0  # steps over which a step's tokens grow from one micro-step's to -d's (0 = off)
     seq_len_warmup: int = 0  # rows of T/4 for this many steps, then T/2 as long, then T (0 = off)
+    batch_stages: str = ""  # "W1,W2,...": equal parts of the LR schedule's steps at -d x W_k / max(W) ("" = off)
+    batch_stages_lr_power: float = 0.0  # the LR in stage k is multiplied by (W_k / W_1) ** this
     # optimizer and schedule
     optimizer: str = "adamw"  # see llmpy.train.optim.OPTIMIZERS
     optimizer_args: str = ""  # the optimizer's own settings, "name=value,..." (see its builder)
@@ -131,6 +133,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     max_steps: int = -1  # -x: -1 = one epoch of the training data
     seed: int = 42
+    # auxiliary losses (llmpy.frontier.aux_loss), off by default
+    mtp_weights: str = ""  # multi-token prediction: weights of the tokens 2, 3, ... ahead, "w2,w3,..." ("" = off)
+    prefix_loss: float = 0.0  # prefix-token prediction: weight of the longest-proper-prefix token (0 = off)
+    aux_loss_until: float = 0.667  # both weights fall linearly to 0 at this fraction of the LR schedule's steps
     # faults
     skip_loss_zscore: float = 0.0  # -sl
     skip_grad_zscore: float = 0.0  # -sg
@@ -207,6 +213,14 @@ class TrainConfig:
         at_least("-c/--weight-decay", 0, self.weight_decay)
         at_least("--batch-ramp", 0, self.batch_ramp)
         at_least("--seq-len-warmup", 0, self.seq_len_warmup)
+        stages = batch_stage_list(self.batch_stages)  # raises on a bad list
+        need(not (stages and self.batch_ramp),
+             "--batch-stages and --batch-ramp are two batch-size schedules: give one of them")
+        need(stages or not self.batch_stages_lr_power, "--batch-stages-lr-power ties the LR to the stages of "
+             "--batch-stages, and no --batch-stages was given")
+        mtp_weight_list(self.mtp_weights)  # raises on a bad list
+        at_least("--prefix-loss", 0, self.prefix_loss)
+        need(0.0 < self.aux_loss_until <= 1.0, f"--aux-loss-until must be in (0, 1], got {self.aux_loss_until}")
         need(not self.seq_len_warmup or self.seq_len % 4 == 0,
              f"--seq-len-warmup trains on rows of T/4 and T/2 first: -t/--seq-len must be a multiple of 4, got {self.seq_len}")
         # numpy's generators take 32-bit seeds; a negative or larger one would only fail later, deep in the loader
@@ -240,7 +254,8 @@ class TrainConfig:
         one_of("--attention", ATTENTION_BACKENDS, self.attention)
         one_of("--cuda-graphs", (0, 1), self.cuda_graphs)
         one_of("-z/--zero-stage (0 DDP, 1 sharded optimizer state, 3 FSDP full sharding)", ZERO_STAGES, self.zero_stage)
-        self.grad_accum_steps(world_size)  # raises on a -d that does not divide
+        # raises on a -d that does not divide, or whose stages do not (auto-batch's smaller -b keeps them whole)
+        stage_micro_steps(stages, self.grad_accum_steps(world_size), self.batch_size, self.seq_len, world_size)
         return self
 
     def tokens_per_micro_step(self, world_size: int = 1, batch_size: int | None = None) -> int:
@@ -260,6 +275,55 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def aux_losses(self) -> bool:
+        """Whether --mtp-weights or --prefix-loss add training terms."""
+        return any(mtp_weight_list(self.mtp_weights)) or self.prefix_loss > 0
+
+
+def mtp_weight_list(text: str) -> tuple[float, ...]:
+    """--mtp-weights "0.5,0.25" -> (0.5, 0.25): the weights of the tokens 2, 3, ... ahead ("" -> none); each must
+    be a finite number >= 0."""
+    weights = []
+    for item in text.split(",") if text.strip() else []:
+        try:
+            weight = float(item)
+        except ValueError:
+            weight = float("nan")
+        if not (math.isfinite(weight) and 0 <= weight <= FLOAT32_MAX):
+            raise LlmpyError(f"--mtp-weights takes comma-separated finite numbers >= 0 (e.g. 0.5,0.25), got {text!r}")
+        weights.append(weight)
+    return tuple(weights)
+
+
+def batch_stage_list(text: str) -> tuple[int, ...]:
+    """--batch-stages "1,2,3" -> (1, 2, 3): each stage's tokens per step relative to the others ("" -> none)."""
+    if not text.strip():
+        return ()
+    items = [item.strip() for item in text.split(",")]
+    if not all(item.isascii() and item.isdigit() and int(item) > 0 for item in items):
+        raise LlmpyError(f"--batch-stages takes comma-separated whole numbers >= 1, each stage's share of -d (e.g. "
+                         f"1,2,3: a third, two thirds, all of -d), got {text!r}")
+    return tuple(int(item) for item in items)
+
+
+def stage_micro_steps(stages: tuple[int, ...], accum: int, batch_size: int, seq_len: int,
+                      world_size: int = 1) -> tuple[int, ...]:
+    """Each --batch-stages stage's micro-steps, accum x W_k / max(W) (accum: -d's); an LlmpyError unless all are
+    whole. () without stages."""
+    if not stages:
+        return ()
+    largest = max(stages)
+    if all(accum * w % largest == 0 for w in stages):
+        return tuple(accum * w // largest for w in stages)
+    needed = math.lcm(*(largest // math.gcd(w, largest) for w in stages))
+    micro = batch_size * seq_len * world_size
+    ranks = f" on {world_size} ranks" if world_size > 1 else ""
+    raise LlmpyError(
+        f"--batch-stages {','.join(map(str, stages))}: -d {accum * micro} -b {batch_size} -t {seq_len}{ranks} is "
+        f"{accum} micro-step(s), and stage k trains {accum} x W_k / {largest} of them: stages "
+        f"{','.join(map(str, stages))} need a multiple of {needed} (e.g. -d {-(-accum // needed) * needed * micro})")
 
 
 def default_cache_dir() -> Path:

@@ -60,6 +60,23 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
      "batch-size schedule: over the first N steps a step's tokens grow from one micro-step's to -d's (0 = off)"),
     (None, "--seq-len-warmup", "seq_len_warmup", int,
      "sequence-length schedule: the same tokens as rows of T/4 for N steps, then T/2 for N, then T (0 = off)"),
+    (None, "--batch-stages", "batch_stages", str,
+     "batch-size schedule in steps: W1,W2,... splits the LR schedule's steps (-x) into equal parts, part k training "
+     "on -d x W_k / max(W) tokens per step (the speedrun's 1,2,3; each stage a whole number of micro-steps; not "
+     "with --batch-ramp) (default: none, off)"),
+    (None, "--batch-stages-lr-power", "batch_stages_lr_power", float,
+     "with --batch-stages: the LR of stage k is multiplied by (W_k / W_1) ** P (the speedrun's 0.5-0.6)"),
+    (None, "--mtp-weights", "mtp_weights", str,
+     "multi-token prediction, an auxiliary training loss: weights of the cross-entropy of each position's logits "
+     "with the token 2, 3, ... ahead, e.g. '0.5,0.25' (the speedrun's); they fade out by --aux-loss-until "
+     "(default: none, off)"),
+    (None, "--prefix-loss", "prefix_loss", float,
+     "prefix-token prediction, an auxiliary training loss: weight of the cross-entropy with the token whose bytes "
+     "are the longest proper prefix of the target's (GPT-2's ranks, see --tokenizer), e.g. 0.25; it fades out by "
+     "--aux-loss-until (0 = off)"),
+    (None, "--aux-loss-until", "aux_loss_until", float,
+     "the --mtp-weights and --prefix-loss weights fall linearly from their values at step 0 to 0 at this fraction "
+     "of the LR schedule's steps, in (0, 1]; the logged loss is the next-token loss alone"),
     (None, "--seed", "seed", int, "random seed"),
     (None, "--device", "device", str, "auto | cpu | cuda | cuda:N"),
     (None, "--dtype", "dtype", str, "auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32"),
@@ -97,10 +114,12 @@ TRAIN_FLAGS: list[tuple[str | None, str, str, type, str]] = [
      "adamw (llm.c's AdamW) | muon (Muon on hidden matrices, Adam on embeddings, head, scalars; -l is Muon's LR)"),
     (None, "--optimizer-args", "optimizer_args", str,
      "the optimizer's settings, 'name=value,...'; muon: embedding head scalar (Adam LRs as multiples of -l), "
-     "normuon momentum momentum_start momentum_warmup ns_steps orthogonalizer"),
+     "normuon normuon_beta normuon_axis momentum momentum_start momentum_warmup ns_steps orthogonalizer nesterov; "
+     "frontier: qk_pairs cautious_wd wd_schedule embedding_wd head_wd (docs/recipes.md)"),
     (None, "--recipe", "recipe", str,
-     "classic (GPT-2 + GPT-3's AdamW recipe, as llm.c) | modern (modern architecture + Muon): sets the defaults of "
-     "--family --optimizer -l -u -k -q -c --grad-clip --wsd-cooldown-frac; flags given win"),
+     "classic (GPT-2 + GPT-3's AdamW recipe, as llm.c) | modern (modern architecture + Muon) | frontier (modern + "
+     "the speedrun's bigram, smear, gates and sigmoid cap): sets the defaults of --family --optimizer -l -u -k -q -c "
+     "--grad-clip --wsd-cooldown-frac --arch; flags given win (--arch per switch)"),
     (None, "--family", "family", str, "model family of a fresh -e dN: gpt2 | modern (see docs/recipes.md)"),
     (None, "--arch", "arch", str,
      "modern family switches, e.g. 'softcap=0,value_embeds=0' (rotary qk_norm relu2 rmsnorm bias zero_init tie "

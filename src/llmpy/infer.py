@@ -18,6 +18,11 @@ class _LayerCache:
     def __init__(self, parent: "KVCache", index: int):
         self.parent, self.index = parent, index
 
+    @property
+    def state(self) -> dict:
+        """What the layer keeps between forward passes besides keys and values (e.g. the key offset's last keys)."""
+        return self.parent.layer_state.setdefault(self.index, {})
+
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.parent.store(self.index, k, v)
 
@@ -31,6 +36,8 @@ class KVCache:
         self.keys: torch.Tensor | None = None  # allocated on first use, in the dtype autocast produces
         self.values: torch.Tensor | None = None
         self.documents: torch.Tensor | None = None  # (B, length): document numbers, for models that mask by them
+        self.last_tokens: torch.Tensor | None = None  # (B,): the newest position's token, for models that read it
+        self.layer_state: dict[int, dict] = {}  # per layer: anything else a layer carries to the next position
 
     def layer(self, index: int) -> _LayerCache:
         return _LayerCache(self, index)

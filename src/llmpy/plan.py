@@ -55,6 +55,15 @@ REFERENCE_GPU = "H200"  # whose rows derive GPUs without measurements of their o
 # use): d12 -b 64 -r 0 590,228 tok/s against 574,354 and 575,651 without it, in one H200 call; the ratio is divided by it.
 MODERN_MEASURED = {"gpu": "H200", "classic_tok_per_sec": 546_942.0, "modern_tok_per_sec": 504_139.0,
                    "token_ratio": 0.1, "date": "2026-12-02", "classic_speedup_since": 590_228.0 / 575_002.5}
+# The frontier recipe. Its throughput is NOT measured yet: while `tok_per_sec_vs_modern` is None the modern recipe's
+# measured throughput (MODERN_MEASURED) stands in for it. Once measured, set it to the frontier recipe's tok/s over
+# the modern recipe's, d12, both in one call on one GPU (benchmarks/gpu_frontier.py matched), with that GPU and date.
+FRONTIER_MEASURED = {"tok_per_sec_vs_modern": None, "gpu": None, "date": None}
+# Published, not measured here: the NanoGPT speedrun's record of July 2026 (prefix-token prediction / FP8
+# down-projection, 8xH100) reached val 3.28 on FineWeb in ~0.34B tokens against llm.c's 10B (issue 27); the frontier
+# recipe's default token budget is the classic default scaled by that ratio.
+FRONTIER_PUBLISHED = {"tokens": 0.34e9, "baseline_tokens": 10e9, "val_loss": 3.28,
+                      "record": "NanoGPT speedrun, 8xH100 record, July 2026"}
 # Measured (benchmarks/RESULTS.md, "FlashAttention-4's backward pass", 2026-12-02, one H200, each pair in one call):
 # the classic step with flash-attn-4 installed (--attention auto -> cudnn+fa4 on Hopper) against cuDNN alone. The
 # rows above are cuDNN's (the default install); a plan on Hopper says what the package adds, without counting it.
@@ -64,6 +73,7 @@ FA4_SPEEDUP = {"d12": 598_826.0 / 578_250.0, "d24": 228_910.0 / 221_215.0, "d36"
 DEFAULT_PRICE_PER_GPU_HOUR = {"H100": 2.99, "H200": 3.79, "A100": 1.29, "B200": 5.99, "L40S": 1.25, "L4": 0.80,
                               "A10G": 1.01, "A10": 0.75}
 DEFAULT_MULTI_GPU_EFFICIENCY = 0.9  # assumed throughput per GPU with N > 1 GPUs, relative to one GPU
+PLAN_RECIPES = ("classic", "modern", "frontier")
 LLMC_BATCH_TOKENS = 524_288  # llm.c's tokens per step for GPT-2 (2**19, the GPT-3 paper's 0.5M)
 _SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 
@@ -103,8 +113,8 @@ class PlanInputs:
     mfu: float | None = None  # fraction of peak, instead of tok_per_sec
     price_per_gpu_hour: float | None = None
     scaling_efficiency: float | None = None
-    recipe: str = "classic"  # classic | modern (llmpy.recipes)
-    tokens_given: bool = True  # False: `tokens` is the default budget, which the modern recipe divides by ten
+    recipe: str = "classic"  # classic | modern | frontier (llmpy.recipes)
+    tokens_given: bool = True  # False: `tokens` is the default budget, which the modern and frontier recipes scale
 
 
 @dataclass
@@ -157,8 +167,8 @@ def _check(inputs: PlanInputs) -> None:
         raise LlmpyError(f"--mfu is a fraction in (0, 1], got {inputs.mfu}")
     if inputs.scaling_efficiency is not None and not 0 < inputs.scaling_efficiency <= 1:
         raise LlmpyError(f"--scaling-efficiency must be in (0, 1], got {inputs.scaling_efficiency}")
-    if inputs.recipe not in ("classic", "modern"):
-        raise LlmpyError(f"--recipe must be classic or modern, got {inputs.recipe!r}")
+    if inputs.recipe not in PLAN_RECIPES:
+        raise LlmpyError(f"--recipe must be classic, modern or frontier, got {inputs.recipe!r}")
     if inputs.price_per_gpu_hour is not None and inputs.price_per_gpu_hour < 0:
         raise LlmpyError(f"--price-per-gpu-hour must be >= 0, got {inputs.price_per_gpu_hour}")
 
@@ -220,14 +230,25 @@ def _per_gpu_throughput(inputs: PlanInputs, config: ModelConfig, flops: float, p
     if fa4 is not None and _gpu_key(inputs.gpu, {"H100", "H200"}) and inputs.recipe == "classic":  # Hopper only
         notes.append(f"not counted: with the flash-attn-4 package installed (llmpy's fa4 extra), attention becomes "
                      f"cudnn+fa4, measured {100 * (fa4 - 1):+.1f}% for {run.model} on one H200")
-    if inputs.recipe == "modern":
+    if inputs.recipe in ("modern", "frontier"):
         speedup = MODERN_MEASURED["classic_speedup_since"] if run.gelu_fusion else 1.0
         ratio = MODERN_MEASURED["modern_tok_per_sec"] / MODERN_MEASURED["classic_tok_per_sec"] / speedup
-        notes.append(f"modern recipe: {ratio:.3f} of the classic throughput, as measured for d12 on one "
-                     f"{MODERN_MEASURED['gpu']} ({MODERN_MEASURED['modern_tok_per_sec']:,.0f} vs "
-                     f"{MODERN_MEASURED['classic_tok_per_sec']:,.0f} tok/s, {MODERN_MEASURED['date']})"
-                     + (f", less the {100 * (speedup - 1):.1f}% GELU fusion later gave the classic step (the modern "
-                        f"MLP has no GELU)" if run.gelu_fusion else ""))
+        m = MODERN_MEASURED
+        measured = (f"as measured for d12 on one {m['gpu']} ({m['modern_tok_per_sec']:,.0f} vs "
+                    f"{m['classic_tok_per_sec']:,.0f} tok/s, {m['date']})"
+                    + (f", less the {100 * (speedup - 1):.1f}% GELU fusion later gave the classic step (the modern "
+                       f"MLP has no GELU)" if run.gelu_fusion else ""))
+        if inputs.recipe == "modern":
+            notes.append(f"modern recipe: {ratio:.3f} of the classic throughput, {measured}")
+        elif FRONTIER_MEASURED["tok_per_sec_vs_modern"] is None:
+            notes.append(f"frontier throughput not yet measured: modern's measured {ratio:.3f} of the classic "
+                         f"throughput used, {measured}")
+        else:
+            vs_modern = FRONTIER_MEASURED["tok_per_sec_vs_modern"]
+            notes.append(f"frontier recipe: {vs_modern:.3f} of the modern recipe's throughput, as measured for d12 on "
+                         f"one {FRONTIER_MEASURED['gpu']} ({FRONTIER_MEASURED['date']}), times modern's {ratio:.3f} "
+                         f"of the classic throughput, {measured}")
+            ratio *= vs_modern
         per_gpu *= ratio
     return per_gpu
 
@@ -250,6 +271,14 @@ def make_plan(inputs: PlanInputs) -> Plan:
         notes.append(f"modern recipe: {inputs.tokens / 1e9:g}B tokens, a tenth of the classic default (measured on a "
                      f"15.6M-token corpus at d12 size; unmeasured at this scale, where the published speedrun needs "
                      f"~1/25): pass --tokens for your own budget")
+    if inputs.recipe == "frontier" and not inputs.tokens_given:
+        published = FRONTIER_PUBLISHED
+        scale = published["tokens"] / published["baseline_tokens"]
+        inputs = dataclasses.replace(inputs, tokens=inputs.tokens * scale)
+        notes.append(f"frontier recipe: {inputs.tokens / 1e9:g}B tokens, the classic default scaled by the published "
+                     f"~{published['tokens'] / 1e9:g}B tokens to val {published['val_loss']} of the "
+                     f"{published['record']} (llm.c: {published['baseline_tokens'] / 1e9:g}B); this token count is "
+                     f"published, not measured here: pass --tokens for your own budget")
     per_gpu = _per_gpu_throughput(inputs, config, flops, peak, notes)
     efficiency = inputs.scaling_efficiency
     if efficiency is None:
@@ -347,10 +376,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `llmpy plan`."""
     parser.add_argument("--model", default="d12", help="dN, dNwC or gpt2, gpt2-medium, ... (default: d12)")
     parser.add_argument("--tokens", default=None,
-                        help="training tokens, e.g. 10B, 500M (default: 10B; with --recipe modern, 1B)")
-    parser.add_argument("--recipe", default="classic", choices=["classic", "modern"],
-                        help="classic (llm.c's GPT-2 recipe) or modern (its measured throughput and token need) "
-                             "(default: classic)")
+                        help="training tokens, e.g. 10B, 500M (default: 10B; with --recipe modern, 1B; with "
+                             "--recipe frontier, 0.34B, the speedrun's published count)")
+    parser.add_argument("--recipe", default="classic", choices=list(PLAN_RECIPES),
+                        help="classic (llm.c's GPT-2 recipe), modern (its measured throughput and token need) or "
+                             "frontier (modern's throughput until its own is measured; the speedrun's published "
+                             "token count) (default: classic)")
     parser.add_argument("--gpu", default="H100", help="GPU type: H100, H200, A100, B200, L4, ... (default: H100)")
     parser.add_argument("--gpus", type=positive_int, default=1, help="number of GPUs (default: 1)")
     parser.add_argument("--price-per-gpu-hour", type=non_negative_float, default=None, metavar="USD",

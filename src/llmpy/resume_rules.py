@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 # -e is checked as the architecture it builds (the weights come from the checkpoint either way).
 MATH_FIELDS = ("recipe", "family", "arch", "seq_len", "optimizer", "optimizer_args", "learning_rate", "warmup_steps",
                "final_lr_frac", "lr_schedule", "wsd_cooldown_frac", "weight_decay", "grad_clip", "seed", "shuffle",
-               "overfit_batch", "skip_loss_zscore", "skip_grad_zscore", "batch_ramp", "seq_len_warmup")
+               "overfit_batch", "skip_loss_zscore", "skip_grad_zscore", "batch_ramp", "seq_len_warmup",
+               "batch_stages", "batch_stages_lr_power",
+               "mtp_weights", "prefix_loss", "aux_loss_until")
 # flags that are saved but are the run's bookkeeping, not something a reader of the log needs told
 _QUIET_FIELDS = ("resume", "output_dir", "overwrite", "extend_schedule")
 # flags that set a step's tokens: allowed while -d's tokens per step stay the same

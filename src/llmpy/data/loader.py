@@ -134,8 +134,8 @@ class TokenLoader:
         return {
             "epoch": self.epoch, "shard_position": self.shard_position, "chunk_position": self.chunk_position,
             "micro_step": self.micro_step, "chunk_tokens": self.chunk_tokens, "shuffle": self.shuffle,
-            # how far into the chunk, in tokens: a --batch-ramp ends steps inside chunks, and a resume with another
-            # -b or world size counts micro-steps in other units
+            # how far into the chunk, in tokens: --batch-ramp and --batch-stages end steps inside chunks, and a
+            # resume with another -b or world size counts micro-steps in other units
             "chunk_offset": self.micro_step * self.world_size * self.micro_tokens,
             "seed": self.seed,
             # names and sizes, not paths: a run may resume from another directory or with the data moved
@@ -158,6 +158,7 @@ class TokenLoader:
             if rest:
                 raise LlmpyError(
                     f"{self.pattern}: the checkpoint stopped {state['chunk_offset']:,} tokens into a -d batch (a "
-                    f"--batch-ramp step), which is not a whole number of this run's micro-steps ({per_micro_step:,} "
-                    "tokens: -b x -t x ranks); resume with the -b and number of ranks it was saved with")
+                    f"--batch-ramp or --batch-stages step), which is not a whole number of this run's micro-steps "
+                    f"({per_micro_step:,} tokens: -b x -t x ranks); resume with the -b and number of ranks it was "
+                    "saved with")
         self._start_epoch(state["epoch"], state["shard_position"], state["chunk_position"], micro_step)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Callable
@@ -15,12 +16,13 @@ import torch.nn as nn
 
 from llmpy.atomic import atomic_write_bytes
 from llmpy.checkpoint import CheckpointManager
-from llmpy.config import DESCRIPTOR_RE, GPT2_NAMES, ModelConfig, TrainConfig
+from llmpy.config import DESCRIPTOR_RE, GPT2_NAMES, ModelConfig, TrainConfig, batch_stage_list, mtp_weight_list
 from llmpy.data.loader import TokenLoader
 from llmpy.data.manifest import describe_source
 from llmpy.distributed import Distributed, all_reduce_mean, check_same_everywhere, init_distributed
 from llmpy.errors import LlmpyError
 from llmpy.families import DEFAULT_FAMILY, build_model as build_family_model, family_of, model_config
+from llmpy.frontier.untie import TiedUntil
 from llmpy.loss import CrossEntropyLoss, build_loss as build_loss_component
 from llmpy.metrics.logger import RunLogger
 from llmpy.metrics.mfu import matmul_parameters, peak_flops, training_flops_per_token
@@ -82,27 +84,52 @@ def build_model(spec: str, seq_len: int, recompute: int = 0, family: str = DEFAU
     return model
 
 
-def loss_kind(flag: int, runtime: Runtime, head: nn.Module | None = None) -> str:
+def loss_kind(flag: int, runtime: Runtime, head: nn.Module | None = None, aux: bool = False) -> str:
     """--fused-loss: 1 fused, 0 plain, -1 fused where its Triton kernel runs (CUDA with Triton installed) and the
-    head is a plain linear layer (the modern family's soft-capped head is not: it takes the plain loss)."""
+    head is a plain linear layer (the modern family's soft-capped head is not: it takes the plain loss). `aux`: the
+    run adds auxiliary loss terms (--mtp-weights, --prefix-loss), which only the plain loss computes: -1 is then
+    plain and 1 is refused."""
     from llmpy.kernels.cross_entropy import triton
 
     plain_head = head is None or type(head) is nn.Linear
     if flag == 1 and not plain_head:
         raise LlmpyError(f"--fused-loss 1: the fused loss needs a plain linear head, and this model's is a "
                          f"{type(head).__name__}; leave --fused-loss at -1 or give 0")
-    return "fused" if (bool(flag) if flag != -1 else runtime.is_cuda and triton is not None and plain_head) else "plain"
+    if flag == 1 and aux:
+        raise LlmpyError("--fused-loss 1: the fused loss computes the next-token loss only, without the terms of "
+                         "--mtp-weights/--prefix-loss; leave --fused-loss at -1 or give 0 (the plain loss)")
+    fused_here = runtime.is_cuda and triton is not None and plain_head and not aux
+    return "fused" if (bool(flag) if flag != -1 else fused_here) else "plain"
 
 
-def build_loss(kind: str, model_config: ModelConfig, runtime: Runtime, chunk_rows: int = 0) -> CrossEntropyLoss:
+def build_loss(kind: str, model_config: ModelConfig, runtime: Runtime, chunk_rows: int = 0,
+               config: TrainConfig | None = None) -> CrossEntropyLoss:
     """The head + cross-entropy component `kind` (see llmpy.loss.LOSSES), on the run's device; `chunk_rows`
-    (--loss-chunk-rows) only for the fused one."""
+    (--loss-chunk-rows) only for the fused one. A `config` with auxiliary losses on (--mtp-weights, --prefix-loss)
+    gets the plain loss with their terms (llmpy.frontier.aux_loss)."""
     if chunk_rows and kind != "fused":
         raise LlmpyError("--loss-chunk-rows splits the fused loss, and this run's loss is the plain one (--fused-loss "
-                         "0, no CUDA, or the modern family's soft-capped head); leave --loss-chunk-rows at 0, or give "
-                         "--fused-loss 1 with a gpt2-family model")
+                         "0, no CUDA, the modern family's soft-capped head, or --mtp-weights/--prefix-loss); leave "
+                         "--loss-chunk-rows at 0, or give --fused-loss 1 with a gpt2-family model")
+    if config is not None and config.aux_losses:
+        return build_aux_loss(config, model_config).to(runtime.device)
     return build_loss_component(kind, model_config.vocab_size, model_config.padded_vocab_size,
                                 chunk_rows).to(runtime.device)
+
+
+def build_aux_loss(config: TrainConfig, model_config: ModelConfig) -> CrossEntropyLoss:
+    """The plain loss with --mtp-weights and --prefix-loss terms, their weights fading out by --aux-loss-until; the
+    prefix table comes from GPT-2's ranks (--tokenizer, resolved as the tokenizer's)."""
+    from llmpy.frontier.aux_loss import AuxiliaryLoss, gpt2_prefix_table
+
+    prefix_of = None
+    if config.prefix_loss:
+        from llmpy.tokenizer import resolve_bpe_file
+
+        bpe_file = resolve_bpe_file(config.tokenizer or None, flag="--tokenizer").resolve()
+        prefix_of = gpt2_prefix_table(bpe_file, model_config.vocab_size)
+    return AuxiliaryLoss(model_config.vocab_size, model_config.padded_vocab_size, mtp_weight_list(config.mtp_weights),
+                         config.prefix_loss, prefix_of, config.aux_loss_until)
 
 
 def gelu_fusion_for(flag: int, runtime: Runtime, module: nn.Module, recompute: int) -> int:
@@ -167,7 +194,8 @@ def build_layout(config: TrainConfig, model: ParallelModel, runtime: Runtime, pr
 
         batch_size = find_micro_batch(fits, batch_size, config.seq_len * world, total, print_fn)
     layout = BatchLayout(batch_size, config.seq_len, world, config.grad_accum_steps(world, batch_size),
-                         config.batch_ramp, config.seq_len_warmup)
+                         config.batch_ramp, config.seq_len_warmup, batch_stage_list(config.batch_stages),
+                         config.batch_stages_lr_power)
     if config.batch_ramp and layout.grad_accum_steps == 1:
         raise LlmpyError(f"--batch-ramp grows a step from one micro-step (-b {batch_size} x -t {config.seq_len} x "
                          f"{world} rank(s)) to -d's tokens, but -d {layout.tokens_per_step:,} is one micro-step: "
@@ -248,6 +276,9 @@ def run_header(config: TrainConfig, runtime: Runtime, model: ParallelModel, layo
         "parallelism": model.description, "torch": str(torch.__version__), "argv": sys.argv,
         "recipe": config.recipe, "family": family_of(module), "train_source": describe_source(config.train_data),
     }
+    if config.aux_losses:
+        header["aux_losses"] = {"mtp_weights": list(mtp_weight_list(config.mtp_weights)),
+                                "prefix_loss": config.prefix_loss, "aux_loss_until": config.aux_loss_until}
     compile_note = {None: "", "default": ", compiled"}.get(compile_mode, f", compiled {compile_mode}")
     text = (
         f"recipe {config.recipe} | model {config.model} ({family_of(module)}"
@@ -260,16 +291,16 @@ def run_header(config: TrainConfig, runtime: Runtime, model: ParallelModel, layo
         f"| B={layout.batch_size} T={layout.seq_len} | total batch {layout.tokens_per_step:,} tokens "
         f"=> grad accumulation {layout.grad_accum_steps} | {total_steps:,} steps x {layout.tokens_per_step:,} "
         f"tokens | train data: {train.tokens_per_epoch:,} tokens per epoch"
-        + schedule_note(layout)
+        + schedule_note(layout, total_steps) + aux_loss_note(config, total_steps)
         + (f"\nparallelism: {model.description}" if layout.world_size > 1 or model.sharded else "")
         + (f"\ntrain data: {header['train_source']}" if header["train_source"] else "")
     )
     return header, text
 
 
-def schedule_note(layout: BatchLayout) -> str:
-    """The header's line for the batch-size and sequence-length schedules ("" when both are off)."""
-    parts = []
+def schedule_note(layout: BatchLayout, total_steps: int = 0) -> str:
+    """The header's lines for the batch-size and sequence-length schedules ("" when they are off)."""
+    parts = [stages_note(layout, total_steps)] if layout.batch_stages else []
     if layout.batch_ramp:
         parts.append(f"batch ramp: {layout.tokens_at(0):,} tokens at step 0, growing linearly; all "
                      f"{layout.tokens_per_step:,} from step {layout.batch_ramp} on")
@@ -278,6 +309,34 @@ def schedule_note(layout: BatchLayout) -> str:
         parts.append(f"sequence-length warmup: rows of {layout.seq_len // 4} for steps 0-{n - 1}, "
                      f"{layout.seq_len // 2} for {n}-{2 * n - 1}, then {layout.seq_len}")
     return "".join(f"\n{part}" for part in parts)
+
+
+def stages_note(layout: BatchLayout, total_steps: int) -> str:
+    """--batch-stages: each stage's steps, tokens and LR multiplier, and the mean tokens per step."""
+    stages, n = layout.batch_stages, len(layout.batch_stages)
+    bounds = layout.stage_starts(total_steps)
+    parts = []
+    for k in range(n):
+        steps = f"steps {bounds[k]}-{bounds[k + 1] - 1}" if bounds[k + 1] > bounds[k] else "no steps"
+        factor = f", LR x{layout.stage_lr_factor(k):.4g}" if layout.stage_lr_power else ""
+        parts.append(f"{steps}: {layout.tokens_per_step * stages[k] // max(stages):,} tokens{factor}")
+    mean = layout.tokens_per_step * sum(stages) / n / max(stages)
+    return (f"batch stages {','.join(map(str, stages))} over the LR schedule's {total_steps:,} steps: "
+            f"{'; '.join(parts)} | on average {mean:,.0f} tokens per step (-d x mean(W) / max(W))")
+
+
+def aux_loss_note(config: TrainConfig, total_steps: int) -> str:
+    """The header's line for --mtp-weights and --prefix-loss ("" when both are off)."""
+    if not config.aux_losses:
+        return ""
+    weights = mtp_weight_list(config.mtp_weights)
+    ahead = ", ".join(str(k + 2) for k in range(len(weights)))
+    parts = [f"multi-token prediction {', '.join(f'{w:g}' for w in weights)} (the tokens {ahead} ahead)"
+             ] if weights else []
+    parts += [f"prefix-token prediction {config.prefix_loss:g}"] if config.prefix_loss else []
+    return (f"\nauxiliary losses: {', '.join(parts)}; weights falling linearly to 0 at step "
+            f"{math.ceil(config.aux_loss_until * total_steps):,} of {total_steps:,} (--aux-loss-until "
+            f"{config.aux_loss_until:g}); the loss logged is the next-token loss alone")
 
 
 def build_trainer(config: TrainConfig, print_fn: Callable[..., None] = print) -> Trainer:
@@ -295,8 +354,8 @@ def _build_trainer(config: TrainConfig, print_fn: Callable[..., None], if_failed
     seed_everything(config.seed)
     module = build_model(config.model, config.seq_len, config.recompute, config.family, config.arch).to(runtime.device)
     gelu_fusion = gelu_fusion_for(config.gelu_fusion, runtime, module, config.recompute)
-    kind = loss_kind(config.fused_loss, runtime, module.lm_head)
-    loss = build_loss(kind, module.config, runtime, config.loss_chunk_rows)
+    kind = loss_kind(config.fused_loss, runtime, module.lm_head, config.aux_losses)
+    loss = build_loss(kind, module.config, runtime, config.loss_chunk_rows, config)
     compile_mode = compile_mode_for(config.compile, config.compile_mode, runtime)
     cuda_graphs = use_cuda_graphs(config.cuda_graphs, runtime.device, job.world_size, module)
     model = parallelize(module, loss, runtime, job, config.zero_stage, compile_mode)
@@ -322,12 +381,13 @@ def _build_trainer(config: TrainConfig, print_fn: Callable[..., None], if_failed
     trainer = Trainer(
         config=config, runtime=runtime, job=job, model=model,
         train_step=TrainStep(model, optimizer, lr, schedule, build_skip_rule(config, runtime), train_loader, layout,
-                             runtime, job, config.grad_clip, bool(config.overfit_batch), cuda_graphs),
+                             runtime, job, config.grad_clip, bool(config.overfit_batch), cuda_graphs,
+                             TiedUntil.for_model(module, optimizer, schedule.total_steps)),
         evaluator=build_evaluator(config, model, runtime, job, logger, val_loader, print_fn),
         logger=logger, checkpoints=checkpoints, run_lock=run_lock, total_steps=total_steps,
         flops_per_token=training_flops_per_token(module.config, config.seq_len, matmul_parameters(module)),
         peak_flops=peak * job.world_size if peak else None,  # tokens/s is the whole job's: every GPU's peak
-        print_fn=print_fn, bad_steps=BadStepCounter(config.max_bad_steps),
+        print_fn=print_fn, bad_steps=BadStepCounter(config.max_bad_steps), loss=loss,
     )
     if config.resume and checkpoints is not None:
         restored = checkpoints.restore(module.config, config, layout.tokens_per_step, ModelState(model),

@@ -39,13 +39,14 @@ def build_muon_adamw(model: nn.Module, lr: torch.Tensor, weight_decay: float, **
     """Muon on the blocks' matrices (-l is its LR, -c its weight decay), AdamW on embeddings, head and scalars at
     multiples of -l (llmpy.train.muon). `settings` (--optimizer-args): `embedding`, `head`, `scalar` (those
     multiples), `normuon` (0/1), and Muon's `momentum`, `momentum_start`, `momentum_warmup`, `ns_steps`,
-    `orthogonalizer`, `nesterov`."""
-    from llmpy.train.muon import ADAM_LR_SCALES, MuonAdamW, muon_param_groups
+    `orthogonalizer`, `nesterov`. The frontier settings, all off by default (docs/recipes.md): `normuon_beta`,
+    `normuon_axis` (rows | auto), `qk_pairs` (0/1: Q/K per pair of heads), `cautious_wd` (0/1), `wd_schedule`
+    (lr | lr2: decay lr wd or wd lr^2, every decayed group), `embedding_wd` and `head_wd` (the Adam groups')."""
+    from llmpy.train.muon import ADAM_LR_SCALES, build_muon
 
     _check_muon_settings(settings)
     scales = {name: settings.pop(name) for name in list(settings) if name in ADAM_LR_SCALES}
-    groups = muon_param_groups(model, weight_decay, scales, bool(settings.pop("normuon", 0)))
-    return MuonAdamW(groups, lr, muon=settings)
+    return build_muon(model, lr, weight_decay, adam_lr_scales=scales, **settings)
 
 
 def _number(kind):
@@ -53,17 +54,23 @@ def _number(kind):
         and (kind is float or float(value).is_integer())
 
 
+_MUON_FLAGS = ("normuon", "nesterov", "qk_pairs", "cautious_wd")  # 0/1 settings, passed on as bools
+_FRACTION = (lambda v: _number(float)(v) and 0 <= v < 1, "a number in [0, 1)")
+
 # --optimizer-args of muon: name -> (test, what it must be)
 _MUON_SETTINGS = {
     **{name: (lambda v: _number(float)(v) and v > 0, "a finite number > 0 (a multiple of -l)")
        for name in ("embedding", "head", "scalar")},
-    "normuon": (lambda v: v in (0, 1), "0 or 1"),
-    "nesterov": (lambda v: v in (0, 1), "0 or 1"),
-    "momentum": (lambda v: _number(float)(v) and 0 <= v < 1, "a number in [0, 1)"),
-    "momentum_start": (lambda v: _number(float)(v) and 0 <= v < 1, "a number in [0, 1)"),
+    **{name: (lambda v: v in (0, 1), "0 or 1") for name in _MUON_FLAGS},
+    "momentum": _FRACTION,
+    "momentum_start": _FRACTION,
     "momentum_warmup": (lambda v: _number(int)(v) and v >= 0, "a whole number >= 0 (steps)"),
     "ns_steps": (lambda v: _number(int)(v) and 1 <= v <= 20, "a whole number in [1, 20]"),
     "orthogonalizer": (lambda v: v in ("polar_express", "jordan"), "polar_express or jordan"),
+    "normuon_beta": _FRACTION,
+    "normuon_axis": (lambda v: v in ("rows", "auto"), "rows or auto (per row if rows >= cols, else per column)"),
+    "wd_schedule": (lambda v: v in ("lr", "lr2"), "lr or lr2 (decay lr x wd, or wd x lr^2)"),
+    **{name: (lambda v: _number(float)(v) and v >= 0, "a finite number >= 0") for name in ("embedding_wd", "head_wd")},
 }
 
 
@@ -76,11 +83,12 @@ def _check_muon_settings(settings: dict) -> None:
         test, what = _MUON_SETTINGS[name]
         if not test(value):
             raise LlmpyError(f"--optimizer-args {name} must be {what}, got {value!r}")
-    for name in ("ns_steps", "momentum_warmup", "normuon", "nesterov"):
+    for name in ("ns_steps", "momentum_warmup"):
         if name in settings:
             settings[name] = int(settings[name])
-    if "nesterov" in settings:
-        settings["nesterov"] = bool(settings["nesterov"])
+    for name in _MUON_FLAGS:
+        if name in settings:
+            settings[name] = bool(settings[name])
 
 
 # --optimizer: name -> builder(model, lr tensor, weight decay, **--optimizer-args). A new optimizer is a new entry;

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from llmpy.errors import LlmpyError
+
 # Polar Express's design constants. The polynomials are optimal for normalised singular values in [LOWER, 1]: a
 # matrix whose condition number times sqrt(rank) is below 1 / LOWER gets the band `polar_express_coefficients` implies.
 POLAR_EXPRESS_LOWER = 1e-3

@@ -46,6 +46,7 @@ class Trainer:
     bad_steps: BadStepCounter
     start_step: int = 0  # set by a resume
     run_lock: RunLock | None = None  # rank 0's lock on -o (llmpy.runlock), held until fit ends
+    loss: torch.nn.Module | None = None  # the loss component, for its own schedule (llmpy.frontier.aux_loss)
 
     def stateful(self) -> dict[str, Stateful]:
         """Everything besides the weights and the optimizer that the next step depends on."""
@@ -153,11 +154,17 @@ class Trainer:
         return self.flops_per_token - 6.0 * config.n_layer * config.n_embd * (layout.seq_len - layout.row_length_at(step))
 
     def schedule_model(self, step: int) -> None:
-        """The model's own step-dependent settings (the modern recipe's sliding window), for step `step`'s training
-        and the evaluations before it: a function of the step, so a resume continues the schedule exactly."""
+        """The model's own step-dependent settings (the modern recipe's sliding window, the auxiliary losses'
+        weights), for step `step`'s training and the evaluations before it: a function of the step, so a resume
+        continues the schedule exactly."""
+        # over the LR schedule's steps: a resume with another -x keeps both the schedule and these as saved
+        progress = step / max(1, self.train_step.schedule.total_steps)
         schedule_window = getattr(self.model.module, "schedule_window", None)
-        if schedule_window is not None:  # over the LR schedule's steps: a resume with another -x keeps both as saved
-            schedule_window(step / max(1, self.train_step.schedule.total_steps), self.config.seq_len)
+        if schedule_window is not None:
+            schedule_window(progress, self.config.seq_len)
+        schedule_weights = getattr(self.loss, "schedule_weights", None)
+        if schedule_weights is not None:
+            schedule_weights(progress)
 
     def is_log_step(self, step: int) -> bool:
         """Steps that get a console line (main.log and metrics.jsonl get every step)."""
