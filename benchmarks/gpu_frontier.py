@@ -10,9 +10,10 @@ Suites (every train run: d12, -b 64 -t 1024 -d 65536, compiled, -r 0, --no-shuff
 batches of 64 x 1024 = 655,360 tokens, as benchmarks/RESULTS.md's "The modern recipe"):
 - `matched`: modern for 300 and 100 steps, frontier for 150 and 50, each schedule set to its own -x, val every 10
   steps; prints the two `matched budgets:` lines for benchmarks/RESULTS.md. Each compared pair runs in one --part.
-- `ablation`: at --steps (150): frontier with each technique off, modern with each on (ARCH_SWITCHES and
-  TRAINING_SWITCHES below); val at the end; prints a markdown table. A variant the installed llmpy does not take is
-  skipped with a message; a part whose variants' base is elsewhere runs that base first.
+- `ablation`: at --steps (150): frontier with each of its techniques off (ARCH_SWITCHES), frontier with each
+  technique it leaves off turned on (FRONTIER_EXTRAS), then modern with each of ARCH_SWITCHES on; val at the end;
+  prints a markdown table. A variant the installed llmpy does not take is skipped with a message; a part whose
+  variants' base is elsewhere runs that base first.
 - `speed`: `llmpy bench -e d12 -b 64 -t 1024 -d 524288 -r 0` of classic, modern and frontier, then `bench --check`
   of frontier.
 Training seconds: the logged step times (evaluations excluded), the first step (torch.compile) counted at the median
@@ -55,13 +56,20 @@ COMPARED = [("frontier_150", "modern_300"), ("frontier_50", "modern_100")]  # th
 # recipe's other switches, off by default: e.g. "backout": "1", "key_offset": "1", "untie_at": "0.667")
 ARCH_SWITCHES = {"bigram": "5", "smear": "1", "sigmoid_cap": "23", "attn_gate": "1", "ve_gate": "1", "skip_gate": "1"}
 ARCH_OFF = {"sigmoid_cap": "sigmoid_cap=0,softcap=15"}  # off: back to modern's 15 tanh(l / 15), not uncapped
-# (name, flags that turn it on, flags that turn it off): frontier runs with it off, modern with it on. --arch and
-# --optimizer-args values are merged into the recipe's own; a flag the installed llmpy does not take is skipped.
-TRAINING_SWITCHES = [  # -c: the modern recipe decays nothing (-c 0); 0.1 as issue 16's weight-decay ablation
-    ("cautious_wd", ["--optimizer-args", "cautious_wd=1,wd_schedule=lr2", "-c", "0.1"],
-     ["--optimizer-args", "cautious_wd=0"]),
-    ("mtp", ["--mtp-weights", "0.5,0.25"], ["--mtp-weights", ""]),
-    ("prefix_loss", ["--prefix-loss", "0.25"], ["--prefix-loss", "0"]),
+# (name, flags): techniques the frontier recipe leaves off, each run on top of it ("frontier+NAME"), to decide
+# whether the recipe should take it. --arch and --optimizer-args values are merged into the recipe's own; a flag
+# the installed llmpy does not take is skipped. Batch stages: -b 32 micro-steps of 32,768 tokens, stages of 1, 2 and 3
+# of them (32K, 64K, 98K tokens; 65,536 per step on average over the run), LR x (stage / first)^0.5.
+FRONTIER_EXTRAS = [
+    ("cautious_wd", ["--optimizer-args", "cautious_wd=1,wd_schedule=lr2", "-c", "1.2"]),  # the speedrun's wd, lr^2
+    ("normuon", ["--optimizer-args", "normuon=1,normuon_axis=auto,normuon_beta=0.9"]),
+    ("qk_pairs", ["--optimizer-args", "qk_pairs=1"]),
+    ("untie", ["--arch", "untie_at=0.667"]),
+    ("backout", ["--arch", "backout=1"]),
+    ("key_offset", ["--arch", "rope_dims=32,key_offset=1"]),  # d12: heads of 64, half of them turn
+    ("batch_stages", ["-b", "32", "-d", "98304", "--batch-stages", "1,2,3", "--batch-stages-lr-power", "0.5"]),
+    ("mtp", ["--mtp-weights", "0.5,0.25"]),
+    ("prefix_loss", ["--prefix-loss", "0.25"]),
 ]
 SPEED = [("bench_classic", "classic"), ("bench_modern", "modern"), ("bench_frontier", "frontier")]
 CHECK = ("check_frontier", "frontier")
@@ -180,13 +188,11 @@ def ablation_runs(size: Size, data: list[str], steps: int) -> list[Run]:
 
     switches = [(name, ["--arch", f"{name}={on_value(name)}"], ["--arch", ARCH_OFF.get(name, f"{name}=0")])
                 for name in ARCH_SWITCHES]
-    runs = []
-    for recipe, sign in (("frontier", "-"), ("modern", "+")):
-        runs.append(run(recipe, recipe, []))
-        for name, on, off in switches + TRAINING_SWITCHES:
-            runs.append(run(f"{recipe}{sign}{name}", recipe, off, recipe, on) if sign == "-"
-                        else run(f"{recipe}{sign}{name}", recipe, on, recipe))
-    return runs
+    runs = [run("frontier", "frontier", [])]
+    runs += [run(f"frontier-{name}", "frontier", off, "frontier", on) for name, on, off in switches]
+    runs += [run(f"frontier+{name}", "frontier", flags, "frontier") for name, flags in FRONTIER_EXTRAS]
+    runs.append(run("modern", "modern", []))
+    return runs + [run(f"modern+{name}", "modern", on, "modern") for name, on, _ in switches]
 
 
 def speed_runs(size: Size) -> list[Run]:

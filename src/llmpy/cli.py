@@ -148,7 +148,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _write_conversion(model, out: Path, args: argparse.Namespace) -> None:
     """Write `model` to `out` in the format of --to."""
-    if args.to == "hf":
+    from llmpy.families import family_of
+
+    modern_hf = args.to == "hf" and family_of(model) == "modern"
+    if args.dtype != "fp32" and args.to != "llmc" and not modern_hf:
+        raise LlmpyError(f"--dtype {args.dtype}: --to {args.to} writes a {family_of(model)} model in fp32 only "
+                         f"(--dtype is for --to llmc, and --to hf of a modern-family model); leave --dtype out")
+    if modern_hf:
+        import torch
+
+        from llmpy.convert.hf_modern import save_hf_modern
+
+        dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+        save_hf_modern(model, out, bpe_file=_bpe_file_if_available(args.tokenizer), dtype=dtype)
+    elif args.to == "hf":
         from llmpy.convert.hf import save_hf_model
 
         save_hf_model(model, out, bpe_file=_bpe_file_if_available(args.tokenizer))
@@ -313,12 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="one JSON line instead of the table")
     evaluate.set_defaults(func=cmd_eval)
 
-    convert = add_command(sub, "convert", "llmpy <-> Hugging Face GPT-2 <-> llm.c model files")
+    convert = add_command(sub, "convert", "llmpy <-> Hugging Face <-> llm.c (GPT-2 only) model files")
     convert.add_argument("--model", required=True, help=MODEL_HELP)
     convert.add_argument("--to", required=True, choices=["hf", "llmc", "llmpy"], help="output format")
     convert.add_argument("--out", required=True, help="hf/llmpy: a directory; llmc: the .bin file")
     convert.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
-                         help="(llmc) parameter precision (default: fp32)")
+                         help="(llmc; hf of a modern-family model) parameter precision (default: fp32)")
     convert.add_argument("--tokenizer", default=None,
                          help=f"gpt2.tiktoken, for the tokenizer files beside the model {default_help(GPT2_BPE)}")
     convert.set_defaults(func=cmd_convert)

@@ -28,7 +28,8 @@ ATTENTION_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math", "fa4", "cud
 DESCRIPTOR_RE = re.compile(r"d(\d+)(?:w(\d+))?")
 # what -e/--model may name, in one wording for help and errors
 DESCRIPTOR_FORMS = "dN (d6, d12, d24, d36, d48, any depth N), dNwC (depth N, width C, a multiple of 64)"
-MODEL_FILE_FORMS = "an llmpy run directory or model_*.pt checkpoint, an llm.c model .bin, a Hugging Face GPT-2 directory"
+MODEL_FILE_FORMS = ("an llmpy run directory or model_*.pt checkpoint, an llm.c model .bin, a Hugging Face GPT-2 "
+                    "directory or llmpy's own (convert --to hf)")
 HUB_FORMS = f"a hub name ({', '.join(HUB_NAMES)})"
 
 

@@ -65,4 +65,5 @@ def require_gpt2(model: nn.Module, format_name: str, target) -> None:
     family = family_of(model)
     if family != "gpt2":
         raise LlmpyError(f"{target}: the {format_name} format holds only GPT-2's architecture, and this is a {family} "
-                         f"model (rotary positions, untied head, ...); export it with --to llmpy")
+                         f"model (rotary positions, untied head, ...); export it with --to hf (llmpy's own Hugging Face "
+                         f"model) or --to llmpy")

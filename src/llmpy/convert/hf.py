@@ -12,9 +12,11 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from llmpy.atomic import atomic_open, atomic_write_bytes
 from llmpy.config import ModelConfig
+from llmpy.convert.hf_modern import is_hf_modern, modern_from_hf
 from llmpy.errors import LlmpyError
 from llmpy.families import require_gpt2
 from llmpy.gpt2 import BLOCK_SIZE, EOT_TEXT, EOT_TOKEN, HUB_NAMES, VOCAB_SIZE
@@ -37,7 +39,8 @@ _BLOCK_TENSORS = [
 def config_from_hf(hf_config: dict, origin: str = "config.json") -> ModelConfig:
     """A `GPT2Config` dict -> ModelConfig; anything llmpy's GPT-2 cannot represent is an error."""
     if hf_config.get("model_type", "gpt2") != "gpt2":
-        raise LlmpyError(f"{origin}: model_type is {hf_config.get('model_type')!r}, only 'gpt2' can be converted")
+        raise LlmpyError(f"{origin}: model_type is {hf_config.get('model_type')!r}, only 'gpt2' and 'llmpy' (llmpy's "
+                         f"own export) can be converted")
     activation = hf_config.get("activation_function", "gelu_new")
     if activation not in TANH_GELUS:
         raise LlmpyError(f"{origin}: activation_function {activation!r} is not GPT-2's tanh GELU ({' or '.join(TANH_GELUS)})")
@@ -164,8 +167,9 @@ def _download(name: str) -> Path:
         ) from None
 
 
-def load_hf_model(path_or_name: str | Path) -> GPT:
-    """A local HF GPT-2 directory, or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) -> llmpy GPT."""
+def load_hf_model(path_or_name: str | Path) -> nn.Module:
+    """A local HF GPT-2 directory, or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl) -> llmpy GPT; a directory
+    `convert --to hf` wrote of a modern-family model (model_type "llmpy") -> that ModernGPT."""
     path = Path(path_or_name)
     if path.is_dir():
         directory = path
@@ -180,6 +184,8 @@ def load_hf_model(path_or_name: str | Path) -> GPT:
         hf_config = json.loads(config_file.read_text())
     except json.JSONDecodeError as exc:
         raise LlmpyError(f"{config_file}: invalid JSON ({exc})") from None
+    if is_hf_modern(hf_config):  # an export of llmpy's modern family (`convert --to hf`)
+        return modern_from_hf(_read_weights(directory), hf_config, origin=str(directory))
     return gpt_from_hf_state_dict(_read_weights(directory), hf_config, origin=str(directory))
 
 

@@ -1,5 +1,6 @@
-"""Load a GPT from whatever a user points at: an llmpy run directory or checkpoint, an llm.c model `.bin`, a Hugging
-Face GPT-2 directory, or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)."""
+"""Load a model from whatever a user points at: an llmpy run directory or checkpoint, an llm.c model `.bin`, a Hugging
+Face GPT-2 directory or llmpy's own Hugging Face export of a modern-family model, or a hub name (gpt2, gpt2-medium,
+gpt2-large, gpt2-xl)."""
 
 from __future__ import annotations
 
@@ -113,7 +114,8 @@ def unknown_model_error(spec: str, flag: str = "--model", descriptors: bool = Fa
 
 
 def load_any_model(spec: str, flag: str = "--model") -> GPT:
-    """A GPT on the CPU, in fp32, from any supported source (`flag`: the flag that named it, for errors)."""
+    """A model (GPT or ModernGPT) on the CPU, in fp32, from any supported source (`flag`: the flag that named it,
+    for errors)."""
     kind = describe_source(spec, flag)
     if kind == "llmpy":
         from llmpy.checkpoint import load_model

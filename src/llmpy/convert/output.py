@@ -66,10 +66,11 @@ def check_output(out: str | Path, to: str) -> bool:
     _existing_ancestor_is_a_directory(out)
     if to == "llmc":
         return _llmc_output(out)
-    if to == "hf":
+    if to == "hf":  # before loading, the family is not known: either family's files are ours
         from llmpy.convert.hf import HF_FILES
+        from llmpy.convert.hf_modern import HF_MODERN_FILES
 
-        return _directory_output(out, to, set(HF_FILES))
+        return _directory_output(out, to, {*HF_FILES, *HF_MODERN_FILES})
     from llmpy.checkpoint import done_path, model_path
 
     return _directory_output(out, to, {model_path(out, 0).name, done_path(out, 0).name})

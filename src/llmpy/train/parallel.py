@@ -207,7 +207,10 @@ def parallelize(module: nn.Module, loss: CrossEntropyLoss, runtime: Runtime, job
     if zero_stage == 0:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp = DistributedDataParallel(train_module, device_ids=[runtime.device.index] if runtime.is_cuda else None)
+        # every buffer is computed alike on each rank (masks, rotary tables, the bigram signs, a schedule's values set
+        # by the step): nothing to broadcast before each forward pass (the bigram's signs alone are 25 MB at d12)
+        ddp = DistributedDataParallel(train_module, device_ids=[runtime.device.index] if runtime.is_cuda else None,
+                                      broadcast_buffers=False)
         return ParallelModel(module, compiled(ddp, compile_mode), job, 0, ddp)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
