@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -331,6 +332,12 @@ def test_sample_and_train_e_from_the_export(modern_run, tmp_path, capsys):
     assert code == 0 and "hf (modern): 4 layers" in out and (tmp_path / "trained" / "model_00000001.pt").is_file()
 
 
+@pytest.fixture(scope="module")
+def good_export(tmp_path_factory) -> Path:
+    """One export of the frontier combination, copied by each test that damages it."""
+    return export(modern_model(**COMBOS["frontier"]), tmp_path_factory.mktemp("good") / "hf")
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda c: c.update(n_layer=2), "weights do not match config.json"),
     (lambda c: c.update(n_embd=128, n_head=2), "has shape"),
@@ -338,9 +345,9 @@ def test_sample_and_train_e_from_the_export(modern_run, tmp_path, capsys):
     (lambda c: c.update(smear="yes"), "smear is 'yes', expected a whole number"),
     (lambda c: c.update(rope_dims=7), "rope_dims must be an even number"),
 ])
-def test_bad_export_directory_is_one_line(modern_run, tmp_path, capsys, damage, message):
-    _, run = modern_run
-    assert cli(capsys, "convert", "--model", str(run), "--to", "hf", "--out", str(tmp_path / "hf"))[0] == 0
+def test_bad_export_directory_is_one_line(good_export, tmp_path, capsys, monkeypatch, damage, message):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(good_export, tmp_path / "hf")
     config_file = tmp_path / "hf" / "config.json"
     config = json.loads(config_file.read_text())
     damage(config)

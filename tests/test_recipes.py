@@ -3,8 +3,8 @@ run records and resumes it; the modern recipe trains a tiny model with falling l
 
 import json
 import shlex
+import shutil
 
-import pytest
 import torch
 
 from conftest import write_random_shards
@@ -165,16 +165,16 @@ def test_bad_muon_settings_are_one_line_before_training(tmp_path, capsys):
     assert not (tmp_path / "run" / "metrics.jsonl").exists() or "train" not in (tmp_path / "run" / "metrics.jsonl").read_text()
 
 
-FRONTIER_ARCH = "bigram=0.05,rope_dims=32,key_offset=1,backout=1,untie_at=0.5"
+FRONTIER_ARCH = "bigram=0.05,rope_dims=32,key_offset=1,backout=1,untie_at=0.75"
 FRONTIER_OPTIMIZER = "cautious_wd=1,wd_schedule=lr2,normuon=1,normuon_axis=auto,qk_pairs=1,embedding_wd=0.5,head_wd=0.5"
 
 
 def frontier_args(data, run, bpe_file, extra=()):
     """The frontier recipe with every switch on (the recipe's own and the ones it leaves off), the auxiliary losses
-    and the optimizer's frontier settings: 8 steps, checkpoints every 2, untied after step 3."""
-    args = modern_args(data, run, 8, ["-n", "2", "-c", "1.2", "--optimizer-args", FRONTIER_OPTIMIZER,
-                                      "--mtp-weights", "0.5", "--prefix-loss", "0.25", "--tokenizer", str(bpe_file),
-                                      *extra], FRONTIER_ARCH)
+    and the optimizer's frontier settings: 8 steps, checkpoints every 4; the update of step 5 is the last tied one
+    and the auxiliary losses' weights reach 0 at step 5.3."""
+    args = modern_args(data, run, 8, ["-c", "1.2", "--optimizer-args", FRONTIER_OPTIMIZER, "--mtp-weights", "0.5",
+                                      "--prefix-loss", "0.25", "--tokenizer", str(bpe_file), *extra], FRONTIER_ARCH)
     args[args.index("--recipe") + 1] = "frontier"
     return args
 
@@ -188,18 +188,17 @@ def test_the_frontier_recipe_with_every_switch_trains_and_resumes_bitwise_across
     config = json.loads((straight / "config.json").read_text())
     assert config["recipe"] == "frontier" and "sigmoid_cap=23" in config["train"]["arch"]
     model, _ = load_model(straight)
-    assert model.config.bigram == 0.05 and model.config.smear == 1 and model.config.untie_at == 0.5
-    assert not torch.equal(model.transformer.wte.weight, model.lm_head.weight)  # untied after step 3
-    # stopped after the step-2 checkpoint (tied), then the same command -y 1: through the split at step 3
+    assert model.config.bigram == 0.05 and model.config.smear == 1 and model.config.untie_at == 0.75
+    assert not torch.equal(model.transformer.wte.weight, model.lm_head.weight)  # untied after step 5
+    # the run as a kill after its step-4 checkpoint (tied) leaves it, then the same command -y 1: through the split
     resumed = tmp_path / "resumed"
-    assert main(frontier_args(data, resumed, bpe_file)) == 0
-    for step in ("00000004", "00000006", "00000008"):
-        for name in [p.name for p in resumed.iterdir() if p.name.endswith(step) or f"_{step}" in p.name]:
-            (resumed / name).unlink()
-    lines = [line for line in (resumed / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 2]
+    shutil.copytree(straight, resumed)
+    for name in [p.name for p in resumed.iterdir() if p.name.endswith("00000008") or "_00000008" in p.name]:
+        (resumed / name).unlink()
+    lines = [line for line in (resumed / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 4]
     (resumed / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
-    checkpoint_two = load_model(resumed)[0]
-    assert torch.equal(checkpoint_two.transformer.wte.weight, checkpoint_two.lm_head.weight)  # still tied
+    checkpoint_four = load_model(resumed)[0]
+    assert torch.equal(checkpoint_four.transformer.wte.weight, checkpoint_four.lm_head.weight)  # still tied
     assert main(frontier_args(data, resumed, bpe_file, ["-y", "1"])) == 0
     for kind in ("train", "val"):
         assert {s: r["loss"] for s, r in records(resumed, kind).items()} == \
