@@ -90,7 +90,8 @@ def test_ctrl_c_stops_quickstart_like_train_after_it_left_the_substitute(cache, 
 
 
 def test_ctrl_c_while_quickstart_prepares_is_one_line(cache, shakespeare_file, tmp_path):
-    (cache / "tinyshakespeare.txt").write_text(shakespeare_file.read_text() * 4)  # a long prepare to land in
+    # a prepare long enough that the Ctrl-C lands in it even when a loaded machine delays this test's signal
+    (cache / "tinyshakespeare.txt").write_text(shakespeare_file.read_text() * 12)
     data = tmp_path / "data"
     process = start(["quickstart", "--out", str(tmp_path / "run"), "--data", str(data), "--device", "cpu"], tmp_path)
     try:
@@ -111,7 +112,8 @@ def test_ctrl_c_to_the_process_group_of_a_parallel_prepare_is_one_line(bpe_env, 
     pytest.importorskip("datasets")
     source = tmp_path / "docs.jsonl"
     source.write_text("".join(json.dumps({"text": f"Document {i}: " + "a few words of text, " * 30}) + "\n"
-                              for i in range(4000)))  # batches of 256 documents, about 50k tokens each
+                              for i in range(12000)))  # batches of 256 documents, about 50k tokens each: long
+    # enough that the Ctrl-C lands in the prepare even when a loaded machine delays this test's signal
     out = tmp_path / "out"
     process = start(["prepare", "fineweb", "--input", str(source), "--out", str(out), "--shard-size", "2000",
                      "--workers", "2", "--quiet"], tmp_path, start_new_session=True)

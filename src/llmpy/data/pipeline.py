@@ -53,16 +53,25 @@ def _init_worker(bpe_file: str, in_pool: bool = False) -> None:
 
 @contextlib.contextmanager
 def _sigint_ignored_by_children():
-    """Processes started inside inherit an ignored SIGINT, so a Ctrl-C while they start up (before the pool's
-    initializer runs) prints no traceback of theirs; this process keeps its own handler."""
+    """Processes started inside start with SIGINT blocked (the mask survives fork and exec) until the pool's
+    initializer ignores it, so a Ctrl-C while they start up prints no traceback of theirs. In this process it is
+    blocked too, not ignored: a Ctrl-C that comes meanwhile is delivered on leaving (ignoring it lost it, and a
+    quickstart went on to train). Where there are no signal masks, SIGINT is ignored meanwhile, as before."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "pthread_sigmask"):
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _encode_task(documents: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
