@@ -37,11 +37,19 @@ def write_substitute(cache, shakespeare_file):
     return substitute
 
 
+def _default_sigint() -> None:
+    """In the child before exec: Ctrl-C at its default. A test worker may itself run with SIGINT ignored (a parent
+    that ignores it passes that on, and Python then leaves it ignored: a background job's convention), which would
+    make these tests' Ctrl-C reach a program that ignores it by design."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args, tmp_path, **popen):
-    """`python -m llmpy ARGS` with this test's environment; stdout and stderr go to files (read them any time)."""
+    """`python -m llmpy ARGS` with this test's environment, as a terminal starts it (Ctrl-C at its default); stdout
+    and stderr go to files (read them any time)."""
     out, err = open(tmp_path / "stdout.txt", "w"), open(tmp_path / "stderr.txt", "w")
     process = subprocess.Popen([sys.executable, "-m", "llmpy", *args], stdout=out, stderr=err,
-                               env=dict(os.environ, PYTHONUNBUFFERED="1"), **popen)
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"), preexec_fn=_default_sigint, **popen)
     out.close(), err.close()
     return process
 
