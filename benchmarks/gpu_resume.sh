@@ -15,19 +15,4 @@ kill -9 $PID; wait $PID; echo "killed with code $?; complete checkpoints: $(ls /
 ls -la /tmp/resumed
 timeout 240 python3 -m llmpy train $ARGS -o /tmp/resumed > $OUT/resumed.txt 2>&1; echo "resumed exit $?"; date
 grep -E "resuming|step +20" $OUT/resumed.txt
-python3 - <<'PY'
-import json
-def losses(run):
-    out = {}
-    for line in open(f"/tmp/{run}/metrics.jsonl"):
-        r = json.loads(line)
-        if r["kind"] in ("train", "val"):
-            out[(r["kind"], r["step"])] = r["loss"]
-    return out
-a, b = losses("straight"), losses("resumed")
-same = [k for k in a if a[k] == b.get(k)]
-diff = max(abs(a[k] - b[k]) for k in a)
-print(f"{len(same)}/{len(a)} losses bitwise equal; max abs difference {diff:.3g}")
-for k in sorted(a)[-6:]:
-    print(k, a[k], b[k])
-PY
+python3 benchmarks/compare_losses.py /tmp/straight /tmp/resumed

@@ -24,19 +24,7 @@ for i in $(seq 1 3000); do [ -e /tmp/resumed/DONE_00000010 ] && break; sleep 0.1
 kill -9 $PID; wait $PID 2>/dev/null; echo "killed; markers: $(ls /tmp/resumed | grep DONE | tr '\n' ' ')"
 timeout 300 python3 -m llmpy train $ARGS -y 1 -o /tmp/resumed > "$OUT/resumed.txt" 2>&1; echo "resumed exit $?"
 grep -E "stale lock|resuming|using" "$OUT/resumed.txt" | cut -c1-250
-python3 - <<'PY'
-import json
-def losses(run):
-    out = {}
-    for line in open(f"/tmp/{run}/metrics.jsonl"):
-        r = json.loads(line)
-        if r["kind"] in ("train", "val"):
-            out[(r["kind"], r["step"])] = r["loss"]
-    return out
-a, b = losses("straight"), losses("resumed")
-print(f"{sum(a[k] == b.get(k) for k in a)}/{len(a)} losses bitwise equal; "
-      f"max abs difference {max(abs(a[k] - b[k]) for k in a):.3g}")
-PY
+python3 benchmarks/compare_losses.py /tmp/straight /tmp/resumed
 # the saved digests are checked at load (CUDA state hashed at save); time a d12 model-file load with its check
 python3 - <<'PY'
 import time

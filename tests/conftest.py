@@ -118,3 +118,16 @@ def stop_writes_after(monkeypatch, shards: int) -> None:
         write(self, *args, **kwargs)
 
     monkeypatch.setattr(ShardedOutput, "write", stopping)
+
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+@pytest.fixture()
+def reference_encoding(bpe_env):
+    """A tiktoken Encoding built here from the ranks file, independently of llmpy's tokenizer module."""
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    return tiktoken.Encoding(name="ref", pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_bpe(str(bpe_env)),
+                             special_tokens={"<|endoftext|>": 50256})

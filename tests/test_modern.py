@@ -66,7 +66,7 @@ def test_rms_norm_and_the_qk_normed_rotary_attention_match_fp64_by_hand():
     assert torch.allclose(rms_norm(x), x / x.pow(2).mean(-1, keepdim=True).sqrt(), atol=1e-6)
     ve = torch.randn(2, 6, 64, dtype=torch.float64)
     out = attn(x, ve, 0)
-    B, T, C, nh = 2, 6, 64, 1
+    T, C, nh = 6, 64, 1
     q, k, v = (x @ lin.weight.T for lin in (attn.c_q, attn.c_k, attn.c_v))
     v = attn.value_mix[0] * v + attn.value_mix[1] * ve
     normed = [t / t.pow(2).mean(-1, keepdim=True).sqrt() for t in (q, k)]  # one 64-wide head

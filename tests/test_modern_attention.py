@@ -9,7 +9,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from llmpy.attention import attention_mask, block_mask, causal_attention, document_index, joined_block_mask
 from llmpy.families import build_model, model_config

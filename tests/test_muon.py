@@ -192,10 +192,11 @@ class Toy(nn.Module):
     """GPT-shaped and tiny: an embedding, 3 blocks of matrices (an odd number per shape), gains and biases, and an
     untied head."""
 
-    def __init__(self, vocab: int = 11, dim: int = 8, hidden: int = 5, layers: int = 3):
+    def __init__(self, vocab: int = 11, dim: int = 8, hidden: int = 5, layers: int = 3, make_block=None):
         super().__init__()
+        make_block = make_block or (lambda: ToyBlock(dim, hidden))
         self.transformer = nn.ModuleDict({"wte": nn.Embedding(vocab, dim),
-                                          "h": nn.ModuleList([ToyBlock(dim, hidden) for _ in range(layers)])})
+                                          "h": nn.ModuleList([make_block() for _ in range(layers)])})
         self.lm_head = nn.Linear(dim, vocab, bias=False)
 
     def forward(self, idx):

@@ -17,7 +17,8 @@ from llmpy.errors import LlmpyError
 from llmpy.train.muon import Muon, MuonAdamW
 from llmpy.train.optim import build_optimizer, masked_step
 from llmpy.train.polar import orthogonalize
-from test_muon import _full_state, assert_bitwise, assert_same_states, restored_twins, snapshot, toy_batch, two_rank_worker
+from test_muon import (Toy, _full_state, assert_bitwise, assert_same_states, restored_twins, snapshot, toy_batch,
+                       two_rank_worker)
 
 ALL_ON = ("cautious_wd=1,wd_schedule=lr2,embedding_wd=0.5,head_wd=0.3,normuon=1,normuon_axis=auto,"
           "normuon_beta=0.9,qk_pairs=1,momentum_warmup=2")
@@ -164,18 +165,9 @@ class PairedBlock(nn.Module):
         return x + self.out(torch.relu(self.c_q(x)) * self.c_v(x)) * self.gate(x)
 
 
-class PairedToy(nn.Module):
+class PairedToy(Toy):
     def __init__(self, vocab: int = 11, dim: int = 4, layers: int = 3):
-        super().__init__()
-        self.transformer = nn.ModuleDict({"wte": nn.Embedding(vocab, dim),
-                                          "h": nn.ModuleList([PairedBlock(dim) for _ in range(layers)])})
-        self.lm_head = nn.Linear(dim, vocab, bias=False)
-
-    def forward(self, idx):
-        x = self.transformer.wte(idx)
-        for block in self.transformer.h:
-            x = block(x)
-        return self.lm_head(x)
+        super().__init__(vocab, dim, layers=layers, make_block=lambda: PairedBlock(dim))
 
 
 def paired_loss(model, x, y):

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiktoken
-from tiktoken.load import load_tiktoken_bpe
 
 import llmpy.data.shakespeare as shakespeare_module
 from llmpy.data.prepare import prepare_text, prepare_tinyshakespeare
@@ -19,14 +17,6 @@ from llmpy.data.shakespeare import SUBSTITUTE_PLAYS
 from llmpy.data.shards import read_shard
 from llmpy.errors import LlmpyError
 
-GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-
-@pytest.fixture()
-def reference_encoding(bpe_env):
-    """A tiktoken Encoding built here from the ranks file, independently of llmpy's tokenizer module."""
-    return tiktoken.Encoding(name="ref", pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_bpe(str(bpe_env)),
-                             special_tokens={"<|endoftext|>": 50256})
 
 
 def write_jsonl_gz(path, texts):

